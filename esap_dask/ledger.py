@@ -1,0 +1,162 @@
+"""The ledger: one row per observation inside the store, the memory of every run.
+
+Columns (``ledger_*`` variables along ``obs``):
+
+==================  ======================================================
+status              0 pending, 1 done, 2 failed
+source              the input's path, URL or value
+fingerprint         the input's fingerprint when it was processed
+checksum            SHA-256 of the input file (provenance), "" for values
+params              hash of the parameters it was processed with
+version             pipeline version it was processed with
+attempts            how many times it was processed
+error_type          exception class of the last failure
+error               its message
+traceback           the last lines of its traceback
+worker              the Dask worker that processed it
+run                 id of the run that processed it
+start, end          when processing began and ended (UTC, decoded by xarray)
+==================  ======================================================
+
+A batch writes its products first and its ledger rows last, each chunk write
+atomic: a row that reads ``done`` has its products in the store. A rerun plans
+from the ledger (:func:`plan`): only new, changed, failed or unfinished
+observations run, and all of them when the parameters or the version changed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import zarr
+
+from esap_dask.observations import Observation
+from esap_dask.pipeline import Variable
+from esap_dask.store import TIME_UNITS
+
+__all__ = ["COLUMNS", "DONE", "FAILED", "PENDING", "Ledger", "Plan", "plan", "read_ledger"]
+
+PENDING, DONE, FAILED = 0, 1, 2
+STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
+
+COLUMNS: tuple[Variable, ...] = (
+    Variable("ledger_status", "int8", description="0 pending, 1 done, 2 failed"),
+    Variable("ledger_source", "str", description="path, URL or value of the input"),
+    Variable("ledger_fingerprint", "str", description="input fingerprint when processed"),
+    Variable("ledger_checksum", "str", description="SHA-256 of the input file"),
+    Variable("ledger_params", "str", description="hash of the parameters used"),
+    Variable("ledger_version", "str", description="pipeline version used"),
+    Variable("ledger_attempts", "int32", description="times processed"),
+    Variable("ledger_error_type", "str", description="exception type of the last failure"),
+    Variable("ledger_error", "str", description="message of the last failure"),
+    Variable("ledger_traceback", "str", description="tail of the last failure's traceback"),
+    Variable("ledger_worker", "str", description="Dask worker that processed it"),
+    Variable("ledger_run", "str", description="run that processed it"),
+    Variable("ledger_start", "float64", units=TIME_UNITS, description="processing start (UTC)"),
+    Variable("ledger_end", "float64", units=TIME_UNITS, description="processing end (UTC)"),
+)
+
+_PLAN_COLUMNS = ("status", "fingerprint", "params", "version", "attempts")
+
+
+@dataclass
+class Ledger:
+    """The columns of a store's ledger the driver plans from, one entry per row."""
+
+    ids: np.ndarray
+    status: np.ndarray
+    fingerprint: np.ndarray
+    params: np.ndarray
+    version: np.ndarray
+    attempts: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Ledger:
+        """The ledger of a store with no observations yet."""
+        blank = np.array([], dtype=object)
+        return cls(blank, np.array([], "i1"), blank, blank, blank, np.array([], "i4"))
+
+    def counts(self) -> dict[str, int]:
+        """Number of observations per status name."""
+        found = Counter(int(s) for s in self.status)
+        return {name: found.get(code, 0) for code, name in STATUS_NAMES.items()}
+
+
+def read_ledger(group: zarr.Group) -> Ledger:
+    """Read the planning columns of ``group``'s ledger."""
+    cols = {c: group[f"ledger_{c}"][...] for c in _PLAN_COLUMNS}
+    return Ledger(ids=np.asarray(group["obs"][...], dtype=object), **cols)
+
+
+@dataclass
+class Plan:
+    """What a run must do: store rows to (re)process, and why."""
+
+    #: (row, observation, fingerprint, attempts so far) for each observation to run.
+    todo: list[tuple[int, Observation, str, int]] = field(default_factory=list)
+    #: observations not yet in the store, to append (in order).
+    new: list[Observation] = field(default_factory=list)
+    skipped: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(
+    observations: Sequence[Observation],
+    fingerprints: Sequence[str],
+    ledger: Ledger,
+    *,
+    param_hash: str,
+    version: str,
+    force: bool = False,
+) -> Plan:
+    """Compare the observation list with the ledger and decide what runs.
+
+    New observations are appended after the store's last row. Existing ones
+    run when forced, failed, unfinished, changed, or processed with other
+    parameters or another pipeline version; the reasons are counted, and
+    :attr:`Plan.notes` says in words why a whole store is reprocessed.
+    """
+    result = Plan()
+    row_of = {str(obs_id): i for i, obs_id in enumerate(ledger.ids)}
+    next_row = len(ledger.ids)
+    for obs, fp in zip(observations, fingerprints, strict=True):
+        row = row_of.get(obs.id)
+        if row is None:
+            result.todo.append((next_row, obs, fp, 0))
+            result.new.append(obs)
+            result.reasons["new"] += 1
+            next_row += 1
+            continue
+        status = int(ledger.status[row])
+        if force:
+            reason = "forced"
+        elif status == FAILED:
+            reason = "failed"
+        elif status == PENDING:
+            reason = "unfinished"
+        elif ledger.version[row] != version:
+            reason = "version"
+        elif ledger.params[row] != param_hash:
+            reason = "parameters"
+        elif ledger.fingerprint[row] != fp:
+            reason = "changed"
+        else:
+            result.skipped += 1
+            continue
+        result.todo.append((row, obs, fp, int(ledger.attempts[row])))
+        result.reasons[reason] += 1
+    if result.reasons["version"]:
+        result.notes.append(
+            f"{result.reasons['version']} observation(s) were processed with another pipeline "
+            f"version; reprocessing them with version {version}"
+        )
+    if result.reasons["parameters"]:
+        result.notes.append(
+            f"{result.reasons['parameters']} observation(s) were processed with other "
+            "parameters; reprocessing them with the parameters given now"
+        )
+    return result

@@ -1,0 +1,437 @@
+"""The observation mapper: one pipeline over many observations into one Zarr store.
+
+Data flow of one run::
+
+    observation list -> fingerprints -> ledger diff (what must run)
+      -> batches aligned to the store's write units -> tasks on Dask workers
+      -> each task writes its rows (products, then ledger)
+      -> the driver collects small reports -> summary, provenance
+
+The driver holds the store lock for the whole run, never gathers product
+arrays, and starts no cluster when the ledger says there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from esap_dask import provenance
+from esap_dask.batch import Batch, BatchReport, RunContext, run_batch
+from esap_dask.ledger import COLUMNS, FAILED, Ledger, Plan, plan, read_ledger
+from esap_dask.lock import StoreLock
+from esap_dask.observations import as_observations, fingerprint
+from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
+from esap_dask.progress import Progress
+from esap_dask.store import (
+    StoreLayout,
+    append_observations,
+    check_schema,
+    consolidate,
+    create_store,
+    open_store,
+    repair,
+    store_layout,
+    write_rows,
+)
+from esap_dask.workflows import get_pipeline
+
+__all__ = ["RunSummary", "choose_layout", "make_batches", "map_observations"]
+
+#: Target uncompressed size of one chunk, in bytes.
+CHUNK_BYTES = 8 * 2**20
+#: Tasks per worker thread that the automatic batch size aims for.
+TASKS_PER_THREAD = 4
+#: Never more tasks than this in one run (scheduler overhead).
+MAX_TASKS = 5000
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``to_dict()`` is the CLI's ``--json`` output."""
+
+    store: str
+    run_id: str
+    pipeline: str
+    version: str
+    facility: str
+    total: int
+    processed: int
+    skipped: int
+    succeeded: int
+    failed: int
+    seconds: float
+    reasons: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    provenance: str | None = None
+    dashboard: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every observation of the run ended done."""
+        return self.failed == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def choose_layout(
+    schema: Schema,
+    n_obs: int,
+    nthreads: int,
+    *,
+    chunk: int | None = None,
+    shard: int | None = None,
+) -> StoreLayout:
+    """The chunk (and shard) size along ``obs`` for a new store.
+
+    By default a chunk holds about :data:`CHUNK_BYTES` of products, but no more
+    than a fair share of the first run (``n_obs / (4 * nthreads)``) so that every
+    thread gets work. With ``shard`` and no ``chunk``, chunks are about a tenth
+    of a shard, so one observation can be read without reading the whole shard.
+    """
+    per_obs = schema.bytes_per_observation() + 64 * len(COLUMNS)
+    by_bytes = max(1, CHUNK_BYTES // per_obs)
+    if shard:
+        if chunk is None:
+            cap = max(1, min(by_bytes, shard // 10))
+            chunk = max(d for d in range(1, cap + 1) if shard % d == 0)
+        return StoreLayout(chunk=chunk, shard=shard)
+    if chunk is None:
+        chunk = min(by_bytes, max(1, math.ceil(n_obs / (TASKS_PER_THREAD * max(1, nthreads)))))
+    return StoreLayout(chunk=chunk)
+
+
+def make_batches(rows: Sequence[int], unit: int, target: int) -> list[list[int]]:
+    """Group positions of sorted ``rows`` into batches of whole write units.
+
+    A batch takes consecutive write units until it holds at least ``target``
+    rows; a write unit is never split between two batches.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_unit = None
+    for pos, row in enumerate(rows):
+        u = row // unit
+        if u != current_unit and len(current) >= target:
+            batches.append(current)
+            current = []
+        current_unit = u
+        current.append(pos)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _as_pipeline(pipeline: Any, client: Any, first: Any) -> Pipeline:
+    if isinstance(pipeline, Pipeline):
+        return pipeline
+    if isinstance(pipeline, (str, os.PathLike)):
+        return get_pipeline(pipeline)
+    if callable(pipeline):
+        name = getattr(pipeline, "__name__", "function")
+        example = client.submit(pipeline, first.value, pure=False).result()
+        try:
+            source = inspect.getsource(pipeline)
+        except (OSError, TypeError):
+            source = name
+        return Pipeline(
+            name=name,
+            version=hashlib.sha256(source.encode()).hexdigest()[:12],
+            function=pipeline,
+            schema=infer_schema(name, example),
+        )
+    raise TypeError(f"pipeline must be a Pipeline, a name, a .py path or a function: {pipeline!r}")
+
+
+@contextlib.contextmanager
+def _client_for(client: Any, facility: str) -> Iterator[Any]:
+    """The given client, else the default client, else a cluster of ``facility``."""
+    if client is not None:
+        yield client
+        return
+    from distributed import Client, default_client
+
+    with contextlib.suppress(ValueError):
+        yield default_client()
+        return
+    from esap_dask.facilities import open_cluster
+
+    cluster = open_cluster(facility)
+    try:
+        with Client(cluster) as own:
+            yield own
+    finally:
+        cluster.close()
+
+
+def _nthreads(client: Any) -> int:
+    with contextlib.suppress(Exception):
+        return max(1, sum(client.nthreads().values()))
+    return 1
+
+
+def _open_or_none(store: str, storage_options: Mapping[str, Any]) -> Any:
+    from esap_dask.store import StoreError
+
+    try:
+        return open_store(store, storage_options=storage_options)
+    except StoreError:
+        return None
+
+
+def map_observations(
+    pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
+    observations: Any,
+    store: str | os.PathLike[str],
+    *,
+    client: Any = None,
+    params: Mapping[str, Any] | None = None,
+    facility: str = "local",
+    force: bool = False,
+    content_hash: bool = False,
+    chunk: int | None = None,
+    shard: int | None = None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    user: str | None = None,
+) -> RunSummary:
+    """Run ``pipeline`` on every observation that needs it and write the results into ``store``.
+
+    Parameters
+    ----------
+    pipeline
+        A :class:`Pipeline`, a catalog name (``"helloworld"``), a path to a ``.py``
+        file defining ``pipeline``, or a plain function returning a dict (its schema
+        is inferred from its result on the first observation).
+    observations
+        A glob, a list file, an ``"A..B"`` range, or a sequence of paths, URLs or
+        values (see :func:`esap_dask.observations.as_observations`).
+    store
+        The Zarr store (a path or URL); created on the first run, extended after.
+    client
+        A ``distributed.Client``; default: the current default client, else a
+        cluster of ``facility`` started for this run and closed after it.
+    params
+        Pipeline parameters by name; the others take their defaults.
+    force
+        Reprocess every observation, not only new, changed or failed ones.
+    content_hash
+        Fingerprint files by SHA-256 of their content instead of size and mtime.
+    chunk, shard
+        Observations per chunk and per shard, for a new store (default: automatic).
+    batch_size
+        Minimum observations per task (default: automatic, about four tasks a thread).
+    progress
+        Show a progress bar (default: when attached to a terminal or a notebook).
+
+    Returns
+    -------
+    RunSummary
+        Counts, failures with their messages, the provenance document's path.
+
+    Examples
+    --------
+    >>> summary = map_observations("helloworld", "runs/*.fits", "hello.zarr")  # doctest: +SKIP
+    >>> xr.open_zarr("hello.zarr")                                             # doctest: +SKIP
+    """
+    t0 = time.perf_counter()
+    started = datetime.now(UTC)
+    store = os.fspath(store)
+    opts = dict(storage_options or {})
+    obs_list = as_observations(observations)
+    fingerprints = [fingerprint(o, content=content_hash) for o in obs_list]
+    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    with StoreLock(store, run_id):
+        group = _open_or_none(store, opts)
+        named = isinstance(pipeline, (Pipeline, str, os.PathLike))
+        pipe = _as_pipeline(pipeline, None, None) if named else None
+        if group is not None:
+            repair(group)
+            ledger = read_ledger(group)
+            meta = dict(group.attrs["esap"])
+            if pipe is not None and meta.get("pipeline") != pipe.name:
+                raise SchemaError(
+                    f"{store}: holds products of pipeline {meta.get('pipeline')!r}, not "
+                    f"{pipe.name!r}; give another --store"
+                )
+            version = pipe.version if pipe else meta.get("version", "")
+        else:
+            ledger = Ledger.empty()
+            version = pipe.version if pipe else ""
+        resolved = pipe.resolve(params) if pipe else dict(params or {})
+        todo = plan(
+            obs_list, fingerprints, ledger,
+            param_hash=parameter_hash(resolved), version=version, force=force,
+        )
+        if group is not None and not todo.todo and pipe is not None:
+            return _summary(store, run_id, pipe, facility, obs_list, todo, [], t0)
+        with _client_for(client, facility) as cl:
+            if pipe is None:
+                pipe = _as_pipeline(pipeline, cl, obs_list[0])
+                resolved = pipe.resolve(params)
+            schema = pipe.output_schema(resolved)
+            if group is None:
+                layout = choose_layout(schema, len(obs_list), _nthreads(cl), chunk=chunk,
+                                       shard=shard)
+                attrs = {
+                    "pipeline": pipe.name,
+                    "version": pipe.version,
+                    "description": pipe.description,
+                    "schema": schema.describe(),
+                    "layout": {"chunk": layout.chunk, "shard": layout.shard},
+                    "created": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    "runs": [],
+                }
+                group = create_store(store, schema, layout, COLUMNS, attrs, storage_options=opts)
+            else:
+                check_schema(group, schema)
+                layout = store_layout(group)
+            if todo.new:
+                append_observations(group, [o.id for o in todo.new])
+            ctx = RunContext(
+                store=store, pipeline=pipe, params=resolved, param_hash=parameter_hash(resolved),
+                schema=schema, run_id=run_id, storage_options=opts,
+            )
+            reports = _execute(cl, ctx, group, todo, layout, batch_size, progress)
+            dashboard = getattr(cl, "dashboard_link", None)
+        summary = _summary(store, run_id, pipe, facility, obs_list, todo, reports, t0)
+        summary.dashboard = dashboard
+        summary.provenance = provenance.record_run(
+            group, store, summary, ctx, started=started, user=user, storage_options=opts
+        )
+        consolidate(group.store)
+        return summary
+
+
+def _execute(
+    client: Any,
+    ctx: RunContext,
+    group: Any,
+    todo: Plan,
+    layout: StoreLayout,
+    batch_size: int | None,
+    progress: bool | None,
+) -> list[BatchReport]:
+    from distributed import as_completed
+
+    entries = sorted(todo.todo, key=lambda e: e[0])
+    rows = [e[0] for e in entries]
+    n = len(rows)
+    nthreads = _nthreads(client)
+    target = batch_size or max(
+        math.ceil(n / (TASKS_PER_THREAD * nthreads)), math.ceil(n / MAX_TASKS), 1
+    )
+    batches = []
+    for i, positions in enumerate(make_batches(rows, layout.unit, target)):
+        chosen = [entries[p] for p in positions]
+        batches.append(Batch(
+            index=i,
+            rows=np.asarray([e[0] for e in chosen], dtype=np.int64),
+            observations=[e[1] for e in chosen],
+            fingerprints=[e[2] for e in chosen],
+            attempts=[e[3] for e in chosen],
+        ))
+    by_key = {}
+    futures = []
+    for b in batches:
+        fut = client.submit(run_batch, ctx, b, key=f"esap-batch-{ctx.run_id}-{b.index}",
+                            pure=False)
+        by_key[fut.key] = b
+        futures.append(fut)
+    reports: list[BatchReport] = []
+    bar = Progress(total=n, description=f"{ctx.pipeline.name} → {os.path.basename(ctx.store)}",
+                   enabled=progress, dashboard=getattr(client, "dashboard_link", None))
+    try:
+        with bar:
+            for fut in as_completed(futures):
+                batch = by_key.pop(fut.key)
+                if fut.status == "finished":
+                    report = fut.result()
+                else:
+                    report = _batch_failed(group, ctx, batch, fut.exception())
+                reports.append(report)
+                bar.advance(len(batch.rows), failed=report.failed)
+                fut.release()
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return reports
+
+
+def _batch_failed(group: Any, ctx: RunContext, batch: Batch, err: BaseException) -> BatchReport:
+    """Record a batch whose task itself failed (a killed worker, an unwritable store)."""
+    kind = type(err).__name__
+    if kind == "KilledWorker":
+        message = (
+            f"the batch {batch.describe()} killed its worker again and again and was given up: "
+            "one of its observations crashes the worker process (memory, segfault); run it "
+            "alone to see which"
+        )
+    else:
+        message = f"the batch {batch.describe()} failed as a whole: {kind}: {err}"
+    n = len(batch.rows)
+    now = time.time()
+    columns = {
+        "ledger_status": np.full(n, FAILED, dtype="i1"),
+        "ledger_fingerprint": np.asarray(batch.fingerprints, dtype=object),
+        "ledger_params": np.full(n, ctx.param_hash, dtype=object),
+        "ledger_version": np.full(n, ctx.pipeline.version, dtype=object),
+        "ledger_attempts": np.asarray(batch.attempts, dtype="i4") + 1,
+        "ledger_error_type": np.full(n, kind, dtype=object),
+        "ledger_error": np.full(n, message, dtype=object),
+        "ledger_run": np.full(n, ctx.run_id, dtype=object),
+        "ledger_end": np.full(n, now),
+    }
+    with contextlib.suppress(Exception):
+        write_rows(group, batch.rows, columns)
+    failures = [(o.id, kind, message) for o in batch.observations]
+    return BatchReport(batch.index, 0, n, failures, worker="", seconds=0.0)
+
+
+def _summary(
+    store: str,
+    run_id: str,
+    pipe: Pipeline,
+    facility: str,
+    obs_list: Sequence[Any],
+    todo: Plan,
+    reports: Sequence[BatchReport],
+    t0: float,
+) -> RunSummary:
+    failed = sum(r.failed for r in reports)
+    processed = len(todo.todo)
+    return RunSummary(
+        store=store,
+        run_id=run_id,
+        pipeline=pipe.name,
+        version=pipe.version,
+        facility=facility,
+        total=len(obs_list),
+        processed=processed,
+        skipped=todo.skipped,
+        succeeded=sum(r.done for r in reports),
+        failed=failed,
+        seconds=round(time.perf_counter() - t0, 3),
+        reasons=dict(todo.reasons),
+        notes=list(todo.notes),
+        failures=[
+            {"observation": oid, "error_type": kind, "message": msg}
+            for r in reports for oid, kind, msg in r.failures
+        ],
+    )
+

@@ -1,0 +1,168 @@
+"""Observations: what a pipeline is mapped over, their ids and their fingerprints.
+
+An observation is a file (a path), a URL, or any plain value (a run number for
+a simulation). Each has an id, unique within a store: the file name for files
+and URLs, ``str(value)`` for values. Fingerprints tell whether an observation
+changed since it was processed: size and modification time for files (or a
+SHA-256 of the content on request), a hash of the value otherwise.
+"""
+
+from __future__ import annotations
+
+import glob as globmod
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LIST_SUFFIXES",
+    "Observation",
+    "ObservationError",
+    "as_observations",
+    "fingerprint",
+    "sha256_file",
+]
+
+#: Files with these suffixes given as ``--observations`` are read as lists, one entry a line.
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+class ObservationError(ValueError):
+    """An observation list is empty, unreadable, or has duplicate ids."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One observation: its id in the store, the value the pipeline receives, and its kind.
+
+    ``kind`` is ``"file"`` (a local path), ``"url"`` (``scheme://...``) or ``"value"``.
+    """
+
+    id: str
+    value: Any
+    kind: str = "value"
+
+    @classmethod
+    def of(cls, item: Any) -> Observation:
+        """The observation for a path, URL, ``Observation`` or plain value."""
+        if isinstance(item, Observation):
+            return item
+        if isinstance(item, os.PathLike) or isinstance(item, str):
+            text = os.fspath(item)
+            if "://" in text:
+                return cls(id=text.rstrip("/").rsplit("/", 1)[-1], value=text, kind="url")
+            return cls(id=os.path.basename(text), value=text, kind="file")
+        return cls(id=str(item), value=item, kind="value")
+
+
+def _read_list(path: Path) -> list[str]:
+    entries = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "://" not in line and not os.path.isabs(line):
+            line = str(path.parent / line)
+        entries.append(line)
+    return entries
+
+
+def _expand(spec: str) -> list[Any]:
+    match = _RANGE.match(spec)
+    if match:
+        lo, hi = int(match[1]), int(match[2])
+        if hi < lo:
+            raise ObservationError(f"observation range {spec!r}: the end is before the start")
+        return list(range(lo, hi + 1))
+    if "://" in spec:
+        return [spec]
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix in LIST_SUFFIXES:
+        return list(_read_list(path))
+    if globmod.has_magic(spec):
+        matches = sorted(globmod.glob(str(path), recursive=True))
+        if not matches:
+            raise ObservationError(f"no file matches {spec!r}; check the pattern and the directory")
+        return matches
+    return [str(path)]
+
+
+def as_observations(spec: Any) -> list[Observation]:
+    """The observation list for ``spec``.
+
+    ``spec`` may be a glob (``"runs/*.fits.gz"``), a list file (``.txt``/``.lst``/``.list``,
+    one path or URL a line, ``#`` comments, relative paths taken from the list's
+    directory), an inclusive integer range ``"1..100"``, a ``range``, or a sequence of
+    paths, URLs, values and :class:`Observation` objects.
+
+    Raises
+    ------
+    ObservationError
+        When the list is empty, or when two observations share an id (naming both).
+    """
+    items: Iterable[Any]
+    if isinstance(spec, (str, os.PathLike)):
+        items = _expand(os.fspath(spec))
+    elif isinstance(spec, Observation):
+        items = [spec]
+    elif isinstance(spec, Iterable):
+        items = spec
+    else:
+        raise ObservationError(
+            f"observations must be a glob, a list file, a range or a sequence, not {spec!r}"
+        )
+    observations = [Observation.of(item) for item in items]
+    if not observations:
+        raise ObservationError(f"the observation list {spec!r} is empty")
+    check_unique(observations)
+    return observations
+
+
+def check_unique(observations: Sequence[Observation]) -> None:
+    """Raise ObservationError naming the first two observations that share an id."""
+    seen: dict[str, Observation] = {}
+    for obs in observations:
+        first = seen.setdefault(obs.id, obs)
+        if first is not obs:
+            raise ObservationError(
+                f"duplicate observation id {obs.id!r}: {first.value!r} and {obs.value!r}; "
+                "observation ids (file names) must be unique within a store"
+            )
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(obs: Observation, *, content: bool = False) -> str:
+    """A short string that changes when the observation changes.
+
+    Files: ``"<size>-<mtime_ns>"`` (``"sha256:<hex>"`` with ``content=True``), or
+    ``"missing"``/``"directory"``. URLs: the URL itself (content checks happen on the
+    worker). Values: a hash of their ``repr``.
+    """
+    if obs.kind == "file":
+        try:
+            st = os.stat(obs.value)
+        except FileNotFoundError:
+            return "missing"
+        except OSError as err:
+            return f"unreadable:{err.errno}"
+        if os.path.isdir(obs.value):
+            return "directory"
+        if content:
+            return "sha256:" + sha256_file(obs.value)
+        return f"{st.st_size}-{st.st_mtime_ns}"
+    if obs.kind == "url":
+        return "url:" + hashlib.sha256(str(obs.value).encode()).hexdigest()[:16]
+    return "value:" + hashlib.sha256(repr(obs.value).encode()).hexdigest()[:16]

@@ -1,0 +1,357 @@
+"""Pipelines: a per-observation function, its typed parameters and its output schema.
+
+A pipeline is what ESAP calls a ``batch.workflow``: a name, a version, a
+description, the function run once per observation, the parameters it takes
+(with defaults and validation) and the products it returns, declared up front
+so that the Zarr store can be laid out before any observation is processed::
+
+    from esap_dask import Coordinate, Parameter, Pipeline, Schema, Variable
+
+    def spectrum(obs, *, nbins):
+        ...
+        return {"counts": counts, "livetime": livetime}
+
+    pipeline = Pipeline(
+        name="spectrum",
+        version="1.0",
+        description="Counts per energy bin",
+        function=spectrum,
+        parameters=[Parameter("nbins", int, 20, "number of energy bins", minimum=1)],
+        schema=lambda p: Schema(
+            variables=[
+                Variable("counts", "int64", dims=("energy",), units="count"),
+                Variable("livetime", "float64", units="s"),
+            ],
+            coords=[Coordinate("energy", np.arange(p["nbins"]), units="TeV")],
+        ),
+    )
+
+The function is called as ``function(observation, **params)`` and returns a
+mapping from variable name to a value of the declared shape (without the
+``obs`` dimension, which the mapper adds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Coordinate",
+    "Parameter",
+    "ParameterError",
+    "Pipeline",
+    "Schema",
+    "SchemaError",
+    "Variable",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ParameterError(ValueError):
+    """A pipeline parameter is unknown or its value is invalid."""
+
+
+class SchemaError(ValueError):
+    """A pipeline's output schema, or a product it returned, is inconsistent."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A typed pipeline parameter with a default and validation.
+
+    Parameters
+    ----------
+    name
+        The keyword passed to the pipeline function.
+    type
+        ``str``, ``int``, ``float`` or ``bool``; strings from the command line or
+        a UWS request are converted to it.
+    default
+        The value used when the caller gives none.
+    description
+        One line shown by ``esap-dask pipelines`` and the job service.
+    choices, minimum, maximum
+        Optional constraints, checked by :meth:`validate`.
+    """
+
+    name: str
+    type: type
+    default: Any
+    description: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in (str, int, float, bool):
+            raise ParameterError(
+                f"parameter {self.name!r}: type must be str, int, float or bool, not {self.type!r}"
+            )
+        object.__setattr__(self, "default", self.validate(self.default))
+
+    def validate(self, value: Any) -> Any:
+        """Return ``value`` converted to the parameter's type, or raise ParameterError."""
+        try:
+            converted = self._convert(value)
+        except (TypeError, ValueError) as err:
+            raise ParameterError(
+                f"parameter {self.name!r}: {value!r} is not a valid {self.type.__name__}"
+            ) from err
+        if self.choices is not None and converted not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            raise ParameterError(f"parameter {self.name!r}: {converted!r} is not one of {allowed}")
+        if self.minimum is not None and converted < self.minimum:
+            raise ParameterError(
+                f"parameter {self.name!r}: {converted!r} is below the minimum {self.minimum}"
+            )
+        if self.maximum is not None and converted > self.maximum:
+            raise ParameterError(
+                f"parameter {self.name!r}: {converted!r} is above the maximum {self.maximum}"
+            )
+        return converted
+
+    def _convert(self, value: Any) -> Any:
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(value)
+        if self.type is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if self.type in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        return self.type(value)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (the ESAP workflow parameter record)."""
+        record: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type.__name__,
+            "default": self.default,
+            "description": self.description,
+        }
+        for key in ("choices", "minimum", "maximum"):
+            value = getattr(self, key)
+            if value is not None:
+                record[key] = list(value) if key == "choices" else value
+        return record
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One product variable, per observation.
+
+    Parameters
+    ----------
+    name
+        Variable name in the store.
+    dtype
+        A numpy dtype string (``"float32"``, ``"int64"``, ``"bool"``) or ``"str"``.
+    dims
+        Its dimensions besides ``obs``; each needs a :class:`Coordinate`.
+    units, description
+        Written to the variable's attrs (xarray/CF conventions).
+    fill_value
+        Value of observations that failed or are not processed yet; defaults to
+        NaN for floats, 0 for integers, False for booleans and "" for strings.
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[str, ...] = ()
+    units: str = ""
+    description: str = ""
+    fill_value: Any = None
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        """The numpy dtype (object for strings)."""
+        return np.dtype(object) if self.dtype == "str" else np.dtype(self.dtype)
+
+    @property
+    def fill(self) -> Any:
+        """The fill value, with the per-kind default applied."""
+        if self.fill_value is not None:
+            return self.fill_value
+        kind = self.numpy_dtype.kind
+        return {"f": np.nan, "c": np.nan, "b": False, "O": ""}.get(kind, 0)
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """A coordinate of a non-``obs`` dimension (its values, units and description)."""
+
+    name: str
+    values: Any
+    units: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The products of one observation: variables and the coordinates of their dimensions."""
+
+    variables: Sequence[Variable]
+    coords: Sequence[Coordinate] = ()
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.variables]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise SchemaError(f"variable(s) declared twice: {', '.join(dupes)}")
+        sizes = self.sizes
+        for var in self.variables:
+            if var.name == "obs" or var.name.startswith("ledger_"):
+                raise SchemaError(
+                    f"variable {var.name!r}: the names 'obs' and 'ledger_*' are reserved"
+                )
+            if "obs" in var.dims:
+                raise SchemaError(f"variable {var.name!r}: 'obs' is added by the mapper")
+            missing = [d for d in var.dims if d not in sizes]
+            if missing:
+                raise SchemaError(
+                    f"variable {var.name!r}: dimension(s) {', '.join(missing)} have no "
+                    f"Coordinate; declare Coordinate({missing[0]!r}, values, units=...)"
+                )
+            var.numpy_dtype  # noqa: B018 - raises TypeError for an unknown dtype
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Length of each declared dimension."""
+        return {c.name: len(np.asarray(c.values)) for c in self.coords}
+
+    def shape(self, var: Variable) -> tuple[int, ...]:
+        """Per-observation shape of ``var``."""
+        sizes = self.sizes
+        return tuple(sizes[d] for d in var.dims)
+
+    def bytes_per_observation(self) -> int:
+        """Uncompressed bytes one observation adds to the store (strings count 64)."""
+        total = 0
+        for var in self.variables:
+            itemsize = 64 if var.dtype == "str" else var.numpy_dtype.itemsize
+            total += itemsize * int(np.prod(self.shape(var), dtype=np.int64))
+        return total
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description, stored in the store's attrs."""
+        return {
+            "variables": [
+                {
+                    "name": v.name,
+                    "dtype": v.dtype,
+                    "dims": list(v.dims),
+                    "units": v.units,
+                    "description": v.description,
+                }
+                for v in self.variables
+            ],
+            "coords": {
+                c.name: {"size": len(np.asarray(c.values)), "units": c.units} for c in self.coords
+            },
+        }
+
+
+SchemaSpec = Schema | Sequence[Variable] | Callable[[Mapping[str, Any]], Schema]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A per-observation workflow: function, parameters, output schema and metadata.
+
+    Parameters
+    ----------
+    name, version, description
+        Metadata; ``version`` is recorded per observation in the ledger, and
+        changing it makes the next run reprocess every observation.
+    function
+        ``function(observation, **params) -> Mapping[str, array-like]``.
+    parameters
+        The :class:`Parameter` list; the function receives all of them.
+    schema
+        A :class:`Schema`, a list of :class:`Variable` (scalars only), or a
+        callable taking the resolved parameters (for shapes set by parameters).
+    """
+
+    name: str
+    version: str
+    function: Callable[..., Mapping[str, Any]]
+    schema: SchemaSpec
+    parameters: Sequence[Parameter] = ()
+    description: str = ""
+    observations: str = field(default="files", compare=False)
+
+    def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults overridden by ``params``, each validated; unknown names are an error."""
+        params = dict(params or {})
+        known = {p.name: p for p in self.parameters}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            names = ", ".join(known) or "none"
+            raise ParameterError(
+                f"pipeline {self.name!r} has no parameter {unknown[0]!r} (its parameters: {names})"
+            )
+        return {
+            name: p.validate(params[name]) if name in params else p.default
+            for name, p in known.items()
+        }
+
+    def output_schema(self, params: Mapping[str, Any]) -> Schema:
+        """The schema for resolved ``params``."""
+        spec = self.schema
+        if isinstance(spec, Schema):
+            return spec
+        if callable(spec):
+            return spec(params)
+        return Schema(variables=list(spec))
+
+    def describe(self) -> dict[str, Any]:
+        """The ESAP ``batch.workflow`` record with the parameters and default schema."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "observations": self.observations,
+            "parameters": [p.describe() for p in self.parameters],
+            "schema": self.output_schema(self.resolve()).describe(),
+        }
+
+
+def parameter_hash(params: Mapping[str, Any]) -> str:
+    """A stable hash of resolved parameters (recorded per observation in the ledger)."""
+    text = json.dumps(dict(params), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def infer_schema(name: str, example: Mapping[str, Any]) -> Schema:
+    """A schema from one example result, for plain functions mapped without a Pipeline.
+
+    Each array dimension becomes ``<variable>_<axis>`` with an integer coordinate.
+    """
+    variables: list[Variable] = []
+    coords: list[Coordinate] = []
+    if not isinstance(example, Mapping):
+        raise SchemaError(
+            f"function {name!r} returned {type(example).__name__}; return a dict of "
+            "variable name -> value, or wrap it in an esap_dask.Pipeline"
+        )
+    for key, value in example.items():
+        arr = np.asarray(value)
+        dtype = "str" if arr.dtype.kind in "OUS" else str(arr.dtype)
+        dims = tuple(f"{key}_{i}" for i in range(arr.ndim))
+        coords += [Coordinate(d, np.arange(n)) for d, n in zip(dims, arr.shape, strict=True)]
+        variables.append(Variable(str(key), dtype, dims=dims))
+    return Schema(variables=variables, coords=coords)
+

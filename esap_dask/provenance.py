@@ -1,0 +1,194 @@
+"""Provenance of every run: a W3C PROV-JSON document with IVOA Provenance DM terms.
+
+One document per run, written next to the store as
+``<store>.provenance/<run id>.json`` and listed in the store's attrs
+(``attrs["esap"]["runs"]``). In it:
+
+* the run is a ``prov:Activity`` (``voprov:name``, start and end times, facility,
+  summary counts), described by a ``voprov:ActivityDescription`` entity for the
+  pipeline (name, version, description);
+* each processed input is a used ``prov:Entity`` with its location, fingerprint and
+  SHA-256 checksum (computed on the worker that read it);
+* each parameter is a ``voprov:Parameter`` entity the run was configured by;
+* the store is the generated entity;
+* the user is a ``prov:Person`` agent, esap-dask (with the versions of the software
+  it ran on) a ``prov:SoftwareAgent``, both associated with the run.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import platform
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+import numpy as np
+
+if TYPE_CHECKING:
+    import zarr
+
+    from esap_dask.batch import RunContext
+    from esap_dask.mapper import RunSummary
+
+__all__ = ["PREFIXES", "build_document", "record_run", "software_versions"]
+
+PREFIXES = {
+    "prov": "http://www.w3.org/ns/prov#",
+    "voprov": "http://www.ivoa.net/documents/ProvenanceDM/ns/voprov/",
+    "xsd": "http://www.w3.org/2001/XMLSchema#",
+    "esap": "urn:esap-dask:",
+}
+_PACKAGES = ("esap-dask", "dask", "distributed", "dask-jobqueue", "xarray", "zarr", "numpy",
+             "astropy")
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and of the packages a run depends on."""
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = pkg_version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def build_document(
+    *,
+    run_id: str,
+    pipeline: Mapping[str, Any],
+    params: Mapping[str, Any],
+    facility: str,
+    store: str,
+    inputs: list[dict[str, str]],
+    started: datetime,
+    ended: datetime,
+    user: str,
+    summary: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The PROV-JSON document of one run (see the module docstring for its shape)."""
+    run = f"esap:run/{run_id}"
+    desc = f"esap:pipeline/{pipeline['name']}/{pipeline['version']}"
+    out = f"esap:store/{run_id}"
+    person = f"esap:user/{user}"
+    software = "esap:software/esap-dask"
+    doc: dict[str, Any] = {
+        "prefix": dict(PREFIXES),
+        "activity": {
+            run: {
+                "prov:type": "voprov:Activity",
+                "voprov:name": f"{pipeline['name']} run {run_id}",
+                "prov:startTime": _iso(started),
+                "prov:endTime": _iso(ended),
+                "esap:facility": facility,
+                "esap:summary": json.dumps(dict(summary), sort_keys=True),
+            }
+        },
+        "entity": {
+            desc: {
+                "prov:type": "voprov:ActivityDescription",
+                "voprov:name": pipeline["name"],
+                "voprov:version": pipeline["version"],
+                "voprov:description": pipeline.get("description", ""),
+            },
+            out: {
+                "prov:type": "voprov:Entity",
+                "voprov:name": store.rstrip("/").rsplit("/", 1)[-1],
+                "prov:location": store,
+                "voprov:content_type": "application/vnd+zarr",
+                "prov:generatedAtTime": _iso(ended),
+            },
+        },
+        "agent": {
+            person: {"prov:type": "prov:Person", "voprov:name": user},
+            software: {
+                "prov:type": "prov:SoftwareAgent",
+                "voprov:name": "esap-dask",
+                "esap:versions": json.dumps(software_versions(), sort_keys=True),
+            },
+        },
+        "used": {},
+        "wasGeneratedBy": {"_:gen": {"prov:entity": out, "prov:activity": run,
+                                     "prov:time": _iso(ended)}},
+        "wasAssociatedWith": {
+            "_:assoc-user": {"prov:activity": run, "prov:agent": person,
+                             "prov:role": "voprov:operator"},
+            "_:assoc-software": {"prov:activity": run, "prov:agent": software,
+                                 "prov:plan": desc},
+        },
+        "wasAttributedTo": {"_:attr": {"prov:entity": out, "prov:agent": person}},
+        "wasInfluencedBy": {},
+    }
+    for name, value in params.items():
+        ent = f"esap:parameter/{run_id}/{name}"
+        doc["entity"][ent] = {"prov:type": "voprov:Parameter", "voprov:name": name,
+                              "prov:value": value}
+        doc["wasInfluencedBy"][f"_:config-{name}"] = {
+            "prov:influencee": run, "prov:influencer": ent,
+            "prov:type": "voprov:wasConfiguredBy", "voprov:artefactType": "Parameter",
+        }
+    for i, item in enumerate(inputs):
+        ent = f"esap:input/{item['id']}"
+        doc["entity"][ent] = {
+            "prov:type": "voprov:Entity",
+            "voprov:name": item["id"],
+            "prov:location": item["source"],
+            "esap:fingerprint": item["fingerprint"],
+            **({"voprov:checksum": f"sha256:{item['checksum']}"} if item["checksum"] else {}),
+        }
+        doc["used"][f"_:used-{i}"] = {"prov:activity": run, "prov:entity": ent,
+                                      "prov:role": "voprov:input"}
+    return doc
+
+
+def record_run(
+    group: zarr.Group,
+    store: str,
+    summary: RunSummary,
+    ctx: RunContext,
+    *,
+    started: datetime,
+    user: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Write the run's PROV-JSON next to the store, list it in the store's attrs; return its path."""
+    runs = np.asarray(group["ledger_run"][...], dtype=object)
+    rows = np.flatnonzero(runs == summary.run_id)
+    cols = {c: np.asarray(group[f"ledger_{c}"][...], dtype=object)[rows]
+            for c in ("source", "fingerprint", "checksum")}
+    ids = np.asarray(group["obs"][...], dtype=object)[rows]
+    inputs = [
+        {"id": str(ids[k]), **{c: str(cols[c][k]) for c in cols}} for k in range(len(rows))
+    ]
+    ended = datetime.now(UTC)
+    user = user or getpass.getuser()
+    counts = {k: getattr(summary, k) for k in ("total", "processed", "skipped", "failed")}
+    doc = build_document(
+        run_id=summary.run_id,
+        pipeline={"name": ctx.pipeline.name, "version": ctx.pipeline.version,
+                  "description": ctx.pipeline.description},
+        params=ctx.params, facility=summary.facility, store=store, inputs=inputs,
+        started=started, ended=ended, user=user, summary=counts,
+    )
+    path = f"{store.rstrip('/')}.provenance/{summary.run_id}.json"
+    fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(fs_path, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    meta = dict(group.attrs["esap"])
+    meta["runs"] = [*meta.get("runs", []), {
+        "run": summary.run_id, "started": _iso(started), "ended": _iso(ended),
+        "user": user, "facility": summary.facility, "params": dict(ctx.params),
+        "version": ctx.pipeline.version, "provenance": path, **counts,
+    }]
+    group.attrs["esap"] = meta
+    return path

@@ -1,0 +1,251 @@
+"""The Zarr store layout: products and ledger along ``obs``, readable with ``xr.open_zarr``.
+
+Layout of a store (Zarr v3, one group)::
+
+    obs                 (obs)        str      observation id: the dimension coordinate
+    <product>           (obs, ...)   declared dtype, units and description in attrs
+    <coordinate>        (dim)        coordinates of the products' other dimensions
+    ledger_<column>     (obs)        one row per observation (see esap_dask.ledger)
+    attrs["esap"]       pipeline, version, schema, layout, and the runs so far
+
+Every array is chunked along ``obs`` on one grid (``chunk`` observations a
+chunk, optionally ``shard`` observations a shard); the *write unit* is the shard
+when sharding, else the chunk. Tasks own whole write units, so no two tasks ever
+write the same chunk or shard (concurrent partial writes of one shard corrupt it).
+
+Appending is ordered so that a crash at any point leaves a store that
+:func:`repair` brings back to its last consistent length: data arrays grow
+first, the ``obs`` coordinate (the commit point) last.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+
+from esap_dask.pipeline import Schema, SchemaError, Variable
+
+__all__ = [
+    "StoreError",
+    "StoreLayout",
+    "append_observations",
+    "consolidate",
+    "contiguous_runs",
+    "create_store",
+    "open_store",
+    "repair",
+    "write_rows",
+    "zarr_store",
+]
+
+TIME_UNITS = "seconds since 1970-01-01T00:00:00"
+
+
+class StoreError(RuntimeError):
+    """A store cannot be opened, or does not hold what the run expects."""
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Chunking along ``obs``: ``chunk`` observations a chunk, ``shard`` a shard (or None)."""
+
+    chunk: int
+    shard: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be at least 1, not {self.chunk}")
+        if self.shard is not None and (self.shard < self.chunk or self.shard % self.chunk):
+            raise ValueError(
+                f"shard ({self.shard}) must be a multiple of chunk ({self.chunk}) observations"
+            )
+
+    @property
+    def unit(self) -> int:
+        """Observations per write unit: the shard when sharding, else the chunk."""
+        return self.shard or self.chunk
+
+
+def zarr_store(store: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """What zarr opens for ``store``: the path itself, or an fsspec store for a URL."""
+    if "://" in store and not store.startswith("file://"):
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(store, storage_options=dict(storage_options or {}))
+    return store.removeprefix("file://")
+
+
+def _create(
+    group: zarr.Group,
+    name: str,
+    *,
+    dtype: Any,
+    dims: Sequence[str],
+    shape: tuple[int, ...],
+    layout: StoreLayout | None,
+    fill: Any,
+    attrs: Mapping[str, Any],
+) -> None:
+    if layout is None:  # a coordinate of another dimension: one chunk
+        chunks: tuple[int, ...] = tuple(max(1, n) for n in shape)
+        shards = None
+    else:
+        rest = tuple(max(1, n) for n in shape[1:])
+        chunks = (layout.chunk, *rest)
+        shards = (layout.shard, *rest) if layout.shard else None
+    dtype = str if np.dtype(dtype).kind == "O" else dtype
+    group.create_array(
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        shards=shards,
+        fill_value=fill,
+        dimension_names=list(dims),
+        attributes=dict(attrs),
+    )
+
+
+def create_store(
+    store: str,
+    schema: Schema,
+    layout: StoreLayout,
+    ledger: Sequence[Variable],
+    attrs: Mapping[str, Any],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> zarr.Group:
+    """Create an empty store (``obs`` of length 0) for ``schema`` plus the ``ledger`` columns."""
+    group = zarr.open_group(zarr_store(store, storage_options), mode="w-", zarr_format=3)
+    group.attrs["esap"] = dict(attrs)
+    _create(
+        group, "obs", dtype=object, dims=["obs"], shape=(0,), layout=layout, fill="",
+        attrs={"description": "observation id"},
+    )
+    for coord in schema.coords:
+        values = np.asarray(coord.values)
+        _create(
+            group, coord.name, dtype=values.dtype, dims=[coord.name], shape=values.shape,
+            layout=None, fill=None, attrs={"units": coord.units, "description": coord.description},
+        )
+        group[coord.name][...] = values
+    for var in [*schema.variables, *ledger]:
+        shape = (0, *schema.shape(var))
+        attrs_v = {"units": var.units, "description": var.description}
+        if var.units == TIME_UNITS:
+            attrs_v["calendar"] = "proleptic_gregorian"
+        _create(
+            group, var.name, dtype=var.numpy_dtype, dims=["obs", *var.dims], shape=shape,
+            layout=layout, fill=var.fill, attrs=attrs_v,
+        )
+    consolidate(group.store)
+    return group
+
+
+def open_store(
+    store: str, *, storage_options: Mapping[str, Any] | None = None, mode: str = "r+"
+) -> zarr.Group:
+    """Open an existing store's group, reading array metadata afresh (not consolidated)."""
+    try:
+        return zarr.open_group(
+            zarr_store(store, storage_options), mode=mode, use_consolidated=False
+        )
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        raise StoreError(f"{store}: no Zarr store there") from err
+
+
+def store_layout(group: zarr.Group) -> StoreLayout:
+    """The layout recorded in the store's attrs."""
+    meta = group.attrs.get("esap")
+    if not isinstance(meta, dict) or "layout" not in meta:
+        raise StoreError(
+            f"{group.store}: not an esap-dask store (no 'esap' attrs); give another --store"
+        )
+    lay = meta["layout"]
+    return StoreLayout(chunk=int(lay["chunk"]), shard=lay.get("shard"))
+
+
+def check_schema(group: zarr.Group, schema: Schema) -> None:
+    """Raise SchemaError when the store's products differ from ``schema`` (name, dtype, shape)."""
+    for var in schema.variables:
+        if var.name not in group:
+            raise SchemaError(
+                f"{group.store}: has no variable {var.name!r}; the pipeline's products changed, "
+                "write to a new --store"
+            )
+        arr = group[var.name]
+        want = schema.shape(var)
+        if tuple(arr.shape[1:]) != want:
+            raise SchemaError(
+                f"{group.store}: variable {var.name!r} has per-observation shape "
+                f"{tuple(arr.shape[1:])}, the pipeline now gives {want} (a parameter changed a "
+                "shape); write to a new --store"
+            )
+
+
+def repair(group: zarr.Group) -> int:
+    """Bring a store interrupted during an append back to its committed length; return it."""
+    ids = group["obs"][...]
+    n = len(ids)
+    while n and not ids[n - 1]:
+        n -= 1
+    changed = n != len(ids)
+    for name, arr in group.arrays():
+        if arr.metadata.dimension_names and arr.metadata.dimension_names[0] == "obs":
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+                changed = True
+    if changed:
+        consolidate(group.store)
+    return n
+
+
+def append_observations(group: zarr.Group, ids: Sequence[str]) -> int:
+    """Grow every ``obs`` array by ``len(ids)`` rows; return the first new row index."""
+    old = group["obs"].shape[0]
+    new = old + len(ids)
+    for name, arr in group.arrays():
+        dims = arr.metadata.dimension_names
+        if name != "obs" and dims and dims[0] == "obs":
+            arr.resize((new, *arr.shape[1:]))
+    obs = group["obs"]
+    obs.resize((new,))
+    obs[old:new] = np.asarray(list(ids), dtype=object)
+    consolidate(group.store)
+    return old
+
+
+def consolidate(store: Any) -> None:
+    """Rewrite the consolidated metadata of a zarr store object (xarray reads shapes from it)."""
+    with warnings.catch_warnings():  # "not part of the v3 spec": xarray reads it all the same
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        zarr.consolidate_metadata(store)
+
+
+def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Split sorted row indices into runs: ``(row_start, row_stop, pos_start, pos_stop)``."""
+    if len(rows) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(rows)]])
+    return [(int(rows[a]), int(rows[b - 1]) + 1, int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+    """Write ``columns`` (name -> values, one per row) at ``rows``, in the mapping's order.
+
+    Each contiguous run of rows is one slice assignment (zarr 3.1 mis-broadcasts
+    orthogonal integer-array writes into sharded arrays).
+    """
+    runs = contiguous_runs(np.asarray(rows))
+    for name, values in columns.items():
+        arr = group[name]
+        for r0, r1, p0, p1 in runs:
+            arr[r0:r1] = values[p0:p1]
