@@ -9,10 +9,13 @@ The public API::
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _pkg_version
+
 from esap_dask.facilities import Facility, list_facilities, load_facility, open_cluster
 from esap_dask.ledger import read_ledger
 from esap_dask.mapper import RunSummary, map_observations
-from esap_dask.observations import Observation, as_observations
+from esap_dask.observations import Observation, ObservationError, as_observations
 from esap_dask.pipeline import (
     Coordinate,
     Parameter,
@@ -24,12 +27,16 @@ from esap_dask.pipeline import (
 )
 from esap_dask.workflows import get_pipeline, list_pipelines
 
-__version__ = "0.1.0"
+try:
+    __version__ = _pkg_version("esap-dask")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Coordinate",
     "Facility",
     "Observation",
+    "ObservationError",
     "Parameter",
     "ParameterError",
     "Pipeline",

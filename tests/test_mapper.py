@@ -1,0 +1,261 @@
+"""The observation mapper: store layout, ledger, incremental reruns, failures, exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from esap_dask import ObservationError, map_observations, read_ledger
+from esap_dask.ledger import DONE, FAILED
+from esap_dask.store import open_store
+
+HERE = Path(__file__).parent
+VECTOR = str(HERE / "pipelines" / "vector.py")
+CRASHY = str(HERE / "pipelines" / "crashy.py")
+
+
+def make_files(directory: Path, n: int, start: int = 0) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        p = directory / f"obs{i:05d}.dat"
+        p.write_bytes(f"observation {i}\n".encode() * (1 + i % 7))
+        paths.append(str(p))
+    return paths
+
+
+def test_helloworld_store_opens_with_xarray(tmp_path, client):
+    files = make_files(tmp_path / "in", 30)
+    store = tmp_path / "hello.zarr"
+    summary = map_observations("helloworld", files, store, client=client,
+                               params={"message": "Hi"})
+    assert (summary.total, summary.processed, summary.succeeded, summary.failed) == (30, 30, 30, 0)
+    ds = xr.open_zarr(store)
+    assert list(ds.obs.values) == [Path(f).name for f in files]
+    for f, size, checksum, greeting in zip(files, ds["size"].values, ds.checksum.values,
+                                            ds.greeting.values, strict=True):
+        data = Path(f).read_bytes()
+        assert size == len(data)
+        assert checksum == hashlib.sha256(data).hexdigest()
+        assert greeting == f"Hi, {Path(f).name}!"
+    assert ds["size"].attrs["units"] == "byte"
+    assert (ds.ledger_status.values == DONE).all()
+    assert (ds.ledger_checksum.values == ds.checksum.values).all()
+    assert ds.ledger_start.dtype.kind == "M"  # decoded to datetime64
+    assert ds.attrs["esap"]["pipeline"] == "helloworld"
+
+
+def test_plain_values_and_duplicates(tmp_path, client):
+    summary = map_observations("helloworld", range(1, 11), tmp_path / "v.zarr", client=client)
+    assert summary.succeeded == 10
+    ds = xr.open_zarr(tmp_path / "v.zarr")
+    assert ds.greeting.values[0] == "Hello, 1!"
+    a, b = tmp_path / "a", tmp_path / "b"
+    dupes = make_files(a, 1) + make_files(b, 1)
+    with pytest.raises(ObservationError, match="duplicate observation id 'obs00000.dat'") as err:
+        map_observations("helloworld", dupes, tmp_path / "d.zarr", client=client)
+    assert str(a) in str(err.value) and str(b) in str(err.value)
+
+
+def test_plain_function_schema_inferred(tmp_path, client):
+    def square(x):
+        return {"square": x * x, "pair": np.array([x, -x])}
+
+    summary = map_observations(square, [1, 2, 3], tmp_path / "f.zarr", client=client)
+    assert summary.succeeded == 3
+    ds = xr.open_zarr(tmp_path / "f.zarr")
+    assert ds.square.values.tolist() == [1, 4, 9]
+    assert ds.pair.values.tolist() == [[1, -1], [2, -2], [3, -3]]
+
+
+def test_rerun_appends_and_skips(tmp_path, client):
+    files = make_files(tmp_path / "in", 20)
+    store = tmp_path / "s.zarr"
+    map_observations("helloworld", files, store, client=client)
+    before = xr.open_zarr(store).load()
+    more = files + make_files(tmp_path / "in", 5, start=20)
+    summary = map_observations("helloworld", more, store, client=client)
+    assert (summary.processed, summary.skipped, summary.reasons) == (5, 20, {"new": 5})
+    after = xr.open_zarr(store).load()
+    assert after.sizes["obs"] == 25
+    xr.testing.assert_equal(after[["size", "checksum"]].isel(obs=slice(0, 20)),
+                                before[["size", "checksum"]])
+    # the earlier rows keep the run that made them
+    assert set(after.ledger_run.values[:20]) == {before.ledger_run.values[0]}
+
+
+def test_changed_failed_params_version_force(tmp_path, client):
+    files = make_files(tmp_path / "in", 12)
+    store = tmp_path / "s.zarr"
+    map_observations("helloworld", files, store, client=client)
+    Path(files[3]).write_bytes(b"changed content")
+    os.remove(files[5])
+    summary = map_observations("helloworld", files, store, client=client)
+    assert summary.reasons == {"changed": 2}  # the rewritten file, and the removed one
+    assert [f["observation"] for f in summary.failures] == ["obs00005.dat"]
+    assert "no such file" in summary.failures[0]["message"]
+    make_files(tmp_path / "in", 6)  # brings obs00005 back (and touches 0-4)
+    summary = map_observations("helloworld", files, store, client=client)
+    assert summary.reasons["failed"] == 1 and summary.failed == 0
+    summary = map_observations("helloworld", files, store, client=client,
+                               params={"message": "Bye"})
+    assert summary.reasons == {"parameters": 12}
+    assert "other parameters" in summary.notes[0]
+    summary = map_observations("helloworld", files, store, client=client,
+                               params={"message": "Bye"}, force=True)
+    assert summary.reasons == {"forced": 12}
+    assert xr.open_zarr(store).ledger_attempts.values.min() >= 3
+
+
+def test_version_change_reprocesses_all(tmp_path, client):
+    from dataclasses import replace
+
+    from esap_dask import get_pipeline
+
+    store = tmp_path / "s.zarr"
+    hello = get_pipeline("helloworld")
+    map_observations(hello, range(5), store, client=client)
+    summary = map_observations(replace(hello, version="9.9"), range(5), store, client=client)
+    assert summary.reasons == {"version": 5}
+    assert "another pipeline version" in summary.notes[0]
+    assert set(xr.open_zarr(store).ledger_version.values) == {"9.9"}
+
+
+def test_one_failure_does_not_spoil_its_batch(tmp_path, client):
+    files = make_files(tmp_path / "in", 10)
+    Path(files[4]).unlink()
+    store = tmp_path / "s.zarr"
+    summary = map_observations("helloworld", files, store, client=client, batch_size=10,
+                               chunk=10)
+    assert (summary.succeeded, summary.failed) == (9, 1)
+    ds = xr.open_zarr(store)
+    assert ds["size"].values[4] == 0 and ds.checksum.values[4] == ""
+    assert (ds["size"].values[[0, 1, 2, 3, 5, 6, 7, 8, 9]] > 0).all()
+    assert ds.ledger_error_type.values[4] == "FileNotFoundError"
+    assert "FileNotFoundError" in ds.ledger_traceback.values[4]
+
+
+@pytest.mark.slow
+def test_sharded_concurrent_writes_are_exact(tmp_path):
+    """1,000 observations, 10 per shard, 4 workers writing at once: every value checked."""
+    from distributed import Client, LocalCluster
+
+    from tests.pipelines.vector import expected
+
+    store = tmp_path / "sharded.zarr"
+    runs = list(range(1000))
+    with LocalCluster(n_workers=4, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        summary = map_observations(VECTOR, runs, store, client=c, shard=10, chunk=2,
+                                   batch_size=1, params={"scale": 0.5})
+        workers = set(xr.open_zarr(store).ledger_worker.values)
+    assert summary.succeeded == 1000 and summary.failed == 0
+    assert len(workers) == 4  # all four wrote
+    arr = zarr.open_group(str(store), mode="r")["vector"]
+    assert arr.shards == (10, 16) and arr.chunks == (2, 16)
+    ds = xr.open_zarr(store)
+    reference = np.stack([expected(r, 0.5) for r in runs])
+    corrupted = int((ds.vector.values != reference).any(axis=1).sum())
+    assert corrupted == 0
+    np.testing.assert_array_equal(ds.total.values, reference.sum(axis=1))
+
+
+def test_worker_killed_once_is_retried(tmp_path, client):
+    store = tmp_path / "s.zarr"
+    params = {"crash_once": 7, "marker_dir": str(tmp_path)}
+    summary = map_observations(CRASHY, range(20), store, client=client, params=params)
+    assert (summary.succeeded, summary.failed) == (20, 0)
+    assert (tmp_path / "crashed-7").exists()  # it did kill a worker
+    assert xr.open_zarr(store).double.values.tolist() == [2 * i for i in range(20)]
+
+
+def test_batch_that_keeps_killing_workers_is_reported(tmp_path, client):
+    store = tmp_path / "s.zarr"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        summary = map_observations(CRASHY, range(20), store, client=client, chunk=5,
+                                   batch_size=5, params={"crash": 12})
+    failed = {f["observation"] for f in summary.failures}
+    assert failed == {"10", "11", "12", "13", "14"}  # the batch of run 12
+    assert all(f["error_type"] == "KilledWorker" for f in summary.failures)
+    assert "crashes the worker" in summary.failures[0]["message"]
+    assert summary.succeeded == 15
+    ledger = read_ledger(open_store(str(store), mode="r"))
+    assert (ledger.status[10:15] == FAILED).all() and (ledger.status[:10] == DONE).all()
+
+
+def test_provenance_document(tmp_path, client):
+    files = make_files(tmp_path / "in", 4)
+    store = tmp_path / "p.zarr"
+    summary = map_observations("helloworld", files, store, client=client, user="alice",
+                               params={"message": "Hey"})
+    doc = json.loads(Path(summary.provenance).read_text())
+    assert summary.provenance == f"{store}.provenance/{summary.run_id}.json"
+    (run,) = doc["activity"]
+    assert doc["activity"][run]["prov:type"] == "voprov:Activity"
+    used = {doc["entity"][u["prov:entity"]]["prov:location"]: doc["entity"][u["prov:entity"]]
+            for u in doc["used"].values()}
+    assert set(used) == set(files)
+    for f in files:
+        digest = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        assert used[f]["voprov:checksum"] == f"sha256:{digest}"
+    (gen,) = doc["wasGeneratedBy"].values()
+    assert doc["entity"][gen["prov:entity"]]["prov:location"] == str(store)
+    agents = {a["voprov:name"]: a for a in doc["agent"].values()}
+    assert agents["alice"]["prov:type"] == "prov:Person"
+    assert "zarr" in json.loads(agents["esap-dask"]["esap:versions"])
+    params = {e["voprov:name"]: e["prov:value"] for e in doc["entity"].values()
+              if e["prov:type"] == "voprov:Parameter"}
+    assert params == {"message": "Hey", "sleep": 0.0, "fail": False}
+    runs = xr.open_zarr(store).attrs["esap"]["runs"]
+    assert runs[-1]["provenance"] == summary.provenance and runs[-1]["user"] == "alice"
+
+
+def test_nothing_to_do_starts_no_cluster(tmp_path, client):
+    store = tmp_path / "s.zarr"
+    map_observations("helloworld", range(3), store, client=client)
+    # no client given and no default one: a cluster would have to be started
+    summary = map_observations("helloworld", range(3), store, client=None,
+                               facility="no-such-facility")
+    assert (summary.processed, summary.skipped) == (0, 3)
+
+
+def test_interrupted_append_is_repaired(tmp_path, client):
+    store = tmp_path / "s.zarr"
+    map_observations("helloworld", range(6), store, client=client)
+    group = open_store(str(store))
+    for name, arr in group.arrays():  # a crash after growing the data arrays only
+        if arr.metadata.dimension_names[0] == "obs" and name != "obs":
+            arr.resize((9, *arr.shape[1:]))
+    summary = map_observations("helloworld", range(8), store, client=client)
+    assert (summary.processed, summary.skipped) == (2, 6)
+    ds = xr.open_zarr(store)
+    assert ds.sizes["obs"] == 8 and (ds.ledger_status.values == DONE).all()
+
+
+@pytest.mark.slow
+def test_incremental_over_10000_observations(tmp_path, client):
+    files = make_files(tmp_path / "in", 10_000)
+    pattern = str(tmp_path / "in" / "*.dat")
+    store = tmp_path / "big.zarr"
+    first = map_observations("helloworld", pattern, store, client=client)
+    assert (first.processed, first.succeeded) == (10_000, 10_000)
+    again = map_observations("helloworld", pattern, store, client=client)
+    assert (again.processed, again.skipped) == (0, 10_000)
+    touched = files[::1000]
+    later = time.time() + 10
+    for f in touched:
+        os.utime(f, (later, later))
+    third = map_observations("helloworld", pattern, store, client=client)
+    assert (third.processed, third.reasons) == (10, {"changed": 10})
+    ds = xr.open_zarr(store)
+    runs = dict(zip(ds.obs.values, ds.ledger_run.values, strict=True))
+    assert {o for o, r in runs.items() if r == third.run_id} == {Path(f).name for f in touched}
