@@ -37,8 +37,14 @@ def _input_errors() -> tuple[type[Exception], ...]:
     from esap_dask.store import StoreError
     from esap_dask.workflows import PipelineNotFound
 
-    return (FacilityError, ObservationError, ParameterError, SchemaError, StoreError,
-            PipelineNotFound)
+    return (
+        FacilityError,
+        ObservationError,
+        ParameterError,
+        SchemaError,
+        StoreError,
+        PipelineNotFound,
+    )
 
 
 def _guarded(action: Callable[[], Any]) -> Any:
@@ -70,8 +76,9 @@ def print_summary(summary: Any) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     for key in ("total", "processed", "skipped", "succeeded", "failed"):
         style = "red" if key == "failed" and summary.failed else ""
-        table.add_row(key, f"[{style}]{getattr(summary, key)}" if style else
-                      str(getattr(summary, key)))
+        table.add_row(
+            key, f"[{style}]{getattr(summary, key)}" if style else str(getattr(summary, key))
+        )
     table.add_row("seconds", f"{summary.seconds:.2f}")
     if summary.reasons:
         table.add_row("why", ", ".join(f"{n} {r}" for r, n in sorted(summary.reasons.items())))
@@ -79,8 +86,9 @@ def print_summary(summary: Any) -> None:
     for note in summary.notes:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
     for f in summary.failures[:20]:
-        out.print(f"[red]failed[/] {f['observation']}: {f['error_type']}: {f['message']}",
-                  highlight=False)
+        out.print(
+            f"[red]failed[/] {f['observation']}: {f['error_type']}: {f['message']}", highlight=False
+        )
     if len(summary.failures) > 20:
         out.print(f"… and {len(summary.failures) - 20} more: esap-dask status {summary.store}")
     out.print(f"store: {summary.store}", highlight=False)
@@ -96,23 +104,51 @@ def main() -> None:
 
 @main.command()
 @click.argument("pipeline")
-@click.option("--observations", "-o", required=True,
-              help="A glob ('runs/*.fits.gz'), a list file (.txt/.lst), or a range '1..100'.")
+@click.option(
+    "--observations",
+    "-o",
+    required=True,
+    help="A glob ('runs/*.fits.gz'), a list file (.txt/.lst), or a range '1..100'.",
+)
 @click.option("--store", "-s", required=True, help="The Zarr store to create or extend.")
-@click.option("--facility", "-f", default="local", show_default=True,
-              help="Where workers run (see `esap-dask facilities`).")
-@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
-              help="A pipeline parameter (see `esap-dask pipelines`); repeatable.")
+@click.option(
+    "--facility",
+    "-f",
+    default="local",
+    show_default=True,
+    help="Where workers run (see `esap-dask facilities`).",
+)
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A pipeline parameter (see `esap-dask pipelines`); repeatable.",
+)
 @click.option("--force", is_flag=True, help="Reprocess every observation.")
-@click.option("--content-hash", is_flag=True,
-              help="Detect changed files by content (SHA-256), not size and mtime.")
+@click.option(
+    "--content-hash",
+    is_flag=True,
+    help="Detect changed files by content (SHA-256), not size and mtime.",
+)
 @click.option("--chunk", type=click.IntRange(min=1), help="Observations per chunk (new store).")
 @click.option("--shard", type=click.IntRange(min=1), help="Observations per shard (new store).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minimum observations per task.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def run(pipeline: str, observations: str, store: str, facility: str, params: tuple[str, ...],
-        force: bool, content_hash: bool, chunk: int | None, shard: int | None,
-        batch_size: int | None, as_json: bool) -> None:
+def run(
+    pipeline: str,
+    observations: str,
+    store: str,
+    facility: str,
+    params: tuple[str, ...],
+    force: bool,
+    content_hash: bool,
+    chunk: int | None,
+    shard: int | None,
+    batch_size: int | None,
+    as_json: bool,
+) -> None:
     """Run PIPELINE (a name or a .py file) over the observations into the store.
 
     Only new, changed, failed or unfinished observations are processed; running
@@ -120,11 +156,21 @@ def run(pipeline: str, observations: str, store: str, facility: str, params: tup
     """
     from esap_dask.mapper import map_observations
 
-    summary = _guarded(lambda: map_observations(
-        pipeline, observations, store, facility=facility, params=_parse_params(params),
-        force=force, content_hash=content_hash, chunk=chunk, shard=shard,
-        batch_size=batch_size, progress=None if not as_json else False,
-    ))
+    summary = _guarded(
+        lambda: map_observations(
+            pipeline,
+            observations,
+            store,
+            facility=facility,
+            params=_parse_params(params),
+            force=force,
+            content_hash=content_hash,
+            chunk=chunk,
+            shard=shard,
+            batch_size=batch_size,
+            progress=None if not as_json else False,
+        )
+    )
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:
@@ -135,8 +181,9 @@ def run(pipeline: str, observations: str, store: str, facility: str, params: tup
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
-@click.option("--failures", "max_failures", default=20, show_default=True,
-              help="How many failures to list.")
+@click.option(
+    "--failures", "max_failures", default=20, show_default=True, help="How many failures to list."
+)
 def status(store: str, as_json: bool, max_failures: int) -> None:
     """What STORE's ledger says: counts per status, runs, and failures with their messages."""
     from esap_dask.status import store_status
@@ -145,16 +192,23 @@ def status(store: str, as_json: bool, max_failures: int) -> None:
     if as_json:
         click.echo(json.dumps(report, default=str))
         return
-    out.print(f"[bold]{store}[/]: pipeline {report['pipeline']} {report['version']}, "
-              f"{report['total']} observations, {len(report['runs'])} run(s)", highlight=False)
+    out.print(
+        f"[bold]{store}[/]: pipeline {report['pipeline']} {report['version']}, "
+        f"{report['total']} observations, {len(report['runs'])} run(s)",
+        highlight=False,
+    )
     out.print("  ".join(f"{k}: {v}" for k, v in report["counts"].items()), highlight=False)
     if report["runs"]:
         last = report["runs"][-1]
-        out.print(f"last run {last['run']} ({last['ended']}): processed {last['processed']}, "
-                  f"failed {last['failed']}", highlight=False)
+        out.print(
+            f"last run {last['run']} ({last['ended']}): processed {last['processed']}, "
+            f"failed {last['failed']}",
+            highlight=False,
+        )
     for f in report["failures"]:
-        out.print(f"[red]failed[/] {f['observation']}: {f['error_type']}: {f['message']}",
-                  highlight=False)
+        out.print(
+            f"[red]failed[/] {f['observation']}: {f['error_type']}: {f['message']}", highlight=False
+        )
 
 
 @main.command()
@@ -170,8 +224,11 @@ def pipelines(as_json: bool) -> None:
     for p in found:
         out.print(f"[bold]{p.name}[/] {p.version}: {p.description}", highlight=False)
         for param in p.parameters:
-            out.print(f"    {param.name} ({param.type.__name__}, default {param.default!r}): "
-                      f"{param.description}", highlight=False)
+            out.print(
+                f"    {param.name} ({param.type.__name__}, default {param.default!r}): "
+                f"{param.description}",
+                highlight=False,
+            )
 
 
 @main.command()
@@ -182,8 +239,9 @@ def facilities(as_json: bool) -> None:
 
     found = _guarded(list_facilities)
     if as_json:
-        click.echo(json.dumps([{**f.as_record(), "options": dict(f.options)} for f in found],
-                              default=str))
+        click.echo(
+            json.dumps([{**f.as_record(), "options": dict(f.options)} for f in found], default=str)
+        )
         return
     table = Table("name", "type", "runtime", "description")
     for f in found:
@@ -192,10 +250,22 @@ def facilities(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--directory", "-d", default="esap-demo", show_default=True, type=click.Path(),
-              help="Where the synthetic observations and the store go.")
-@click.option("--count", "-n", default=20, show_default=True, type=click.IntRange(min=1),
-              help="Number of synthetic observations.")
+@click.option(
+    "--directory",
+    "-d",
+    default="esap-demo",
+    show_default=True,
+    type=click.Path(),
+    help="Where the synthetic observations and the store go.",
+)
+@click.option(
+    "--count",
+    "-n",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Number of synthetic observations.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic data.")
 @click.option("--facility", "-f", default="local", show_default=True)
 def demo(directory: str, count: int, seed: int, facility: str) -> None:
@@ -207,8 +277,9 @@ def demo(directory: str, count: int, seed: int, facility: str) -> None:
     files = write_observations(root / "observations", count, seed=seed)
     out.print(f"{len(files)} synthetic observations in {root / 'observations'}")
     store = str(root / "dl3-products.zarr")
-    summary = _guarded(lambda: map_observations(
-        "dl3-products", [str(f) for f in files], store, facility=facility))
+    summary = _guarded(
+        lambda: map_observations("dl3-products", [str(f) for f in files], store, facility=facility)
+    )
     print_summary(summary)
     out.print(f"open it with: xarray.open_zarr({store!r})", highlight=False)
     sys.exit(0 if summary.ok else EXIT_FAILED)

@@ -35,7 +35,7 @@ import zarr
 
 from esap_dask.observations import Observation
 from esap_dask.pipeline import Variable
-from esap_dask.store import TIME_UNITS
+from esap_dask.store import TIME_UNITS, read
 
 __all__ = ["COLUMNS", "DONE", "FAILED", "PENDING", "Ledger", "Plan", "plan", "read_ledger"]
 
@@ -87,8 +87,10 @@ class Ledger:
 
 def read_ledger(group: zarr.Group) -> Ledger:
     """Read the planning columns of ``group``'s ledger."""
-    cols = {c: group[f"ledger_{c}"][...] for c in _PLAN_COLUMNS}
-    return Ledger(ids=np.asarray(group["obs"][...], dtype=object), **cols)
+    ids, status, fingerprint, params, version, attempts = (
+        read(group, name) for name in ("obs", *(f"ledger_{c}" for c in _PLAN_COLUMNS))
+    )
+    return Ledger(ids.astype(object), status, fingerprint, params, version, attempts)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from esap_dask.store import (
     check_schema,
     consolidate,
     create_store,
+    esap_attrs,
     open_store,
     repair,
     store_layout,
@@ -263,7 +264,7 @@ def map_observations(
         if group is not None:
             repair(group)
             ledger = read_ledger(group)
-            meta = dict(group.attrs["esap"])
+            meta = esap_attrs(group)
             if pipe is not None and meta.get("pipeline") != pipe.name:
                 raise SchemaError(
                     f"{store}: holds products of pipeline {meta.get('pipeline')!r}, not "
@@ -275,8 +276,12 @@ def map_observations(
             version = pipe.version if pipe else ""
         resolved = pipe.resolve(params) if pipe else dict(params or {})
         todo = plan(
-            obs_list, fingerprints, ledger,
-            param_hash=parameter_hash(resolved), version=version, force=force,
+            obs_list,
+            fingerprints,
+            ledger,
+            param_hash=parameter_hash(resolved),
+            version=version,
+            force=force,
         )
         if group is not None and not todo.todo and pipe is not None:
             return _summary(store, run_id, pipe, facility, obs_list, todo, [], t0)
@@ -286,8 +291,9 @@ def map_observations(
                 resolved = pipe.resolve(params)
             schema = pipe.output_schema(resolved)
             if group is None:
-                layout = choose_layout(schema, len(obs_list), _nthreads(cl), chunk=chunk,
-                                       shard=shard)
+                layout = choose_layout(
+                    schema, len(obs_list), _nthreads(cl), chunk=chunk, shard=shard
+                )
                 attrs = {
                     "pipeline": pipe.name,
                     "version": pipe.version,
@@ -304,8 +310,13 @@ def map_observations(
             if todo.new:
                 append_observations(group, [o.id for o in todo.new])
             ctx = RunContext(
-                store=store, pipeline=pipe, params=resolved, param_hash=parameter_hash(resolved),
-                schema=schema, run_id=run_id, storage_options=opts,
+                store=store,
+                pipeline=pipe,
+                params=resolved,
+                param_hash=parameter_hash(resolved),
+                schema=schema,
+                run_id=run_id,
+                storage_options=opts,
             )
             reports = _execute(cl, ctx, group, todo, layout, batch_size, progress)
             dashboard = getattr(cl, "dashboard_link", None)
@@ -339,23 +350,28 @@ def _execute(
     batches = []
     for i, positions in enumerate(make_batches(rows, layout.unit, target)):
         chosen = [entries[p] for p in positions]
-        batches.append(Batch(
-            index=i,
-            rows=np.asarray([e[0] for e in chosen], dtype=np.int64),
-            observations=[e[1] for e in chosen],
-            fingerprints=[e[2] for e in chosen],
-            attempts=[e[3] for e in chosen],
-        ))
+        batches.append(
+            Batch(
+                index=i,
+                rows=np.asarray([e[0] for e in chosen], dtype=np.int64),
+                observations=[e[1] for e in chosen],
+                fingerprints=[e[2] for e in chosen],
+                attempts=[e[3] for e in chosen],
+            )
+        )
     by_key = {}
     futures = []
     for b in batches:
-        fut = client.submit(run_batch, ctx, b, key=f"esap-batch-{ctx.run_id}-{b.index}",
-                            pure=False)
+        fut = client.submit(run_batch, ctx, b, key=f"esap-batch-{ctx.run_id}-{b.index}", pure=False)
         by_key[fut.key] = b
         futures.append(fut)
     reports: list[BatchReport] = []
-    bar = Progress(total=n, description=f"{ctx.pipeline.name} → {os.path.basename(ctx.store)}",
-                   enabled=progress, dashboard=getattr(client, "dashboard_link", None))
+    bar = Progress(
+        total=n,
+        description=f"{ctx.pipeline.name} → {os.path.basename(ctx.store)}",
+        enabled=progress,
+        dashboard=getattr(client, "dashboard_link", None),
+    )
     try:
         with bar:
             for fut in as_completed(futures):
@@ -431,7 +447,7 @@ def _summary(
         notes=list(todo.notes),
         failures=[
             {"observation": oid, "error_type": kind, "message": msg}
-            for r in reports for oid, kind, msg in r.failures
+            for r in reports
+            for oid, kind, msg in r.failures
         ],
     )
-

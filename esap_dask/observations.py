@@ -13,10 +13,10 @@ import glob as globmod
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "LIST_SUFFIXES",
@@ -36,11 +36,11 @@ class ObservationError(ValueError):
     """An observation list is empty, unreadable, or has duplicate ids."""
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """One observation: its id in the store, the value the pipeline receives, and its kind.
 
     ``kind`` is ``"file"`` (a local path), ``"url"`` (``scheme://...``) or ``"value"``.
+    (A named tuple: runs build tens of thousands of them, and reruns must be cheap.)
     """
 
     id: str
@@ -52,7 +52,7 @@ class Observation:
         """The observation for a path, URL, ``Observation`` or plain value."""
         if isinstance(item, Observation):
             return item
-        if isinstance(item, os.PathLike) or isinstance(item, str):
+        if isinstance(item, (str, os.PathLike)):
             text = os.fspath(item)
             if "://" in text:
                 return cls(id=text.rstrip("/").rsplit("/", 1)[-1], value=text, kind="url")
@@ -158,7 +158,7 @@ def fingerprint(obs: Observation, *, content: bool = False) -> str:
             return "missing"
         except OSError as err:
             return f"unreadable:{err.errno}"
-        if os.path.isdir(obs.value):
+        if stat.S_ISDIR(st.st_mode):
             return "directory"
         if content:
             return "sha256:" + sha256_file(obs.value)

@@ -354,4 +354,3 @@ def infer_schema(name: str, example: Mapping[str, Any]) -> Schema:
         coords += [Coordinate(d, np.arange(n)) for d, n in zip(dims, arr.shape, strict=True)]
         variables.append(Variable(str(key), dtype, dims=dims))
     return Schema(variables=variables, coords=coords)
-

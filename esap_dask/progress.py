@@ -26,7 +26,11 @@ class Progress:
     """Observations done (and failed) out of ``total``; ``enabled=None`` means when interactive."""
 
     def __init__(
-        self, total: int, description: str, *, enabled: bool | None = None,
+        self,
+        total: int,
+        description: str,
+        *,
+        enabled: bool | None = None,
         dashboard: str | None = None,
     ) -> None:
         self.enabled = _interactive() if enabled is None else enabled

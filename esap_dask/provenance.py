@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 
+from esap_dask.store import esap_attrs, read
+
 if TYPE_CHECKING:
     import zarr
 
@@ -43,8 +45,16 @@ PREFIXES = {
     "xsd": "http://www.w3.org/2001/XMLSchema#",
     "esap": "urn:esap-dask:",
 }
-_PACKAGES = ("esap-dask", "dask", "distributed", "dask-jobqueue", "xarray", "zarr", "numpy",
-             "astropy")
+_PACKAGES = (
+    "esap-dask",
+    "dask",
+    "distributed",
+    "dask-jobqueue",
+    "xarray",
+    "zarr",
+    "numpy",
+    "astropy",
+)
 
 
 def _iso(t: datetime) -> str:
@@ -117,24 +127,32 @@ def build_document(
             },
         },
         "used": {},
-        "wasGeneratedBy": {"_:gen": {"prov:entity": out, "prov:activity": run,
-                                     "prov:time": _iso(ended)}},
+        "wasGeneratedBy": {
+            "_:gen": {"prov:entity": out, "prov:activity": run, "prov:time": _iso(ended)}
+        },
         "wasAssociatedWith": {
-            "_:assoc-user": {"prov:activity": run, "prov:agent": person,
-                             "prov:role": "voprov:operator"},
-            "_:assoc-software": {"prov:activity": run, "prov:agent": software,
-                                 "prov:plan": desc},
+            "_:assoc-user": {
+                "prov:activity": run,
+                "prov:agent": person,
+                "prov:role": "voprov:operator",
+            },
+            "_:assoc-software": {"prov:activity": run, "prov:agent": software, "prov:plan": desc},
         },
         "wasAttributedTo": {"_:attr": {"prov:entity": out, "prov:agent": person}},
         "wasInfluencedBy": {},
     }
     for name, value in params.items():
         ent = f"esap:parameter/{run_id}/{name}"
-        doc["entity"][ent] = {"prov:type": "voprov:Parameter", "voprov:name": name,
-                              "prov:value": value}
+        doc["entity"][ent] = {
+            "prov:type": "voprov:Parameter",
+            "voprov:name": name,
+            "prov:value": value,
+        }
         doc["wasInfluencedBy"][f"_:config-{name}"] = {
-            "prov:influencee": run, "prov:influencer": ent,
-            "prov:type": "voprov:wasConfiguredBy", "voprov:artefactType": "Parameter",
+            "prov:influencee": run,
+            "prov:influencer": ent,
+            "prov:type": "voprov:wasConfiguredBy",
+            "voprov:artefactType": "Parameter",
         }
     for i, item in enumerate(inputs):
         ent = f"esap:input/{item['id']}"
@@ -145,8 +163,11 @@ def build_document(
             "esap:fingerprint": item["fingerprint"],
             **({"voprov:checksum": f"sha256:{item['checksum']}"} if item["checksum"] else {}),
         }
-        doc["used"][f"_:used-{i}"] = {"prov:activity": run, "prov:entity": ent,
-                                      "prov:role": "voprov:input"}
+        doc["used"][f"_:used-{i}"] = {
+            "prov:activity": run,
+            "prov:entity": ent,
+            "prov:role": "voprov:input",
+        }
     return doc
 
 
@@ -160,35 +181,55 @@ def record_run(
     user: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write the run's PROV-JSON next to the store, list it in the store's attrs; return its path."""
-    runs = np.asarray(group["ledger_run"][...], dtype=object)
-    rows = np.flatnonzero(runs == summary.run_id)
-    cols = {c: np.asarray(group[f"ledger_{c}"][...], dtype=object)[rows]
-            for c in ("source", "fingerprint", "checksum")}
-    ids = np.asarray(group["obs"][...], dtype=object)[rows]
-    inputs = [
-        {"id": str(ids[k]), **{c: str(cols[c][k]) for c in cols}} for k in range(len(rows))
-    ]
+    """Write the run's PROV-JSON next to the store and list it in the store's attrs.
+
+    Returns the document's path (``<store>.provenance/<run id>.json``).
+    """
+    rows = np.flatnonzero(read(group, "ledger_run").astype(object) == summary.run_id)
+    cols = {
+        c: read(group, f"ledger_{c}").astype(object)[rows]
+        for c in ("source", "fingerprint", "checksum")
+    }
+    ids = read(group, "obs").astype(object)[rows]
+    inputs = [{"id": str(ids[k]), **{c: str(cols[c][k]) for c in cols}} for k in range(len(rows))]
     ended = datetime.now(UTC)
     user = user or getpass.getuser()
     counts = {k: getattr(summary, k) for k in ("total", "processed", "skipped", "failed")}
     doc = build_document(
         run_id=summary.run_id,
-        pipeline={"name": ctx.pipeline.name, "version": ctx.pipeline.version,
-                  "description": ctx.pipeline.description},
-        params=ctx.params, facility=summary.facility, store=store, inputs=inputs,
-        started=started, ended=ended, user=user, summary=counts,
+        pipeline={
+            "name": ctx.pipeline.name,
+            "version": ctx.pipeline.version,
+            "description": ctx.pipeline.description,
+        },
+        params=ctx.params,
+        facility=summary.facility,
+        store=store,
+        inputs=inputs,
+        started=started,
+        ended=ended,
+        user=user,
+        summary=counts,
     )
     path = f"{store.rstrip('/')}.provenance/{summary.run_id}.json"
     fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(fs_path, "w") as f:
         json.dump(doc, f, indent=1, default=str)
-    meta = dict(group.attrs["esap"])
-    meta["runs"] = [*meta.get("runs", []), {
-        "run": summary.run_id, "started": _iso(started), "ended": _iso(ended),
-        "user": user, "facility": summary.facility, "params": dict(ctx.params),
-        "version": ctx.pipeline.version, "provenance": path, **counts,
-    }]
+    meta = esap_attrs(group)
+    meta["runs"] = [
+        *meta.get("runs", []),
+        {
+            "run": summary.run_id,
+            "started": _iso(started),
+            "ended": _iso(ended),
+            "user": user,
+            "facility": summary.facility,
+            "params": dict(ctx.params),
+            "version": ctx.pipeline.version,
+            "provenance": path,
+            **counts,
+        },
+    ]
     group.attrs["esap"] = meta
     return path

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from esap_dask.ledger import FAILED, read_ledger
-from esap_dask.store import open_store, store_layout
+from esap_dask.store import esap_attrs, open_store, read
 
 __all__ = ["store_status"]
 
@@ -23,12 +23,11 @@ def store_status(
     ``failures`` (observation, error type, message, attempts).
     """
     group = open_store(store, storage_options=storage_options, mode="r")
-    store_layout(group)  # raises a clear StoreError for a store that is not ours
-    meta = dict(group.attrs["esap"])
+    meta = esap_attrs(group)  # a clear StoreError for a store that is not ours
     ledger = read_ledger(group)
     failed_rows = np.flatnonzero(ledger.status == FAILED)[:max_failures]
-    kinds = group["ledger_error_type"][...]
-    messages = group["ledger_error"][...]
+    kinds = read(group, "ledger_error_type")
+    messages = read(group, "ledger_error")
     failures = [
         {
             "observation": str(ledger.ids[r]),

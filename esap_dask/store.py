@@ -23,7 +23,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -70,6 +70,34 @@ class StoreLayout:
     def unit(self) -> int:
         """Observations per write unit: the shard when sharding, else the chunk."""
         return self.shard or self.chunk
+
+
+def array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group`` (a StoreError when it is missing or a group)."""
+    node = group.get(name)
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{group.store}: has no array {name!r}; is it an esap-dask store?")
+    return node
+
+
+def read(group: zarr.Group, name: str) -> np.ndarray:
+    """All values of the array ``name``."""
+    return np.asarray(array(group, name)[...])
+
+
+def esap_attrs(group: zarr.Group) -> dict[str, Any]:
+    """The store's ``esap`` attrs (pipeline, version, schema, layout, runs)."""
+    meta = group.attrs.get("esap")
+    if not isinstance(meta, dict):
+        raise StoreError(
+            f"{group.store}: not an esap-dask store (no 'esap' attrs); give another --store"
+        )
+    return dict(meta)
+
+
+def dims_of(arr: zarr.Array) -> tuple[str, ...]:
+    """The array's dimension names (empty when it has none)."""
+    return tuple(getattr(arr.metadata, "dimension_names", None) or ())
 
 
 def zarr_store(store: str, storage_options: Mapping[str, Any] | None = None) -> Any:
@@ -125,31 +153,52 @@ def create_store(
     group = zarr.open_group(zarr_store(store, storage_options), mode="w-", zarr_format=3)
     group.attrs["esap"] = dict(attrs)
     _create(
-        group, "obs", dtype=object, dims=["obs"], shape=(0,), layout=layout, fill="",
+        group,
+        "obs",
+        dtype=object,
+        dims=["obs"],
+        shape=(0,),
+        layout=layout,
+        fill="",
         attrs={"description": "observation id"},
     )
     for coord in schema.coords:
         values = np.asarray(coord.values)
         _create(
-            group, coord.name, dtype=values.dtype, dims=[coord.name], shape=values.shape,
-            layout=None, fill=None, attrs={"units": coord.units, "description": coord.description},
+            group,
+            coord.name,
+            dtype=values.dtype,
+            dims=[coord.name],
+            shape=values.shape,
+            layout=None,
+            fill=None,
+            attrs={"units": coord.units, "description": coord.description},
         )
-        group[coord.name][...] = values
+        array(group, coord.name)[...] = values
     for var in [*schema.variables, *ledger]:
         shape = (0, *schema.shape(var))
         attrs_v = {"units": var.units, "description": var.description}
         if var.units == TIME_UNITS:
             attrs_v["calendar"] = "proleptic_gregorian"
         _create(
-            group, var.name, dtype=var.numpy_dtype, dims=["obs", *var.dims], shape=shape,
-            layout=layout, fill=var.fill, attrs=attrs_v,
+            group,
+            var.name,
+            dtype=var.numpy_dtype,
+            dims=["obs", *var.dims],
+            shape=shape,
+            layout=layout,
+            fill=var.fill,
+            attrs=attrs_v,
         )
     consolidate(group.store)
     return group
 
 
 def open_store(
-    store: str, *, storage_options: Mapping[str, Any] | None = None, mode: str = "r+"
+    store: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    mode: Literal["r", "r+"] = "r+",
 ) -> zarr.Group:
     """Open an existing store's group, reading array metadata afresh (not consolidated)."""
     try:
@@ -162,12 +211,7 @@ def open_store(
 
 def store_layout(group: zarr.Group) -> StoreLayout:
     """The layout recorded in the store's attrs."""
-    meta = group.attrs.get("esap")
-    if not isinstance(meta, dict) or "layout" not in meta:
-        raise StoreError(
-            f"{group.store}: not an esap-dask store (no 'esap' attrs); give another --store"
-        )
-    lay = meta["layout"]
+    lay = esap_attrs(group)["layout"]
     return StoreLayout(chunk=int(lay["chunk"]), shard=lay.get("shard"))
 
 
@@ -179,7 +223,7 @@ def check_schema(group: zarr.Group, schema: Schema) -> None:
                 f"{group.store}: has no variable {var.name!r}; the pipeline's products changed, "
                 "write to a new --store"
             )
-        arr = group[var.name]
+        arr = array(group, var.name)
         want = schema.shape(var)
         if tuple(arr.shape[1:]) != want:
             raise SchemaError(
@@ -191,16 +235,16 @@ def check_schema(group: zarr.Group, schema: Schema) -> None:
 
 def repair(group: zarr.Group) -> int:
     """Bring a store interrupted during an append back to its committed length; return it."""
-    ids = group["obs"][...]
+    ids = read(group, "obs")
     n = len(ids)
     while n and not ids[n - 1]:
         n -= 1
     changed = n != len(ids)
-    for name, arr in group.arrays():
-        if arr.metadata.dimension_names and arr.metadata.dimension_names[0] == "obs":
-            if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
-                changed = True
+    for _name, arr in group.arrays():
+        dims = dims_of(arr)
+        if dims and dims[0] == "obs" and arr.shape[0] != n:
+            arr.resize((n, *arr.shape[1:]))
+            changed = True
     if changed:
         consolidate(group.store)
     return n
@@ -208,13 +252,13 @@ def repair(group: zarr.Group) -> int:
 
 def append_observations(group: zarr.Group, ids: Sequence[str]) -> int:
     """Grow every ``obs`` array by ``len(ids)`` rows; return the first new row index."""
-    old = group["obs"].shape[0]
+    obs = array(group, "obs")
+    old = obs.shape[0]
     new = old + len(ids)
     for name, arr in group.arrays():
-        dims = arr.metadata.dimension_names
+        dims = dims_of(arr)
         if name != "obs" and dims and dims[0] == "obs":
             arr.resize((new, *arr.shape[1:]))
-    obs = group["obs"]
     obs.resize((new,))
     obs[old:new] = np.asarray(list(ids), dtype=object)
     consolidate(group.store)
@@ -235,7 +279,10 @@ def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int, int, int]]:
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts = np.concatenate([[0], breaks])
     stops = np.concatenate([breaks, [len(rows)]])
-    return [(int(rows[a]), int(rows[b - 1]) + 1, int(a), int(b)) for a, b in zip(starts, stops)]
+    return [
+        (int(rows[a]), int(rows[b - 1]) + 1, int(a), int(b))
+        for a, b in zip(starts, stops, strict=False)
+    ]
 
 
 def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
@@ -246,6 +293,6 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
     """
     runs = contiguous_runs(np.asarray(rows))
     for name, values in columns.items():
-        arr = group[name]
+        arr = array(group, name)
         for r0, r1, p0, p1 in runs:
             arr[r0:r1] = values[p0:p1]

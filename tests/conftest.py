@@ -20,8 +20,12 @@ def client() -> Iterator[object]:
     """A distributed Client on a 2-worker LocalCluster, shared by the whole session."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
-                      host="127.0.0.1") as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 

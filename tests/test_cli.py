@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +23,9 @@ FITS_ROWS = str(Path(__file__).parent / "pipelines" / "fits_rows.py")
 
 
 def esap(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
-    return subprocess.run([*ESAP_DASK, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [*ESAP_DASK, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def run_json(*args: str) -> tuple[int, dict]:
@@ -51,15 +51,16 @@ def test_catalog_commands():
 
 
 def test_bad_parameters_and_lists_exit_2(tmp_path):
-    proc = esap("run", "helloworld", "-o", "1..3", "-s", str(tmp_path / "s.zarr"),
-                "-p", "sleep=-1")
+    proc = esap("run", "helloworld", "-o", "1..3", "-s", str(tmp_path / "s.zarr"), "-p", "sleep=-1")
     assert proc.returncode == 2
     assert "parameter 'sleep': -1.0 is below the minimum 0" in proc.stderr
-    proc = esap("run", "helloworld", "-o", "1..3", "-s", str(tmp_path / "s.zarr"),
-                "-p", "colour=red")
+    proc = esap(
+        "run", "helloworld", "-o", "1..3", "-s", str(tmp_path / "s.zarr"), "-p", "colour=red"
+    )
     assert proc.returncode == 2 and "has no parameter 'colour'" in proc.stderr
-    proc = esap("run", "helloworld", "-o", str(tmp_path / "none/*.fits"), "-s",
-                str(tmp_path / "s.zarr"))
+    proc = esap(
+        "run", "helloworld", "-o", str(tmp_path / "none/*.fits"), "-s", str(tmp_path / "s.zarr")
+    )
     assert proc.returncode == 2 and "no file matches" in proc.stderr
     proc = esap("run", "nosuch", "-o", "1..3", "-s", str(tmp_path / "s.zarr"))
     assert proc.returncode == 2 and "unknown pipeline 'nosuch'" in proc.stderr
@@ -91,12 +92,12 @@ def test_bad_inputs_are_named_and_the_rest_completes(tmp_path):
     directory.mkdir()
     files = [*good[:3], str(truncated), str(notfits), str(missing), str(directory), *good[3:]]
     store = tmp_path / "s.zarr"
-    code, summary = run_json(FITS_ROWS, "-o", write_list(tmp_path / "runs.txt", files),
-                             "-s", str(store))
+    code, summary = run_json(
+        FITS_ROWS, "-o", write_list(tmp_path / "runs.txt", files), "-s", str(store)
+    )
     assert code == 1
     assert (summary["succeeded"], summary["failed"]) == (6, 4)
-    reasons = {f["observation"]: f"{f['error_type']}: {f['message']}"
-               for f in summary["failures"]}
+    reasons = {f["observation"]: f"{f['error_type']}: {f['message']}" for f in summary["failures"]}
     assert set(reasons) == {"truncated.fits", "notes.fits", "missing.fits", "adir.fits"}
     assert "truncated.fits: not a readable FITS file" in reasons["truncated.fits"]
     assert "notes.fits: not a readable FITS file" in reasons["notes.fits"]
@@ -113,8 +114,22 @@ def test_bad_inputs_are_named_and_the_rest_completes(tmp_path):
 def test_lock_refuses_a_second_run(tmp_path):
     store = tmp_path / "s.zarr"
     first = subprocess.Popen(
-        [*ESAP_DASK, "run", "helloworld", "-o", "1..40", "-s", str(store), "-p", "sleep=0.5",
-         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            *ESAP_DASK,
+            "run",
+            "helloworld",
+            "-o",
+            "1..40",
+            "-s",
+            str(store),
+            "-p",
+            "sleep=0.5",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lock = Path(f"{store}.lock")
         deadline = time.monotonic() + 60
@@ -152,8 +167,11 @@ def test_killed_run_then_rerun_is_exactly_once(tmp_path):
     assert code == 0 and reference["succeeded"] == 400
 
     store = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([*ESAP_DASK, "run", *args, "-s", str(store), "--json"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*ESAP_DASK, "run", *args, "-s", str(store), "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while _done_rows(store) < 100 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -22,17 +22,17 @@ def dead_pid() -> int:
 
 
 def write_holder(path: Path, host: str, pid: int, age: float = 0.0) -> None:
-    path.write_text(json.dumps({"host": host, "pid": pid, "run": "old-run",
-                                "started": "2026-01-01T00:00:00Z"}))
+    path.write_text(
+        json.dumps({"host": host, "pid": pid, "run": "old-run", "started": "2026-01-01T00:00:00Z"})
+    )
     then = time.time() - age
     os.utime(path, (then, then))
 
 
 def test_live_holder_refuses_with_its_identity(tmp_path):
     store = str(tmp_path / "s.zarr")
-    with StoreLock(store, "run-1"):
-        with pytest.raises(LockHeld) as err:
-            StoreLock(store, "run-2").acquire()
+    with StoreLock(store, "run-1"), pytest.raises(LockHeld) as err:
+        StoreLock(store, "run-2").acquire()
     message = str(err.value)
     assert socket.gethostname() in message and f"pid {os.getpid()}" in message
     assert "run run-1" in message
