@@ -215,9 +215,11 @@ def status(store: str, as_json: bool, max_failures: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
 def pipelines(as_json: bool) -> None:
     """The workflow catalog: pipelines, their versions and parameters."""
-    from esap_dask.workflows import list_pipelines
+    from esap_dask.workflows import broken_pipelines, list_pipelines
 
     found = _guarded(list_pipelines)
+    for where, why in broken_pipelines().items():
+        err.print(f"[yellow]warning:[/] {where} failed to load: {why}", highlight=False)
     if as_json:
         click.echo(json.dumps([p.describe() for p in found], default=str))
         return
@@ -234,10 +236,10 @@ def pipelines(as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
 def facilities(as_json: bool) -> None:
-    """The facility catalog: where workers can run."""
-    from esap_dask.facilities import list_facilities
+    """The facility catalog: where workers can run (options merged with dask.config)."""
+    from esap_dask.facilities import list_facilities, load_facility
 
-    found = _guarded(list_facilities)
+    found = _guarded(lambda: [load_facility(f.name) for f in list_facilities()])
     if as_json:
         click.echo(
             json.dumps([{**f.as_record(), "options": dict(f.options)} for f in found], default=str)

@@ -31,7 +31,13 @@ import dask.config
 
 from esap_dask.pipeline import Pipeline
 
-__all__ = ["PipelineNotFound", "get_pipeline", "list_pipelines", "pipeline_dirs"]
+__all__ = [
+    "PipelineNotFound",
+    "broken_pipelines",
+    "get_pipeline",
+    "list_pipelines",
+    "pipeline_dirs",
+]
 
 
 class PipelineNotFound(LookupError):
@@ -78,24 +84,39 @@ def _load_file(path: Path) -> Pipeline:
     return pipeline
 
 
-def _catalog() -> dict[str, Pipeline]:
+def _catalog() -> tuple[dict[str, Pipeline], dict[str, str]]:
+    """Pipelines by name, and the modules that failed to load with their errors."""
     found: dict[str, Pipeline] = {}
+    broken: dict[str, str] = {}
     for d in pipeline_dirs():
         for path in sorted(d.glob("*.py")):
             if path.name.startswith("_"):
                 continue
-            p = _load_file(path)
+            try:
+                p = _load_file(path)
+            except Exception as err:  # one broken module must not hide the others
+                broken[str(path)] = f"{type(err).__name__}: {err}"
+                continue
             found[p.name] = p
     for ep in entry_points(group="esap_dask.pipelines"):
-        p = ep.load()
+        try:
+            p = ep.load()
+        except Exception as err:
+            broken[f"entry point {ep.name}"] = f"{type(err).__name__}: {err}"
+            continue
         if isinstance(p, Pipeline):
             found[p.name] = p
-    return found
+    return found, broken
 
 
 def list_pipelines() -> list[Pipeline]:
-    """All pipelines of the catalog, sorted by name."""
-    return sorted(_catalog().values(), key=lambda p: p.name)
+    """All pipelines of the catalog that load, sorted by name (see :func:`broken_pipelines`)."""
+    return sorted(_catalog()[0].values(), key=lambda p: p.name)
+
+
+def broken_pipelines() -> dict[str, str]:
+    """Pipeline modules of the catalog that fail to load, with their errors."""
+    return _catalog()[1]
 
 
 def get_pipeline(name: str | os.PathLike[str] | Pipeline) -> Pipeline:
@@ -108,11 +129,12 @@ def get_pipeline(name: str | os.PathLike[str] | Pipeline) -> Pipeline:
         if not path.is_file():
             raise PipelineNotFound(f"pipeline file {text} does not exist")
         return _load_file(path)
-    catalog = _catalog()
+    catalog, broken = _catalog()
     if text not in catalog:
         known = ", ".join(sorted(catalog)) or "none"
+        hint = "".join(f"\n  {where} failed to load: {why}" for where, why in broken.items())
         raise PipelineNotFound(
             f"unknown pipeline {text!r} (known: {known}); give a name from "
-            "`esap-dask pipelines` or a path to a .py file defining `pipeline`"
+            f"`esap-dask pipelines` or a path to a .py file defining `pipeline`{hint}"
         )
     return catalog[text]
