@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -194,3 +195,14 @@ def test_killed_run_then_rerun_is_exactly_once(tmp_path):
     for name in ("obs", "size", "checksum", "greeting"):
         np.testing.assert_array_equal(got[name].values, ref[name].values)
     assert (got.ledger_attempts.values == 1).all()  # nothing was written twice
+
+
+def test_demo_prints_summary_and_a_store_xarray_opens(tmp_path):
+    proc = esap("demo", "--directory", str(tmp_path / "demo"), "--count", "6")
+    assert proc.returncode == 0, proc.stderr
+    store = tmp_path / "demo" / "dl3-products.zarr"
+    assert f"store: {store}" in proc.stdout
+    assert re.search(r"^succeeded\s+6\s*$", proc.stdout, re.MULTILINE)
+    assert re.search(r"^failed\s+0\s*$", proc.stdout, re.MULTILINE)
+    ds = xr.open_zarr(store)
+    assert ds.sizes["obs"] == 6 and (ds.ledger_status.values == DONE).all()
