@@ -106,6 +106,15 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
+def _rows_in_ledger(ids: np.ndarray, ledger: Ledger) -> np.ndarray:
+    """Ledger row of each id, -1 for ids not in the ledger."""
+    known = ledger.ids
+    if len(known) >= len(ids) and np.array_equal(known[: len(ids)], ids):
+        return np.arange(len(ids))  # the usual rerun: the same list in the same order
+    row_of = dict(zip(known.tolist(), range(len(known)), strict=True))
+    return np.fromiter((row_of.get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
+
+
 def plan(
     observations: Sequence[Observation],
     fingerprints: Sequence[str],
@@ -123,34 +132,38 @@ def plan(
     :attr:`Plan.notes` says in words why a whole store is reprocessed.
     """
     result = Plan()
-    row_of = {str(obs_id): i for i, obs_id in enumerate(ledger.ids)}
+    n = len(observations)
+    ids = np.fromiter((o.id for o in observations), dtype=object, count=n)
+    rows = _rows_in_ledger(ids, ledger)
+    known = rows >= 0
+    r = rows[known]
+    fps = np.asarray(fingerprints, dtype=object)[known]
+    status = ledger.status[r]
+    conditions = [
+        np.full(len(r), force),
+        status == FAILED,
+        status == PENDING,
+        ledger.version[r] != version,
+        ledger.params[r] != param_hash,
+        ledger.fingerprint[r] != fps,
+    ]
+    names = np.array(["", "forced", "failed", "unfinished", "version", "parameters", "changed"])
+    reason = names[np.select(conditions, np.arange(1, len(conditions) + 1), default=0)]
+    reasons = np.full(n, "", dtype=reason.dtype)
+    reasons[known] = reason
     next_row = len(ledger.ids)
-    for obs, fp in zip(observations, fingerprints, strict=True):
-        row = row_of.get(obs.id)
-        if row is None:
-            result.todo.append((next_row, obs, fp, 0))
+    attempts = ledger.attempts
+    for i in np.flatnonzero(~known | (reasons != "")).tolist():
+        obs = observations[i]
+        if rows[i] < 0:
+            result.todo.append((next_row, obs, fingerprints[i], 0))
             result.new.append(obs)
             result.reasons["new"] += 1
             next_row += 1
-            continue
-        status = int(ledger.status[row])
-        if force:
-            reason = "forced"
-        elif status == FAILED:
-            reason = "failed"
-        elif status == PENDING:
-            reason = "unfinished"
-        elif ledger.version[row] != version:
-            reason = "version"
-        elif ledger.params[row] != param_hash:
-            reason = "parameters"
-        elif ledger.fingerprint[row] != fp:
-            reason = "changed"
         else:
-            result.skipped += 1
-            continue
-        result.todo.append((row, obs, fp, int(ledger.attempts[row])))
-        result.reasons[reason] += 1
+            result.todo.append((int(rows[i]), obs, fingerprints[i], int(attempts[rows[i]])))
+            result.reasons[str(reasons[i])] += 1
+    result.skipped = n - len(result.todo)
     if result.reasons["version"]:
         result.notes.append(
             f"{result.reasons['version']} observation(s) were processed with another pipeline "
@@ -161,4 +174,5 @@ def plan(
             f"{result.reasons['parameters']} observation(s) were processed with other "
             "parameters; reprocessing them with the parameters given now"
         )
+    result.reasons = +result.reasons  # drop zero counts
     return result
