@@ -326,6 +326,7 @@ def map_observations(
             group, store, summary, ctx, started=started, user=user, storage_options=opts
         )
         consolidate(group.store)
+        summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
 
 

@@ -50,6 +50,8 @@ class Observation(NamedTuple):
     @classmethod
     def of(cls, item: Any) -> Observation:
         """The observation for a path, URL, ``Observation`` or plain value."""
+        if isinstance(item, (int, float)):  # run numbers: skip the slow ABC checks below
+            return cls(id=str(item), value=item, kind="value")
         if isinstance(item, Observation):
             return item
         if isinstance(item, (str, os.PathLike)):

@@ -214,8 +214,8 @@ def record_run(
     path = f"{store.rstrip('/')}.provenance/{summary.run_id}.json"
     fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(fs_path, "w") as f:
-        json.dump(doc, f, indent=1, default=str)
+    with fs.open(fs_path, "wb") as f:  # the C encoder: json's indent= is ~20x slower
+        f.write(json.dumps(doc, default=str, separators=(",", ":")).encode())
     meta = esap_attrs(group)
     meta["runs"] = [
         *meta.get("runs", []),
