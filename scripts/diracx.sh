@@ -47,6 +47,7 @@ install_venv() {
     [[ -f "$stamp" ]] && return 0
     command -v "$PYTHON" >/dev/null || die "$PYTHON not found; DiracX $DIRACX_VERSION needs Python >= 3.11 (set DIRACX_PYTHON)"
     command -v git >/dev/null || die "git not found; the DiracX configuration is a git repository (apt-get install git)"
+    command -v curl >/dev/null || die "curl not found; this script uses it to wait for the servers (apt-get install curl)"
     log "installing DiracX $DIRACX_VERSION into $VENV (a few minutes, once)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
@@ -59,10 +60,10 @@ install_venv() {
     touch "$stamp"
 }
 
-# One-time secrets and configuration: signing keys, state key, legacy-exchange API key, CS.
+# One-time secrets: token signing keys, the state key, the legacy-exchange API key.
 init_state() {
     [[ -f "$STATE/server.env" ]] && return 0
-    log "creating keys, the CS repository and the SQLite databases under $STATE"
+    log "creating keys and SQLite database locations under $STATE"
     mkdir -p "$STATE/db"
     chmod 700 "$STATE"
     "$VENV/bin/python" - "$STATE" <<'PY'
@@ -70,9 +71,7 @@ import base64, hashlib, json, os, secrets, shlex, sys
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from git import Repo
 from joserfc.jwk import KeySet, OKPKey
-from diracx.core.config.schema import Config
 
 state = Path(sys.argv[1])
 key = OKPKey.generate_key(parameters={"key_ops": ["sign", "verify"], "alg": "Ed25519",
@@ -80,9 +79,37 @@ key = OKPKey.generate_key(parameters={"key_ops": ["sign", "verify"], "alg": "Ed2
 api_key = secrets.token_bytes(32)
 (state / "legacy-api-key").write_text(base64.urlsafe_b64encode(api_key).decode())
 os.chmod(state / "legacy-api-key", 0o600)
+env = {
+    "DIRACX_CONFIG_BACKEND_URL": f"git+file://{state / 'cs-repo'}",
+    "DIRACX_SERVICE_AUTH_TOKEN_ISSUER": "http://127.0.0.1/diracx",
+    "DIRACX_SERVICE_AUTH_TOKEN_KEYSTORE": json.dumps(KeySet([key]).as_dict(private=True)),
+    "DIRACX_SERVICE_AUTH_STATE_KEY": Fernet.generate_key().decode(),
+    "DIRACX_SERVICE_AUTH_ALLOWED_REDIRECTS": "[]",
+    "DIRACX_LEGACY_EXCHANGE_HASHED_API_KEY": hashlib.sha256(api_key).hexdigest(),
+}
+for name in ("AuthDB", "JobDB", "JobLoggingDB", "PilotAgentsDB", "ResourceStatusDB",
+             "SandboxMetadataDB", "TaskQueueDB", "TransformationDB"):
+    env[f"DIRACX_DB_URL_{name.upper()}"] = f"sqlite+aiosqlite:///{state}/db/{name}.db"
+env["DIRACX_OS_DB_JOBPARAMETERSDB"] = json.dumps(
+    {"sqlalchemy_dsn": f"sqlite+aiosqlite:///{state}/db/JobParametersDB.db"})
+with open(state / "server.env", "w") as f:
+    os.chmod(state / "server.env", 0o600)
+    for k, v in env.items():
+        f.write(f"{k}={shlex.quote(v)}\n")
+PY
+}
 
-repo_dir = state / "cs-repo"
-repo = Repo.init(repo_dir, initial_branch="master")
+# The DIRAC configuration (CS) as a git repository; committed again when it changes.
+write_cs() {
+    "$VENV/bin/python" - "$STATE/cs-repo" <<'PY'
+import sys
+from pathlib import Path
+
+from git import Repo
+from diracx.core.config.schema import Config
+
+repo_dir = Path(sys.argv[1])
+repo = Repo(repo_dir) if (repo_dir / ".git").is_dir() else Repo.init(repo_dir, initial_branch="master")
 db = {"DBName": "unused", "Host": "unused", "Port": 0}
 users = {"esap-user-0001": {"PreferedUsername": "esap-user", "Email": None},
          "esap-pilot-0001": {"PreferedUsername": "esap-pilot", "Email": None}}
@@ -99,32 +126,23 @@ cs = Config.model_validate({
         },
     }},
     "Operations": {},
+    # DIRAC platforms and the OS they run on, needed to accept a JDL's Platform
+    "Resources": {"Computing": {"OSCompatibility": {
+        "EL9-x86_64": ["EL9-x86_64", "el9", "rhel9", "alma9", "rocky9", "debian12"],
+        "EL8-x86_64": ["EL8-x86_64", "el8", "rhel8", "alma8", "rocky8"],
+    }}},
     "Systems": {"WorkloadManagement": {"Databases": {
         name: dict(db, **({"MaxRescheduling": 3} if name == "JobDB" else {}))
         for name in ("JobDB", "JobLoggingDB", "PilotAgentsDB", "SandboxMetadataDB",
                      "TaskQueueDB", "ElasticJobParametersDB", "VirtualMachineDB")}}},
 })
-(repo_dir / "default.yml").write_text(cs.model_dump_json(by_alias=True))
-repo.index.add(["default.yml"])
-repo.index.commit("esap-dask test configuration")
-
-env = {
-    "DIRACX_CONFIG_BACKEND_URL": f"git+file://{repo_dir}",
-    "DIRACX_SERVICE_AUTH_TOKEN_ISSUER": "http://127.0.0.1/diracx",
-    "DIRACX_SERVICE_AUTH_TOKEN_KEYSTORE": json.dumps(KeySet([key]).as_dict(private=True)),
-    "DIRACX_SERVICE_AUTH_STATE_KEY": Fernet.generate_key().decode(),
-    "DIRACX_SERVICE_AUTH_ALLOWED_REDIRECTS": "[]",
-    "DIRACX_LEGACY_EXCHANGE_HASHED_API_KEY": hashlib.sha256(api_key).hexdigest(),
-}
-for name in ("AuthDB", "JobDB", "JobLoggingDB", "PilotAgentsDB", "ResourceStatusDB",
-             "SandboxMetadataDB", "TaskQueueDB", "TransformationDB"):
-    env[f"DIRACX_DB_URL_{name.upper()}"] = f"sqlite+aiosqlite:///{state}/db/{name}.db"
-env["DIRACX_OS_DB_JOBPARAMETERSDB"] = json.dumps(
-    {"sqlalchemy_dsn": f"sqlite+aiosqlite:///{state}/db/JobParametersDB.db"})
-with open(state / "server.env", "w") as f:
-    os.chmod(state / "server.env", 0o600)
-    for k, v in env.items():
-        f.write(f"{k}={shlex.quote(v)}\n")
+text = cs.model_dump_json(by_alias=True)
+cs_file = repo_dir / "default.yml"
+if not cs_file.is_file() or cs_file.read_text() != text:
+    cs_file.write_text(text)
+    repo.index.add(["default.yml"])
+    repo.index.commit("esap-dask test configuration")
+    print("changed")
 PY
 }
 
@@ -199,7 +217,9 @@ start_site() {
     DIRACX_URL="$URL" DIRACX_CREDENTIALS_PATH="$STATE/pilot-credentials.json" \
         PATH="$(dirname "$PROJECT_PYTHON"):$PATH" \
         nohup "$PROJECT_PYTHON" -m esap_dask.deploy.dirac_site \
-        --jobdb "$STATE/db/JobDB.db" --workdir "$STATE/site" >"$STATE/site.log" 2>&1 &
+        --jobdb "$STATE/db/JobDB.db" --workdir "$STATE/site" \
+        --site "${DIRACX_SITE_NAME:-LCG.Local.esap}" --tags "${DIRACX_SITE_TAGS:-esap}" \
+        --slots "${DIRACX_SITE_SLOTS:-16}" >"$STATE/site.log" 2>&1 &
     echo $! >"$STATE/site.pid"
     sleep 1
     alive site || { tail -20 "$STATE/site.log" >&2; die "the site exited; see $STATE/site.log"; }
@@ -227,6 +247,10 @@ case "${1:-}" in
         mkdir -p "$STATE"
         install_venv
         init_state
+        if [[ "$(write_cs)" == changed ]] && alive server; then
+            log "the configuration changed: restarting the server"
+            stop_one server
+        fi
         start_moto
         start_server
         mint_credentials
@@ -368,6 +392,7 @@ PyJWT==2.15.1
 PyMySQL==1.2.0
 pyparsing==3.3.3
 pytest==9.2.0
+pytest-github-actions-annotate-failures==0.4.2
 pytest-asyncio==1.5.0
 pytest-cov==7.1.0
 pytest-xdist==3.8.0
