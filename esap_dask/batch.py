@@ -44,6 +44,9 @@ class RunContext:
     run_id: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     checksums: bool = True
+    #: rows of the store's write unit (chunk, or shard when sharding): products are flushed
+    #: one unit at a time
+    unit: int = 1
 
 
 @dataclass(frozen=True)
@@ -121,38 +124,66 @@ def _worker_name() -> str:
         return f"pid-{os.getpid()}"
 
 
+def _process(
+    ctx: RunContext,
+    obs: Observation,
+    buffers: dict[str, np.ndarray],
+    i: int,
+    ledger: dict[str, np.ndarray],
+    k: int,
+) -> tuple[str, str, str] | None:
+    """Run the pipeline on ``obs`` into row ``i`` of ``buffers`` and row ``k`` of ``ledger``."""
+    schema = ctx.schema
+    ledger["ledger_start"][k] = time.time()
+    failure = None
+    try:
+        check_input(obs)
+        _place(schema, ctx.pipeline.function(obs.value, **ctx.params), buffers, i)
+        ledger["ledger_status"][k] = DONE
+    except Exception as err:
+        for v in schema.variables:
+            buffers[v.name][i] = v.fill
+        message = (str(err) or repr(err))[:MAX_MESSAGE]
+        ledger["ledger_status"][k] = FAILED
+        ledger["ledger_error_type"][k] = type(err).__name__
+        ledger["ledger_error"][k] = message
+        ledger["ledger_traceback"][k] = traceback.format_exc()[-MAX_TRACEBACK:]
+        failure = (obs.id, type(err).__name__, message)
+    if ctx.checksums and obs.kind == "file" and os.path.isfile(obs.value):
+        ledger["ledger_checksum"][k] = sha256_file(obs.value)
+    ledger["ledger_end"][k] = time.time()
+    return failure
+
+
 def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
-    """Process ``batch`` and write its rows into ``ctx.store``; return its report."""
+    """Process ``batch`` and write its rows into ``ctx.store``; return its report.
+
+    Products are written one write unit (``ctx.unit`` rows of the store) at a time, as
+    soon as its observations are done, so a worker holds at most one unit of products;
+    the ledger rows of the whole batch are written last.
+    """
     t0 = time.perf_counter()
     n = len(batch.rows)
     schema = ctx.schema
-    buffers = {
-        v.name: np.full((n, *schema.shape(v)), v.fill, dtype=v.numpy_dtype)
-        for v in schema.variables
-    }
+    group = open_store(ctx.store, storage_options=ctx.storage_options)
     ledger = {v.name: np.full(n, v.fill, dtype=v.numpy_dtype) for v in COLUMNS}
     worker = _worker_name()
     failures: list[tuple[str, str, str]] = []
-    function = ctx.pipeline.function
-    for i, obs in enumerate(batch.observations):
-        start = time.time()
-        try:
-            check_input(obs)
-            _place(schema, function(obs.value, **ctx.params), buffers, i)
-            ledger["ledger_status"][i] = DONE
-        except Exception as err:
-            for v in schema.variables:
-                buffers[v.name][i] = v.fill
-            message = (str(err) or repr(err))[:MAX_MESSAGE]
-            ledger["ledger_status"][i] = FAILED
-            ledger["ledger_error_type"][i] = type(err).__name__
-            ledger["ledger_error"][i] = message
-            ledger["ledger_traceback"][i] = traceback.format_exc()[-MAX_TRACEBACK:]
-            failures.append((obs.id, type(err).__name__, message))
-        if ctx.checksums and obs.kind == "file" and os.path.isfile(obs.value):
-            ledger["ledger_checksum"][i] = sha256_file(obs.value)
-        ledger["ledger_start"][i] = start
-        ledger["ledger_end"][i] = time.time()
+    units = np.asarray(batch.rows) // max(1, ctx.unit)
+    bounds = [*np.flatnonzero(np.diff(units)).tolist(), n - 1]
+    first = 0
+    for last in bounds:  # positions first..last share one write unit
+        size = last - first + 1
+        buffers = {  # every row is assigned below: a product or its fill value
+            v.name: np.empty((size, *schema.shape(v)), dtype=v.numpy_dtype)
+            for v in schema.variables
+        }
+        for i in range(size):
+            failure = _process(ctx, batch.observations[first + i], buffers, i, ledger, first + i)
+            if failure:
+                failures.append(failure)
+        write_rows(group, batch.rows[first : last + 1], buffers)
+        first = last + 1
     ledger["ledger_source"][:] = [str(o.value) for o in batch.observations]
     ledger["ledger_fingerprint"][:] = batch.fingerprints
     ledger["ledger_params"][:] = ctx.param_hash
@@ -160,8 +191,7 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     ledger["ledger_attempts"][:] = np.asarray(batch.attempts) + 1
     ledger["ledger_worker"][:] = worker
     ledger["ledger_run"][:] = ctx.run_id
-    group = open_store(ctx.store, storage_options=ctx.storage_options)
-    write_rows(group, batch.rows, {**buffers, **ledger})  # products first, ledger last
+    write_rows(group, batch.rows, ledger)  # the commit point: after every product
     return BatchReport(
         index=batch.index,
         done=int((ledger["ledger_status"] == DONE).sum()),

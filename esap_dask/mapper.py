@@ -317,6 +317,7 @@ def map_observations(
                 schema=schema,
                 run_id=run_id,
                 storage_options=opts,
+                unit=layout.unit,
             )
             reports = _execute(cl, ctx, group, todo, layout, batch_size, progress)
             dashboard = getattr(cl, "dashboard_link", None)
