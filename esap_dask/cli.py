@@ -135,6 +135,12 @@ def main() -> None:
 @click.option("--chunk", type=click.IntRange(min=1), help="Observations per chunk (new store).")
 @click.option("--shard", type=click.IntRange(min=1), help="Observations per shard (new store).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minimum observations per task.")
+@click.option(
+    "--storage-options",
+    metavar="JSON",
+    help='fsspec options of a URL --store, e.g. \'{"client_kwargs": {"endpoint_url": '
+    "\"http://127.0.0.1:8721\"}}' (default: the facility's, then the environment).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def run(
     pipeline: str,
@@ -147,6 +153,7 @@ def run(
     chunk: int | None,
     shard: int | None,
     batch_size: int | None,
+    storage_options: str | None,
     as_json: bool,
 ) -> None:
     """Run PIPELINE (a name or a .py file) over the observations into the store.
@@ -156,6 +163,14 @@ def run(
     """
     from esap_dask.mapper import map_observations
 
+    options = None
+    if storage_options:
+        try:
+            options = json.loads(storage_options)
+        except ValueError as e:
+            _fail(f"--storage-options: not JSON ({e}); e.g. '{{\"anon\": true}}'")
+        if not isinstance(options, dict):
+            _fail("--storage-options: give a JSON object, e.g. '{\"anon\": true}'")
     summary = _guarded(
         lambda: map_observations(
             pipeline,
@@ -169,6 +184,7 @@ def run(
             shard=shard,
             batch_size=batch_size,
             progress=None if not as_json else False,
+            storage_options=options,
         )
     )
     if as_json:
@@ -184,11 +200,21 @@ def run(
 @click.option(
     "--failures", "max_failures", default=20, show_default=True, help="How many failures to list."
 )
-def status(store: str, as_json: bool, max_failures: int) -> None:
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    metavar="PNG",
+    help="Also render a summary picture (progress over time, durations, failures).",
+)
+def status(store: str, as_json: bool, max_failures: int, plot: str | None) -> None:
     """What STORE's ledger says: counts per status, runs, and failures with their messages."""
     from esap_dask.status import store_status
 
     report = _guarded(lambda: store_status(store, max_failures=max_failures))
+    if plot:
+        from esap_dask.report import plot_status
+
+        err.print(f"summary picture: {_guarded(lambda: plot_status(store, plot))}")
     if as_json:
         click.echo(json.dumps(report, default=str))
         return
@@ -209,6 +235,42 @@ def status(store: str, as_json: bool, max_failures: int) -> None:
         out.print(
             f"[red]failed[/] {f['observation']}: {f['error_type']}: {f['message']}", highlight=False
         )
+
+
+@main.command()
+@click.argument("store")
+@click.option("--store", "-s", "new_store", required=True, help="The new store to create.")
+@click.option("--run", "run_id", help="Reproduce only this run (see `esap-dask status`).")
+@click.option("--facility", "-f", default="local", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
+def reproduce(store: str, new_store: str, run_id: str | None, facility: str, as_json: bool) -> None:
+    """Re-run STORE's recorded run into a new store and compare the products.
+
+    Same pipeline and version, same parameters, inputs verified by checksum; exits 0 when
+    every product is identical, 1 when some differ, 2 when the run cannot be reproduced.
+    """
+    from esap_dask.reproduce import ReproductionError
+    from esap_dask.reproduce import reproduce as do_reproduce
+
+    try:
+        outcome = _guarded(lambda: do_reproduce(store, new_store, run=run_id, facility=facility))
+    except ReproductionError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(outcome.to_dict()))
+    elif outcome.identical:
+        out.print(
+            f"[green]identical:[/] {outcome.observations} observation(s) reproduced "
+            f"into {new_store}, every product bit-identical",
+            highlight=False,
+        )
+    else:
+        for name, ids in outcome.differences.items():
+            out.print(
+                f"[red]differs[/] {name}: {len(ids)} observation(s), e.g. {', '.join(ids[:5])}",
+                highlight=False,
+            )
+    sys.exit(0 if outcome.identical else EXIT_FAILED)
 
 
 @main.command()

@@ -58,7 +58,8 @@ class Observation(NamedTuple):
             text = os.fspath(item)
             if "://" in text:
                 return cls(id=text.rstrip("/").rsplit("/", 1)[-1], value=text, kind="url")
-            return cls(id=os.path.basename(text), value=text, kind="file")
+            # absolute: workers (batch jobs) do not share the driver's working directory
+            return cls(id=os.path.basename(text), value=os.path.abspath(text), kind="file")
         return cls(id=str(item), value=item, kind="value")
 
 

@@ -206,3 +206,32 @@ def test_demo_prints_summary_and_a_store_xarray_opens(tmp_path):
     assert re.search(r"^failed\s+0\s*$", proc.stdout, re.MULTILINE)
     ds = xr.open_zarr(store)
     assert ds.sizes["obs"] == 6 and (ds.ledger_status.values == DONE).all()
+
+
+def test_reproduce_identical_then_refused_after_an_input_changes(tmp_path, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(8):
+        (inputs / f"r{i}.dat").write_bytes(os.urandom(100 + i))
+    monkeypatch.chdir(tmp_path)  # relative paths in the list, as a user types them
+    code, _ = run_json("helloworld", "-o", "in/*.dat", "-s", "a.zarr", "-p", "message=Hoi")
+    assert code == 0
+    proc = esap("reproduce", "a.zarr", "--store", "b.zarr", "--json")
+    assert proc.returncode == 0, proc.stderr
+    outcome = json.loads(proc.stdout)
+    assert (outcome["observations"], outcome["identical"]) == (8, True)
+    assert xr.open_zarr("b.zarr").greeting.values[0] == "Hoi, r0.dat!"
+    (inputs / "r3.dat").write_bytes(b"tampered")
+    proc = esap("reproduce", "a.zarr", "--store", "c.zarr")
+    assert proc.returncode == 2
+    assert f"{inputs / 'r3.dat'}: content changed since it was processed" in proc.stderr
+    assert not Path("c.zarr").exists()
+
+
+def test_status_plot_renders_a_png(tmp_path):
+    code, _ = run_json("helloworld", "-o", "1..30", "-s", str(tmp_path / "s.zarr"))
+    assert code == 0
+    proc = esap("status", str(tmp_path / "s.zarr"), "--plot", str(tmp_path / "s.png"))
+    assert proc.returncode == 0, proc.stderr
+    png = (tmp_path / "s.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -1,0 +1,121 @@
+"""The benchmark suite: every case, one command, figures in bench/results.json and docs/.
+
+``python -m bench.suite [--quick] [--cases overhead,write,batch,dl3,workers]``
+
+Writes ``bench/results.json`` (records: case, metric, unit, median value, min, max, runs,
+baseline median, ratio), ``docs/benchmarks/results.md`` (the same as a table) and PNG plots
+in ``docs/benchmarks/``. Every figure is the median of repeated runs; every comparison is a
+ratio of two medians measured in the same run. ``--quick`` runs fewer repeats and sizes.
+Cases that need a service (``workers``: the local SLURM) say so and are left out when it is
+not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.common import RESULTS, ROOT, Record, report
+
+DOCS = ROOT / "docs" / "benchmarks"
+
+
+def plot_overhead(results: list[dict], out: Path) -> None:
+    """Time and driver peak RSS against the number of observations, log-log, per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode, style in (("esap", "o-"), ("handwritten", "s--"), ("serial", "^:")):
+        for ax, metric in ((ax_t, f"{mode} time"), (ax_m, f"{mode} RSS")):
+            pts = sorted((int(r["case"].split("/")[1]), r["value"], r["min"], r["max"])
+                         for r in results
+                         if r["case"].startswith("overhead/") and r["metric"] == metric)
+            if not pts:
+                continue
+            n, v, lo, hi = zip(*pts, strict=True)
+            ax.errorbar(n, v, yerr=[[a - b for a, b in zip(v, lo, strict=True)],
+                                    [b - a for a, b in zip(v, hi, strict=True)]],
+                        fmt=style, label=mode, capsize=3)
+    ax_t.set(xscale="log", yscale="log", xlabel="observations", ylabel="seconds (median)",
+             title="End-to-end time")
+    ax_m.set(xscale="log", yscale="log", xlabel="observations",
+             ylabel="driver peak RSS (MiB, median)", title="Driver memory")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: list[dict]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python -m bench.suite`: medians of repeated runs (min–max), and ratios",
+        "of medians measured in the same run. Machine: 2 cores, 24 GiB.",
+        "",
+        "| case | metric | median | min–max | unit | runs | baseline | ratio |",
+        "|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in results:
+        base = f"{r['baseline']:.4g}" if r.get("baseline") is not None else ""
+        ratio = f"{r['ratio']:.3g}" if r.get("ratio") is not None else ""
+        lines.append(f"| {r['case']} | {r['metric']} | {r['value']:.4g} | "
+                     f"{r['min']:.4g}–{r['max']:.4g} | {r['unit']} | {r['runs']} | "
+                     f"{base} | {ratio} |")
+    lines += ["", "![overhead](overhead.png)", ""]
+    return "\n".join(lines)
+
+
+def run_module(module: str, *args: str) -> None:
+    """Run one case module that merges its own records into results.json."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, check=False)
+    if proc.returncode:
+        print(f"warning: {module} failed (exit {proc.returncode}); its figures are missing")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    parser.add_argument("--cases", default="overhead,write,batch,dl3,workers")
+    args = parser.parse_args()
+    cases = set(args.cases.split(","))
+    repeats = 2 if args.quick else 3
+    records: list[Record] = []
+    if "overhead" in cases:
+        from bench import mapper_overhead
+
+        sizes = [100, 1000, 10_000] if args.quick else [100, 1000, 10_000, 100_000]
+        records += mapper_overhead.run(repeats, sizes, 10_000,
+                                       [10_000] if args.quick else [10_000, 100_000])
+    if "write" in cases:
+        from bench import write_throughput
+
+        records += write_throughput.run(repeats, 8 if args.quick else 16, 32)
+    if "batch" in cases:
+        from bench import batch_size
+
+        records += batch_size.run(repeats, 20_000)
+    if records:
+        report(records)
+    if "dl3" in cases and (ROOT / "bench" / "dl3_real.py").exists():
+        run_module("bench.dl3_real", "--repeats", str(repeats))
+    if "workers" in cases and (ROOT / "bench" / "worker_start.py").exists():
+        run_module("bench.worker_start", "--repeats", str(repeats))
+    results = json.loads(RESULTS.read_text())
+    DOCS.mkdir(parents=True, exist_ok=True)
+    plot_overhead(results, DOCS / "overhead.png")
+    (DOCS / "results.md").write_text(markdown(results))
+    print(f"wrote {RESULTS}, {DOCS / 'results.md'} and {DOCS / 'overhead.png'}")
+
+
+if __name__ == "__main__":
+    main()
