@@ -231,6 +231,18 @@ def check_schema(group: zarr.Group, schema: Schema) -> None:
                 f"{tuple(arr.shape[1:])}, the pipeline now gives {want} (a parameter changed a "
                 "shape); write to a new --store"
             )
+    _check_coords(group, schema)
+
+
+def _check_coords(group: zarr.Group, schema: Schema) -> None:
+    for coord in schema.coords:
+        want = np.asarray(coord.values)
+        have = read(group, coord.name) if coord.name in group else None
+        if have is None or have.shape != want.shape or not np.array_equal(have, want):
+            raise SchemaError(
+                f"{group.store}: coordinate {coord.name!r} differs from what the pipeline "
+                "gives now (a parameter changed it); write to a new --store"
+            )
 
 
 def repair(group: zarr.Group) -> int:

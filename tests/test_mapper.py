@@ -270,3 +270,27 @@ def test_incremental_over_10000_observations(tmp_path, client):
     ds = xr.open_zarr(store)
     runs = dict(zip(ds.obs.values, ds.ledger_run.values, strict=True))
     assert {o for o, r in runs.items() if r == third.run_id} == {Path(f).name for f in touched}
+
+
+def test_parameter_that_changes_the_axes_needs_a_new_store(tmp_path, client):
+    from esap_dask import Coordinate, Parameter, Pipeline, Schema, SchemaError, Variable
+
+    def spectrum(run, *, emin, nbins):
+        return {"counts": np.full(nbins, run)}
+
+    pipe = Pipeline(
+        name="spectrum", version="1", function=spectrum,
+        parameters=[Parameter("emin", float, 0.1), Parameter("nbins", int, 4)],
+        schema=lambda p: Schema(
+            [Variable("counts", "int64", dims=("energy",))],
+            [Coordinate("energy", np.geomspace(p["emin"], 100, p["nbins"]), units="TeV")],
+        ),
+    )
+    store = tmp_path / "s.zarr"
+    map_observations(pipe, range(3), store, client=client)
+    before = xr.open_zarr(store).load()
+    for params, what in (({"nbins": 5}, "per-observation shape"),
+                         ({"emin": 1.0}, "coordinate 'energy' differs")):
+        with pytest.raises(SchemaError, match=what):
+            map_observations(pipe, range(3), store, client=client, params=params)
+    xr.testing.assert_identical(xr.open_zarr(store).load(), before)  # nothing touched
