@@ -29,6 +29,7 @@ import numpy as np
 
 from esap_dask import provenance
 from esap_dask.batch import Batch, BatchReport, RunContext, run_batch
+from esap_dask.facilities import storage_options_for
 from esap_dask.ledger import COLUMNS, FAILED, Ledger, Plan, plan, read_ledger
 from esap_dask.lock import StoreLock
 from esap_dask.observations import as_observations, fingerprint
@@ -185,6 +186,17 @@ def _nthreads(client: Any) -> int:
     return 1
 
 
+def _cluster_notes(client: Any) -> list[str]:
+    """What the client's cluster manager reports (e.g. grid jobs that failed), if it can."""
+    notes = getattr(getattr(client, "cluster", None), "run_notes", None)
+    if not callable(notes):
+        return []
+    try:
+        return [str(n) for n in notes()]
+    except Exception:
+        return []
+
+
 def _open_or_none(store: str, storage_options: Mapping[str, Any]) -> Any:
     from esap_dask.store import StoreError
 
@@ -239,6 +251,10 @@ def map_observations(
         Minimum observations per task (default: automatic, about four tasks a thread).
     progress
         Show a progress bar (default: when attached to a terminal or a notebook).
+    storage_options
+        fsspec options of a URL store (``s3://bucket/run.zarr``); default: the
+        facility's ``storage_options`` option, for S3 completed from the
+        environment (see :func:`esap_dask.facilities.storage_options_for`).
 
     Returns
     -------
@@ -253,11 +269,11 @@ def map_observations(
     t0 = time.perf_counter()
     started = datetime.now(UTC)
     store = os.fspath(store)
-    opts = dict(storage_options or {})
+    opts = storage_options_for(store, facility, storage_options)
     obs_list = as_observations(observations)
     fingerprints = [fingerprint(o, content=content_hash) for o in obs_list]
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
-    with StoreLock(store, run_id):
+    with StoreLock(store, run_id, storage_options=opts):
         group = _open_or_none(store, opts)
         named = isinstance(pipeline, (Pipeline, str, os.PathLike))
         pipe = _as_pipeline(pipeline, None, None) if named else None
@@ -319,9 +335,12 @@ def map_observations(
                 storage_options=opts,
                 unit=layout.unit,
             )
+            known = set(_cluster_notes(cl))
             reports = _execute(cl, ctx, group, todo, layout, batch_size, progress)
+            cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
             dashboard = getattr(cl, "dashboard_link", None)
         summary = _summary(store, run_id, pipe, facility, obs_list, todo, reports, t0)
+        summary.notes += cluster_notes
         summary.dashboard = dashboard
         summary.provenance = provenance.record_run(
             group, store, summary, ctx, started=started, user=user, storage_options=opts
@@ -361,13 +380,19 @@ def _execute(
                 attempts=[e[3] for e in chosen],
             )
         )
-    by_key = {}
+    by_key: dict[str, Batch] = {}
     futures = []
     for b in batches:
         fut = client.submit(run_batch, ctx, b, key=f"esap-batch-{ctx.run_id}-{b.index}", pure=False)
         by_key[fut.key] = b
         futures.append(fut)
     reports: list[BatchReport] = []
+    # A dying worker takes the blame for every task assigned to it, innocent ones too: a
+    # batch killed by KilledWorker is a suspect, retried alone (one suspect at a time);
+    # only one that kills its worker again is reported as the culprit.
+    suspects: list[Batch] = []
+    isolated: set[int] = set()
+    running_alone = False
     bar = Progress(
         total=n,
         description=f"{ctx.pipeline.name} → {os.path.basename(ctx.store)}",
@@ -376,15 +401,35 @@ def _execute(
     )
     try:
         with bar:
-            for fut in as_completed(futures):
+            pending = as_completed(futures)
+            for fut in pending:
                 batch = by_key.pop(fut.key)
-                if fut.status == "finished":
-                    report = fut.result()
-                else:
-                    report = _batch_failed(group, ctx, batch, fut.exception())
-                reports.append(report)
-                bar.advance(len(batch.rows), failed=report.failed)
+                error = None if fut.status == "finished" else fut.exception()
+                report = fut.result() if error is None else None
                 fut.release()
+                if batch.index in isolated:
+                    running_alone = False
+                if type(error).__name__ == "KilledWorker" and batch.index not in isolated:
+                    suspects.append(batch)
+                else:
+                    if report is None:
+                        report = _batch_failed(group, ctx, batch, error or RuntimeError("lost"))
+                    reports.append(report)
+                    bar.advance(len(batch.rows), failed=report.failed)
+                if suspects and not running_alone:
+                    again = suspects.pop(0)
+                    isolated.add(again.index)
+                    running_alone = True
+                    retry = client.submit(
+                        run_batch,
+                        ctx,
+                        again,
+                        pure=False,
+                        key=f"esap-batch-{ctx.run_id}-{again.index}-alone",
+                    )
+                    by_key[retry.key] = again
+                    futures.append(retry)
+                    pending.add(retry)
     except BaseException:
         client.cancel(futures)
         raise

@@ -59,7 +59,8 @@ class Observation(NamedTuple):
             if "://" in text:
                 return cls(id=text.rstrip("/").rsplit("/", 1)[-1], value=text, kind="url")
             # absolute: workers (batch jobs) do not share the driver's working directory
-            return cls(id=os.path.basename(text), value=os.path.abspath(text), kind="file")
+            path = text if text.startswith("/") and "/." not in text else os.path.abspath(text)
+            return cls(id=path.rpartition("/")[2], value=path, kind="file")
         return cls(id=str(item), value=item, kind="value")
 
 
@@ -88,10 +89,11 @@ def _expand(spec: str) -> list[Any]:
     if path.is_file() and path.suffix in LIST_SUFFIXES:
         return list(_read_list(path))
     if globmod.has_magic(spec):
-        matches = sorted(globmod.glob(str(path), recursive=True))
+        matches = sorted(globmod.glob(os.path.abspath(path), recursive=True))
         if not matches:
             raise ObservationError(f"no file matches {spec!r}; check the pattern and the directory")
-        return matches
+        # absolute and normalized already: build the observations directly (100,000s of them)
+        return [Observation(m.rpartition("/")[2], m, "file") for m in matches]
     return [str(path)]
 
 

@@ -297,14 +297,32 @@ def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
-    """Write ``columns`` (name -> values, one per row) at ``rows``, in the mapping's order.
+#: Largest block, in bytes, that :func:`write_rows` reads back to patch scattered rows.
+PATCH_BYTES = 64 * 2**20
 
-    Each contiguous run of rows is one slice assignment (zarr 3.1 mis-broadcasts
-    orthogonal integer-array writes into sharded arrays).
+
+def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+    """Write ``columns`` (name -> values, one per row) at sorted ``rows``, in the mapping's order.
+
+    The caller owns every write unit that ``rows`` touch (no other task writes between
+    ``rows[0]`` and ``rows[-1]``). Contiguous rows are one slice assignment each (zarr 3.1
+    mis-broadcasts orthogonal integer-array writes into sharded arrays). Scattered rows (a
+    rerun of some failed or changed observations) are patched into the block that covers
+    them, read once and written once: one write per row would re-encode the same chunk
+    again and again.
     """
-    runs = contiguous_runs(np.asarray(rows))
+    rows = np.asarray(rows)
+    runs = contiguous_runs(rows)
+    if not runs:
+        return
+    lo, hi = runs[0][0], runs[-1][1]
     for name, values in columns.items():
         arr = array(group, name)
+        row_bytes = values[0].nbytes if values.dtype.kind != "O" else 64
+        if len(runs) > 1 and (hi - lo) * max(1, row_bytes) <= PATCH_BYTES:
+            block = np.asarray(arr[lo:hi])
+            block[rows - lo] = values
+            arr[lo:hi] = block
+            continue
         for r0, r1, p0, p1 in runs:
             arr[r0:r1] = values[p0:p1]

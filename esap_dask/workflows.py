@@ -18,6 +18,7 @@ value: workers on a grid site need esap-dask installed, not the user's file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -129,6 +130,13 @@ def get_pipeline(name: str | os.PathLike[str] | Pipeline) -> Pipeline:
         if not path.is_file():
             raise PipelineNotFound(f"pipeline file {text} does not exist")
         return _load_file(path)
+    for d in pipeline_dirs():  # by convention dl3-products lives in dl3_products.py:
+        conventional = d / f"{text.replace('-', '_')}.py"  # load it alone when it is there
+        if conventional.is_file():
+            with contextlib.suppress(Exception):
+                found = _load_file(conventional)
+                if found.name == text:
+                    return found
     catalog, broken = _catalog()
     if text not in catalog:
         known = ", ".join(sorted(catalog)) or "none"

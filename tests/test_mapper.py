@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -181,9 +182,19 @@ def test_worker_killed_once_is_retried(tmp_path, client):
     assert xr.open_zarr(store).double.values.tolist() == [2 * i for i in range(20)]
 
 
-def test_batch_that_keeps_killing_workers_is_reported(tmp_path, client):
+@pytest.mark.parametrize("workers", [2, 1])
+def test_batch_that_keeps_killing_workers_is_reported(tmp_path, client, workers):
+    """With one worker, every queued batch shares the crashing one's worker and its blame."""
+    from distributed import Client, LocalCluster
+
     store = tmp_path / "s.zarr"
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    config = {"distributed.scheduler.allowed-failures": 1}
+    with dask.config.set(config), contextlib.ExitStack() as stack:
+        if workers == 1:
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0")
+            )
+            client = stack.enter_context(Client(cluster))
         summary = map_observations(
             CRASHY, range(20), store, client=client, chunk=5, batch_size=5, params={"crash": 12}
         )
@@ -279,7 +290,9 @@ def test_parameter_that_changes_the_axes_needs_a_new_store(tmp_path, client):
         return {"counts": np.full(nbins, run)}
 
     pipe = Pipeline(
-        name="spectrum", version="1", function=spectrum,
+        name="spectrum",
+        version="1",
+        function=spectrum,
         parameters=[Parameter("emin", float, 0.1), Parameter("nbins", int, 4)],
         schema=lambda p: Schema(
             [Variable("counts", "int64", dims=("energy",))],
@@ -289,8 +302,10 @@ def test_parameter_that_changes_the_axes_needs_a_new_store(tmp_path, client):
     store = tmp_path / "s.zarr"
     map_observations(pipe, range(3), store, client=client)
     before = xr.open_zarr(store).load()
-    for params, what in (({"nbins": 5}, "per-observation shape"),
-                         ({"emin": 1.0}, "coordinate 'energy' differs")):
+    for params, what in (
+        ({"nbins": 5}, "per-observation shape"),
+        ({"emin": 1.0}, "coordinate 'energy' differs"),
+    ):
         with pytest.raises(SchemaError, match=what):
             map_observations(pipe, range(3), store, client=client, params=params)
     xr.testing.assert_identical(xr.open_zarr(store).load(), before)  # nothing touched
