@@ -141,7 +141,7 @@ start() {
     fi
     if ! running "$STATE/slurmctld.pid"; then
         log "starting slurmctld"
-        slurmctld -i
+        slurmctld
     fi
     if ! running "$STATE/slurmd.pid"; then
         log "starting slurmd ($CPUS CPUs, $MEMORY MiB declared)"

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
+import random
+import time
 import uuid
+from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from dask_jobqueue.slurm import SLURMJob
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
 
+from esap_dask.deploy.jobarray import JobArray, index_ranges
 from esap_dask.deploy.jobstate import JobState, WorkerJobError, query_slurm, stderr_tail
 
 __all__ = ["JobArray", "SLURMArrayCluster", "SLURMArrayJob", "index_ranges"]
@@ -44,114 +47,6 @@ __all__ = ["JobArray", "SLURMArrayCluster", "SLURMArrayJob", "index_ranges"]
 logger = logging.getLogger(__name__)
 
 TASK_ID = "${SLURM_ARRAY_TASK_ID}"
-
-
-def index_ranges(indices: list[int]) -> str:
-    """SLURM's ``--array`` notation for a set of indices: ``[0,1,2,5,7,8]`` -> ``"0-2,5,7-8"``."""
-    parts: list[str] = []
-    ordered = sorted(set(indices))
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
-class JobArray:
-    """Gathers the starts and stops of one reconciliation into one ``sbatch``/``scancel`` call.
-
-    Parameters
-    ----------
-    job_name
-        The SLURM job name (``-J``) of every array; also the worker-name prefix.
-    log_directory
-        Where SLURM writes each task's ``<job name>-<array>_<index>.out/.err``.
-    cap
-        At most this many tasks of one array run at once (``--array=...%cap``).
-    """
-
-    def __init__(self, job_name: str, log_directory: Path, cap: int | None = None) -> None:
-        self.job_name = job_name
-        self.log_directory = log_directory
-        self.cap = cap
-        #: Number of sbatch and scancel calls made, and array tasks submitted.
-        self.submissions = 0
-        self.cancellations = 0
-        self.tasks_submitted = 0
-        #: The error of the first ``sbatch`` that failed, if any.
-        self.error: WorkerJobError | None = None
-        self._to_submit: dict[int, tuple[SLURMArrayJob, asyncio.Future[str]]] = {}
-        self._to_cancel: dict[str, asyncio.Future[None]] = {}
-        self._submitting: asyncio.Future[None] | None = None
-        self._cancelling: asyncio.Future[None] | None = None
-
-    def stderr_path(self, job_id: str) -> Path:
-        """The stderr file of array task ``job_id`` (``"<array>_<index>"``)."""
-        return self.log_directory / f"{self.job_name}-{job_id}.err"
-
-    async def submit(self, job: SLURMArrayJob) -> str:
-        """Queue ``job`` for the next ``sbatch --array`` and return its ``<array>_<index>`` id."""
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._to_submit[job.array_index] = (job, fut)
-        if self._submitting is None:
-            self._submitting = asyncio.ensure_future(self._flush_submit())
-        return await fut
-
-    async def _flush_submit(self) -> None:
-        await asyncio.sleep(0.01)  # the other starts of this reconciliation queue up meanwhile
-        batch, self._to_submit, self._submitting = self._to_submit, {}, None
-        jobs = [job for job, _ in batch.values()]
-        spec = index_ranges(list(batch)) + (f"%{self.cap}" if self.cap else "")
-        first = jobs[0]
-        try:
-            with first.job_file() as script:
-                cmd = [*shlex.split(first.submit_command), f"--array={spec}", script]
-                self.submissions += 1
-                out = await first._call(cmd)
-            array_id = first._job_id_from_submit_output(out)
-        except (RuntimeError, ValueError) as err:
-            error = WorkerJobError(
-                f"sbatch refused the array of {len(batch)} worker job(s) ({spec}): "
-                f"{_slurm_message(str(err))}. Fix the facility's queue, cores, memory or "
-                f"walltime options (see `sinfo` for what the partitions offer)."
-            )
-            self.error = self.error or error
-            for _, fut in batch.values():
-                if not fut.done():
-                    fut.set_exception(error)
-            return
-        self.tasks_submitted += len(batch)
-        logger.info("submitted %d worker(s) as SLURM array %s [%s]", len(batch), array_id, spec)
-        for index, (_, fut) in batch.items():
-            if not fut.done():
-                fut.set_result(f"{array_id}_{index}")
-
-    async def cancel(self, job_id: str) -> None:
-        """Queue ``job_id`` for the next batched ``scancel``; errors for gone jobs are ignored."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._to_cancel[job_id] = fut
-        if self._cancelling is None:
-            self._cancelling = asyncio.ensure_future(self._flush_cancel())
-        await fut
-
-    async def _flush_cancel(self) -> None:
-        await asyncio.sleep(0.01)
-        batch, self._to_cancel, self._cancelling = self._to_cancel, {}, None
-        self.cancellations += 1
-        with suppress(RuntimeError):  # some tasks already ended: scancel says so and exits 1
-            await SLURMJob._call([*shlex.split(SLURMArrayJob.cancel_command), *sorted(batch)])
-        logger.info("cancelled SLURM array task(s) %s", " ".join(sorted(batch)))
-        for fut in batch.values():
-            if not fut.done():
-                fut.set_result(None)
-
-
-def _slurm_message(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if "error:" in ln]
-    return "; ".join(lines) or text.strip()
 
 
 class SLURMArrayJob(SLURMJob):
@@ -209,6 +104,14 @@ class SLURMArrayCluster(SLURMCluster):
         default ``~/.esap-dask/logs``.
     max_array_size
         SLURM's ``MaxArraySize``: array indices are taken modulo this.
+    renew_after
+        Renew each worker this long after it connected: submit its replacement,
+        and once that one has connected retire the old worker (the scheduler
+        moves its results to the others first). Set it shorter than the workers'
+        ``--lifetime`` minus stagger, so no worker leaves before its successor came.
+    renew_stagger
+        Renew each worker up to this much earlier (uniformly at random), so that
+        workers started together are not all renewed at once.
     **kwargs
         Everything ``dask_jobqueue.SLURMCluster`` takes (cores, memory, queue, walltime,
         worker_extra_args, job_extra_directives, security, scheduler_options, ...).
@@ -221,7 +124,7 @@ class SLURMArrayCluster(SLURMCluster):
     >>> cluster.job_states                  # {'esap-1a2b-0': JobState(...)} # doctest: +SKIP
     """
 
-    job_cls = SLURMArrayJob
+    job_cls = SLURMArrayJob  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -232,6 +135,8 @@ class SLURMArrayCluster(SLURMCluster):
         max_array_size: int = 1001,
         job_name: str | None = None,
         job_extra_directives: list[str] | None = None,
+        renew_after: str | float | None = None,
+        renew_stagger: str | float = 0,
         **kwargs: Any,
     ) -> None:
         job_name = job_name or f"esap-{uuid.uuid4().hex[:8]}"
@@ -242,6 +147,10 @@ class SLURMArrayCluster(SLURMCluster):
         self._max_array_size = max_array_size
         self._next_index = 0
         self._ever_connected: set[str] = set()
+        self._connected_at: dict[str, float] = {}
+        self._renew_after = parse_timedelta(renew_after) if renew_after is not None else None
+        self._renew_stagger = parse_timedelta(renew_stagger) or 0.0
+        self._renewals: dict[str, str] = {}  # old worker -> its replacement
         self._error: WorkerJobError | None = None
         self._watcher: asyncio.Task[None] | None = None
         directives = [
@@ -312,10 +221,13 @@ class SLURMArrayCluster(SLURMCluster):
             self._collect_submit_errors()
             return
         states = await query_slurm(self.array.job_name, missing=list(submitted))
-        connected = {w["name"] for w in self.scheduler_info.get("workers", {}).values()}
+        connected = self._job_names(
+            w["name"] for w in self.scheduler_info.get("workers", {}).values()
+        )
         self._ever_connected |= connected
         replace: list[str] = []
         async with self._lock:
+            renewed = self._renew(connected)
             for job_id, name in submitted.items():
                 job = self.workers.get(name)
                 state = states.get(job_id)
@@ -338,8 +250,68 @@ class SLURMArrayCluster(SLURMCluster):
             self._collect_submit_errors()
             for _ in replace:
                 self.worker_spec.update(self.new_worker_spec())
-        if replace:
+        if replace or renewed:
             await self._correct_state()
+
+    def _job_names(self, worker_names: Iterable[Any]) -> set[str]:
+        """Spec (job) names of scheduler worker names (``<job>-<i>`` when processes > 1)."""
+        suffixes = self.new_spec.get("group", [])
+        found = set()
+        for name in map(str, worker_names):
+            owner = next(
+                (name[: -len(x)] for x in suffixes if name.endswith(x) and len(name) > len(x)),
+                name,
+            )
+            found.add(owner if owner in self.workers or owner in self.worker_spec else name)
+        return found
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        if op == "add":  # remember every worker that ever connected, however briefly
+            workers = msg.get("workers", {}) if isinstance(msg, dict) else {}
+            self._ever_connected |= self._job_names(w.get("name") for w in workers.values())
+        super()._update_worker_status(op, msg)
+
+    async def _correct_state_internal(self) -> None:
+        # SpecCluster hands worker *names* to retire_workers as addresses, which retires
+        # nothing, and then cancels the jobs: results held by those workers are lost.
+        # Retire by name first, so the scheduler moves their results to the others.
+        to_close = set(self.workers) - set(self.worker_spec)
+        scheduler, comm = self.scheduler, self.scheduler_comm
+        if (
+            to_close
+            and scheduler is not None
+            and comm is not None
+            and scheduler.status == Status.running
+        ):
+            suffixes = self.new_spec.get("group", [""])
+            names = [f"{n}{s}" for n in to_close for s in suffixes]
+            with suppress(Exception):
+                await comm.retire_workers(names=names, close_workers=False)
+        await super()._correct_state_internal()
+
+    def _renew(self, connected: set[str]) -> bool:
+        """Start successors of workers near their lifetime; retire those whose successor came."""
+        now = time.monotonic()
+        for name in connected:  # the time it is due for renewal
+            self._connected_at.setdefault(name, now - random.uniform(0, self._renew_stagger))
+        for name in set(self._connected_at) - set(self.workers):
+            del self._connected_at[name]
+        changed = False
+        if self._renew_after is not None:
+            for name, since in self._connected_at.items():
+                due = now - since > self._renew_after
+                if due and name in self.worker_spec and name not in self._renewals:
+                    successor = self.new_worker_spec()
+                    self.worker_spec.update(successor)
+                    self._renewals[name] = next(iter(successor))
+                    logger.info("worker %s: renewing it as %s", name, self._renewals[name])
+                    changed = True
+        for old, new in list(self._renewals.items()):
+            if new in connected or old not in connected or new not in self.worker_spec:
+                self.worker_spec.pop(old, None)  # SpecCluster retires it, then scancels its job
+                del self._renewals[old]
+                changed = True
+        return changed
 
     def _collect_submit_errors(self) -> None:
         for name, job in list(self.workers.items()):
@@ -375,7 +347,9 @@ class SLURMArrayCluster(SLURMCluster):
             self._adaptive.stop()
 
     # -- user-facing ------------------------------------------------------------------------
-    def scale(self, n: int | None = None, jobs: int = 0, memory=None, cores=None):  # type: ignore[no-untyped-def]
+    def scale(  # type: ignore[override]
+        self, n: Any = None, jobs: int = 0, memory: Any = None, cores: Any = None
+    ) -> Any:
         """Scale to ``n`` workers (one ``sbatch --array`` for all new ones).
 
         Raises

@@ -1,0 +1,48 @@
+"""The ``ssh`` facility against a real sshd on loopback (bash scripts/sshd.sh start)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from distributed import Client
+
+import esap_dask.facilities as facilities
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sshd() -> None:
+    """Start the loopback sshd (idempotent); fail, naming the command, when it cannot."""
+    started = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "sshd.sh"), "start"], capture_output=True, text=True
+    )
+    if started.returncode != 0:
+        pytest.fail(
+            f"no sshd with key login on 127.0.0.1:2222 ({started.stderr.strip()}); "
+            "run `bash scripts/sshd.sh start`"
+        )
+
+
+def test_ssh_facility_runs_workers_over_ssh_with_tls(sshd):
+    cluster = facilities.open_cluster("ssh")
+    try:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        with Client(cluster) as client:
+            client.wait_for_workers(2, timeout=60)
+            workers = client.scheduler_info()["workers"]
+            assert len(workers) == 2
+            assert all(w.startswith("tls://127.0.0.1:") for w in workers)
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout="3s")
+    finally:
+        cluster.close()
+
+
+def test_ssh_facility_without_worker_hosts_says_what_to_add():
+    with pytest.raises(facilities.FacilityError, match="at least one worker host"):
+        facilities.open_cluster("ssh", hosts=["127.0.0.1"])
