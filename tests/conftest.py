@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,3 +45,19 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+SLURM_START = "bash scripts/slurm.sh start"
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """Fail (not skip) when the local SLURM is not up, naming the command that starts it."""
+    if shutil.which("sbatch") is None:
+        pytest.fail(f"SLURM is not installed here; run `{SLURM_START}` (installs slurm-wlm, munge)")
+    state = subprocess.run(
+        ["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, check=False
+    )
+    if state.returncode != 0 or not state.stdout.strip().startswith(("idle", "mix", "alloc")):
+        said = state.stdout.strip() or state.stderr.strip()
+        pytest.fail(f"the local SLURM is not running (sinfo: {said}); run `{SLURM_START}` first")

@@ -24,21 +24,6 @@ from esap_dask.deploy.jobstate import WorkerJobError
 
 pytestmark = pytest.mark.slurm
 
-START = "bash scripts/slurm.sh start"
-
-
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    """Fail (not skip) when the local SLURM is not up, naming the command that starts it."""
-    if shutil.which("sbatch") is None:
-        pytest.fail(f"SLURM is not installed here; run `{START}` (installs slurm-wlm and munge)")
-    state = subprocess.run(
-        ["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, check=False
-    )
-    if state.returncode != 0 or not state.stdout.strip().startswith(("idle", "mix", "alloc")):
-        said = state.stdout.strip() or state.stderr.strip()
-        pytest.fail(f"the local SLURM is not running (sinfo: {said}); run `{START}` first")
-
 
 @dataclass
 class SlurmCalls:
