@@ -6,10 +6,14 @@
 3. hand-written ``client.map`` + ``gather`` + ``xr.concat`` + ``to_zarr``.
 
 Both parallel ways share one ``LocalCluster`` (default: 2 worker processes, 1 thread
-each). Each way is warmed up once, then timed ``--repeats`` times; medians are printed
-with their ratios. Also timed: an esap-dask rerun on a complete store (nothing to do).
+each). Each way is warmed up once, then timed ``--repeats`` times, the ways interleaved
+in rotating order so that changes of the machine's load hit all of them alike; medians
+are printed with their ratios. Also timed: an esap-dask rerun on a complete store (nothing to do).
 
-    .venv/bin/python bench/dl3_real.py --repeats 5
+    .venv/bin/python -m bench.dl3_real --repeats 5 [--no-record]
+
+The figures are merged into ``bench/results.json`` (``bench.suite`` runs this module as
+its ``dl3`` case) unless ``--no-record`` is given.
 
 Data: HESS DL3 DR1, H.E.S.S. collaboration (read in place from ../shared/data).
 """
@@ -20,6 +24,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +38,7 @@ import esap_dask
 from esap_dask.pipeline import Schema
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"
+HANDWRITTEN = "hand-written client.map + concat + to_zarr"
 
 
 def to_dataset(results: Sequence[Mapping[str, Any]], ids: Sequence[str], schema: Schema) -> Any:
@@ -45,13 +51,17 @@ def to_dataset(results: Sequence[Mapping[str, Any]], ids: Sequence[str], schema:
     return ds.assign_coords({c.name: np.asarray(c.values) for c in schema.coords})
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
-    fn()  # warm-up: imports on the workers, file cache
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
+def timed(ways: Mapping[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each way, ``repeats`` times, interleaved (load changes hit every way alike)."""
+    for fn in ways.values():
+        fn()  # warm-up: imports on the workers, file cache
+    out: dict[str, list[float]] = {name: [] for name in ways}
+    names = list(ways)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            ways[name]()
+            out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -60,6 +70,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--no-record", action="store_true", help="do not merge the figures into bench/results.json"
+    )
     args = parser.parse_args()
 
     from distributed import Client, LocalCluster
@@ -108,13 +121,16 @@ def main() -> None:
             results = client.gather(futures)
             to_dataset(results, ids, schema).to_zarr(fresh("clientmap"))
 
-        rows = {
-            "esap-dask map_observations": timed(esap, args.repeats),
-            "hand-written client.map + concat + to_zarr": timed(client_map, args.repeats),
-            "serial loop, compute only": timed(serial_compute, args.repeats),
-            "serial loop + concat + to_zarr": timed(serial_store, args.repeats),
-            "esap-dask rerun, nothing to do": timed(esap_rerun, args.repeats),
-        }
+        rows = timed(
+            {
+                "esap-dask map_observations": esap,
+                HANDWRITTEN: client_map,
+                "serial loop, compute only": serial_compute,
+                "serial loop + concat + to_zarr": serial_store,
+                "esap-dask rerun, nothing to do": esap_rerun,
+            },
+            args.repeats,
+        )
     shutil.rmtree(work, ignore_errors=True)
 
     medians = {k: statistics.median(v) for k, v in rows.items()}
@@ -122,7 +138,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"{len(files)} H.E.S.S. DL3 DR1 files, {args.workers} workers x 1 thread, "
-        f"median of {args.repeats} (after one warm-up); {os.cpu_count()} cores, "
+        f"median of {args.repeats} interleaved (after one warm-up); {os.cpu_count()} cores, "
         f"load average {load} at the end"
     )
     print(
@@ -134,6 +150,35 @@ def main() -> None:
             f"{name:45s} {m:9.3f} {min(values):7.3f} {max(values):7.3f} "
             f"{len(files) / m:8.1f} {m / base:7.2f}x"
         )
+    if not args.no_record:
+        record(rows, len(files))
+
+
+def record(rows: Mapping[str, list[float]], n: int) -> None:
+    """Merge the figures into ``bench/results.json`` (the suite's table; ratio = baseline/value)."""
+    if not __package__:  # run as a script, not as ``python -m bench.dl3_real``
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.common import report, summarize
+
+    case = f"dl3/hess-dr1-{n}"
+    esap = rows["esap-dask map_observations"]
+    hand, serial = rows[HANDWRITTEN], rows["serial loop + concat + to_zarr"]
+    report(
+        [
+            summarize(case, "vs client.map", "s", esap, baseline=hand),
+            summarize(case, "vs serial", "s", esap, baseline=serial),
+            summarize(
+                case, "vs serial compute", "s", esap, baseline=rows["serial loop, compute only"]
+            ),
+            summarize(case, "esap time", "s", esap),
+            summarize(case, "handwritten time", "s", hand),
+            summarize(case, "serial time", "s", serial),
+            summarize(
+                case, "rerun unchanged", "s", rows["esap-dask rerun, nothing to do"], baseline=esap
+            ),
+        ]
+    )
+    print("ratio = baseline median / esap-dask median (above 1: esap-dask is faster)")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import dask.config
 import numpy as np
 
 from esap_dask import provenance
@@ -138,23 +139,26 @@ def make_batches(rows: Sequence[int], unit: int, target: int) -> list[list[int]]
     return batches
 
 
+def _function_identity(function: Callable[..., Any]) -> tuple[str, str]:
+    """Name and version of a plain function: the version is a hash of its source."""
+    name = getattr(function, "__name__", "function")
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        source = name
+    return name, hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
 def _as_pipeline(pipeline: Any, client: Any, first: Any) -> Pipeline:
     if isinstance(pipeline, Pipeline):
         return pipeline
     if isinstance(pipeline, (str, os.PathLike)):
         return get_pipeline(pipeline)
     if callable(pipeline):
-        name = getattr(pipeline, "__name__", "function")
+        name, version = _function_identity(pipeline)
         example = client.submit(pipeline, first.value, pure=False).result()
-        try:
-            source = inspect.getsource(pipeline)
-        except (OSError, TypeError):
-            source = name
         return Pipeline(
-            name=name,
-            version=hashlib.sha256(source.encode()).hexdigest()[:12],
-            function=pipeline,
-            schema=infer_schema(name, example),
+            name=name, version=version, function=pipeline, schema=infer_schema(name, example)
         )
     raise TypeError(f"pipeline must be a Pipeline, a name, a .py path or a function: {pipeline!r}")
 
@@ -174,6 +178,12 @@ def _client_for(client: Any, facility: str) -> Iterator[Any]:
 
     cluster = open_cluster(facility)
     try:
+        if (
+            not getattr(cluster, "worker_spec", None)
+            and getattr(cluster, "_adaptive", None) is None
+        ):
+            # a batch or grid facility with no workers asked for: let the load decide
+            cluster.adapt(minimum=0, maximum=int(dask.config.get("esap.max-workers", 8)))
         with Client(cluster) as own:
             yield own
     finally:
@@ -181,9 +191,22 @@ def _client_for(client: Any, facility: str) -> Iterator[Any]:
 
 
 def _nthreads(client: Any) -> int:
+    """Worker threads the run can count on: connected ones, or the ones the cluster plans.
+
+    On a batch or grid facility the workers are often still queued when a run starts;
+    sizing the layout by the connected ones alone would cut the run into too few tasks.
+    """
+    connected = {}
     with contextlib.suppress(Exception):
-        return max(1, sum(client.nthreads().values()))
-    return 1
+        connected = client.nthreads()
+    per_worker = max(1, round(sum(connected.values()) / max(1, len(connected))))
+    cluster = getattr(client, "cluster", None)
+    adaptive = getattr(cluster, "_adaptive", None)
+    if adaptive is not None and math.isfinite(getattr(adaptive, "maximum", math.inf)):
+        planned = int(adaptive.maximum)
+    else:
+        planned = len(getattr(cluster, "worker_spec", None) or {})
+    return max(1, sum(connected.values()), planned * per_worker)
 
 
 def _cluster_notes(client: Any) -> list[str]:
@@ -277,19 +300,25 @@ def map_observations(
         group = _open_or_none(store, opts)
         named = isinstance(pipeline, (Pipeline, str, os.PathLike))
         pipe = _as_pipeline(pipeline, None, None) if named else None
+        if pipe is not None:
+            name, version = pipe.name, pipe.version
+        elif callable(pipeline):
+            name, version = _function_identity(pipeline)
+        else:
+            raise TypeError(
+                f"pipeline must be a Pipeline, a name, a .py path or a function: {pipeline!r}"
+            )
         if group is not None:
             repair(group)
             ledger = read_ledger(group)
             meta = esap_attrs(group)
-            if pipe is not None and meta.get("pipeline") != pipe.name:
+            if meta.get("pipeline") != name:
                 raise SchemaError(
                     f"{store}: holds products of pipeline {meta.get('pipeline')!r}, not "
-                    f"{pipe.name!r}; give another --store"
+                    f"{name!r}; give another --store"
                 )
-            version = pipe.version if pipe else meta.get("version", "")
         else:
             ledger = Ledger.empty()
-            version = pipe.version if pipe else ""
         resolved = pipe.resolve(params) if pipe else dict(params or {})
         todo = plan(
             obs_list,
@@ -299,8 +328,8 @@ def map_observations(
             version=version,
             force=force,
         )
-        if group is not None and not todo.todo and pipe is not None:
-            return _summary(store, run_id, pipe, facility, obs_list, todo, [], t0)
+        if group is not None and not todo.todo:  # nothing to do: no cluster started
+            return _summary(store, run_id, name, version, facility, obs_list, todo, [], t0)
         with _client_for(client, facility) as cl:
             if pipe is None:
                 pipe = _as_pipeline(pipeline, cl, obs_list[0])
@@ -339,7 +368,9 @@ def map_observations(
             reports = _execute(cl, ctx, group, todo, layout, batch_size, progress)
             cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
             dashboard = getattr(cl, "dashboard_link", None)
-        summary = _summary(store, run_id, pipe, facility, obs_list, todo, reports, t0)
+        summary = _summary(
+            store, run_id, pipe.name, pipe.version, facility, obs_list, todo, reports, t0
+        )
         summary.notes += cluster_notes
         summary.dashboard = dashboard
         summary.provenance = provenance.record_run(
@@ -469,7 +500,8 @@ def _batch_failed(group: Any, ctx: RunContext, batch: Batch, err: BaseException)
 def _summary(
     store: str,
     run_id: str,
-    pipe: Pipeline,
+    name: str,
+    version: str,
     facility: str,
     obs_list: Sequence[Any],
     todo: Plan,
@@ -481,8 +513,8 @@ def _summary(
     return RunSummary(
         store=store,
         run_id=run_id,
-        pipeline=pipe.name,
-        version=pipe.version,
+        pipeline=name,
+        version=version,
         facility=facility,
         total=len(obs_list),
         processed=processed,

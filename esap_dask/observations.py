@@ -88,6 +88,10 @@ def _expand(spec: str) -> list[Any]:
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix in LIST_SUFFIXES:
         return list(_read_list(path))
+    if path.is_file() and path.name.startswith("obs-index") and ".fits" in path.name:
+        from esap_dask.gadf import select_observations  # GADF: the observations it lists
+
+        return list(select_observations(path))
     if globmod.has_magic(spec):
         matches = sorted(globmod.glob(os.path.abspath(path), recursive=True))
         if not matches:
@@ -102,7 +106,9 @@ def as_observations(spec: Any) -> list[Observation]:
 
     ``spec`` may be a glob (``"runs/*.fits.gz"``), a list file (``.txt``/``.lst``/``.list``,
     one path or URL a line, ``#`` comments, relative paths taken from the list's
-    directory), an inclusive integer range ``"1..100"``, a ``range``, or a sequence of
+    directory), a GADF ``obs-index.fits[.gz]`` (the observations it lists, see
+    :func:`esap_dask.gadf.select_observations` for selections), an inclusive integer range
+    ``"1..100"``, a ``range``, or a sequence of
     paths, URLs, values and :class:`Observation` objects.
 
     Raises

@@ -235,3 +235,12 @@ def test_status_plot_renders_a_png(tmp_path):
     assert proc.returncode == 0, proc.stderr
     png = (tmp_path / "s.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_an_obs_index_is_an_observation_list(hess_dir, tmp_path):
+    proc = esap("run", "helloworld", "-o", str(hess_dir / "obs-index.fits.gz"), "-s",
+                str(tmp_path / "s.zarr"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["succeeded"] == 105
+    ids = xr.open_zarr(tmp_path / "s.zarr").obs.values
+    assert ids[0] == "hess_dl3_dr1_obs_id_020136.fits.gz"

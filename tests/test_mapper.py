@@ -309,3 +309,20 @@ def test_parameter_that_changes_the_axes_needs_a_new_store(tmp_path, client):
         with pytest.raises(SchemaError, match=what):
             map_observations(pipe, range(3), store, client=client, params=params)
     xr.testing.assert_identical(xr.open_zarr(store).load(), before)  # nothing touched
+
+
+def test_editing_a_plain_function_reprocesses_its_store(tmp_path, client):
+    store = tmp_path / "f.zarr"
+
+    def triple(x):
+        return {"y": 3 * x}
+
+    map_observations(triple, [1, 2], store, client=client)
+    again = map_observations(triple, [1, 2], store, client=None, facility="no-such-facility")
+    assert (again.processed, again.skipped) == (0, 2)  # nothing to do: no cluster needed
+
+    def triple(x):  # noqa: F811 - the user edits the function in the notebook
+        return {"y": 3 * x + 0}
+
+    edited = map_observations(triple, [1, 2], store, client=client)
+    assert edited.reasons == {"version": 2}
