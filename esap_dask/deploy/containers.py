@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTAINER_ENGINES", "container_python"]
+from esap_dask.facilities import Facility, FacilityError
+
+__all__ = ["CONTAINER_ENGINES", "container_python", "facility_python"]
 
 #: Runtime engines this module knows how to wrap a worker with.
 CONTAINER_ENGINES = ("apptainer", "singularity", "docker", "podman")
@@ -109,3 +112,39 @@ def container_python(
     words += [str(o) for o in options]
     words += [shlex.quote(image), python]
     return " ".join(words)
+
+
+def facility_python(
+    facility: Facility, container: Mapping[str, Any] | None, credentials: Path | None
+) -> str | None:
+    """The worker's interpreter command for ``facility``: a container command, or None.
+
+    ``container`` is the facility's ``container:`` options; the TLS ``credentials``
+    directory, when there is one, is bound into the container. Unknown options, and
+    container options without a runtime engine, are errors that say what to do.
+    """
+    options = dict(container or {})
+    if facility.runtimeengine == "none":
+        if options:
+            raise FacilityError(
+                f"facility {facility.name!r} has container options but runtimeengine: none; "
+                "set runtimeengine to apptainer, singularity, docker or podman"
+            )
+        return None
+    binds = list(options.pop("binds", []) or [])
+    if credentials is not None:
+        binds.append(str(credentials))
+    command = container_python(
+        facility.runtimeengine,
+        image=options.pop("image", ""),
+        python=options.pop("python", "python"),
+        binds=binds,
+        env=options.pop("env", None),
+        options=options.pop("options", ()),
+    )
+    if options:
+        raise FacilityError(
+            f"facility {facility.name!r}: unknown container option(s) "
+            f"{', '.join(sorted(options))}; use image, python, binds, env, options"
+        )
+    return command

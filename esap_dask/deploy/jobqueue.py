@@ -55,7 +55,7 @@ import dask.config
 from dask.utils import parse_timedelta
 from distributed.deploy import Cluster
 
-from esap_dask.deploy.containers import container_python
+from esap_dask.deploy.containers import facility_python
 from esap_dask.deploy.tls import new_cluster_security, security_directory
 from esap_dask.facilities import Facility, FacilityError
 
@@ -275,29 +275,9 @@ def open_jobqueue(facility: Facility, options: dict[str, Any]) -> Cluster:
     opts["worker_extra_args"] = extra
 
     # Containers
-    container = dict(opts.pop("container", None) or {})
-    if facility.runtimeengine != "none":
-        binds = list(container.pop("binds", []) or [])
-        if credentials is not None:
-            binds.append(str(credentials))
-        opts["python"] = container_python(
-            facility.runtimeengine,
-            image=container.pop("image", ""),
-            python=container.pop("python", "python"),
-            binds=binds,
-            env=container.pop("env", None),
-            options=container.pop("options", ()),
-        )
-        if container:
-            raise FacilityError(
-                f"facility {facility.name!r}: unknown container option(s) "
-                f"{', '.join(sorted(container))}; use image, python, binds, env, options"
-            )
-    elif container:
-        raise FacilityError(
-            f"facility {facility.name!r} has container options but runtimeengine: none; "
-            "set runtimeengine to apptainer, singularity, docker or podman"
-        )
+    python = facility_python(facility, opts.pop("container", None), credentials)
+    if python is not None:
+        opts["python"] = python
 
     if opts.pop("scheduler_in_job", False):
         _scheduler_in_job(facility, opts, dict(opts.pop("scheduler_job", None) or {}))

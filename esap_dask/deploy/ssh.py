@@ -38,7 +38,7 @@ from typing import Any
 import dask.config
 from distributed.deploy.spec import SpecCluster
 
-from esap_dask.deploy.containers import container_python
+from esap_dask.deploy.containers import facility_python
 from esap_dask.deploy.tls import new_cluster_security, security_directory
 from esap_dask.facilities import Facility, FacilityError
 
@@ -130,18 +130,7 @@ def open_ssh(facility: Facility, options: dict[str, Any]) -> SpecCluster:
     security = new_cluster_security(Path(tls_dir) if tls_dir else None) if tls else None
     credentials = security_directory(security) if security is not None else None
 
-    if facility.runtimeengine != "none":
-        binds = list(container.pop("binds", []) or [])
-        if credentials is not None:
-            binds.append(str(credentials))
-        remote_python = container_python(
-            facility.runtimeengine,
-            image=container.pop("image", ""),
-            python=container.pop("python", "python"),
-            binds=binds,
-            env=container.pop("env", None),
-            options=container.pop("options", ()),
-        )
+    remote_python = facility_python(facility, container, credentials) or remote_python
 
     config: dict[str, Any] = {}
     if security is not None:
