@@ -51,6 +51,7 @@ __all__ = [
     "list_facilities",
     "load_facility",
     "open_cluster",
+    "storage_options_for",
 ]
 
 FACILITY_TYPES = ("local", "slurm", "pbs", "sge", "htcondor", "lsf", "ssh", "dirac")
@@ -241,4 +242,40 @@ def open_cluster(name: str = "local", **overrides: Any) -> Any:
             f"({err}); install the extra it needs"
         ) from err
     factory = getattr(module, func_name)
-    return factory(fac, dict(fac.options))
+    return factory(fac, {k: v for k, v in fac.options.items() if k != "storage_options"})
+
+
+def storage_options_for(
+    store: str, facility: str = "local", given: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The fsspec ``storage_options`` a run uses for ``store`` (a path or a URL).
+
+    For a URL store: ``given`` when not None, else the facility's option
+    ``storage_options`` (``esap.facilities.<name>.storage_options`` in
+    ``dask.config`` works too); for ``s3://`` stores completed from the
+    environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``), so
+    that workers which share no environment with the driver (grid jobs) receive
+    them with the run, over the cluster's (TLS) connection. A local store: ``given``.
+    """
+    if "://" not in store or store.startswith("file://"):
+        return dict(given or {})
+    if given is not None:
+        opts = dict(given)
+    else:
+        try:
+            opts = dict(load_facility(facility).options.get("storage_options") or {})
+        except FacilityError:
+            opts = {}
+    if store.startswith(("s3://", "s3a://")):
+        env = os.environ
+        own = {"key", "secret", "anon", "profile"} & set(opts)
+        if not own and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+            opts["key"], opts["secret"] = env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+            if env.get("AWS_SESSION_TOKEN"):
+                opts["token"] = env["AWS_SESSION_TOKEN"]
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        client_kwargs = dict(opts.get("client_kwargs") or {})
+        if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in opts:
+            opts["client_kwargs"] = {**client_kwargs, "endpoint_url": endpoint}
+    return opts
