@@ -14,10 +14,12 @@ arrays, and starts no cluster when the ledger says there is nothing to do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -430,11 +432,14 @@ def _execute(
         enabled=progress,
         dashboard=getattr(client, "dashboard_link", None),
     )
+    watch = _ClusterWatch(client, futures)
     try:
-        with bar:
-            pending = as_completed(futures)
+        with bar, watch:
+            pending = as_completed(futures, loop=client.loop)
             for fut in pending:
                 batch = by_key.pop(fut.key)
+                if fut.status == "cancelled":  # aborted: its rows stay pending, for next time
+                    continue
                 error = None if fut.status == "finished" else fut.exception()
                 report = fut.result() if error is None else None
                 fut.release()
@@ -448,7 +453,8 @@ def _execute(
                     reports.append(report)
                     bar.advance(len(batch.rows), failed=report.failed)
                 if suspects and not running_alone:
-                    again = suspects.pop(0)
+                    again = suspects.pop(0)  # it was processed once already: count it
+                    again = dataclasses.replace(again, attempts=[a + 1 for a in again.attempts])
                     isolated.add(again.index)
                     running_alone = True
                     retry = client.submit(
@@ -464,7 +470,49 @@ def _execute(
     except BaseException:
         client.cancel(futures)
         raise
+    if watch.failure is not None:
+        from esap_dask.facilities import FacilityError
+
+        raise FacilityError(
+            f"the facility's workers cannot run: {watch.failure}; the run stopped, and its "
+            "unprocessed observations stay pending for the next run"
+        ) from watch.failure
     return reports
+
+
+class _ClusterWatch:
+    """Cancel a run's tasks when its cluster reports that workers can never start.
+
+    A cluster manager that knows its batch jobs (SLURM) sets ``cluster.error`` when a
+    job cannot start (unknown partition, impossible memory); without this watch the run
+    would wait for workers forever.
+    """
+
+    def __init__(self, client: Any, futures: list[Any], interval: float = 1.0) -> None:
+        self.cluster = getattr(client, "cluster", None)
+        self.client, self.futures, self.interval = client, futures, interval
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            error = getattr(self.cluster, "error", None)
+            if isinstance(error, BaseException):
+                self.failure = error
+                self.client.cancel(self.futures)
+                return
+
+    def __enter__(self) -> _ClusterWatch:
+        if self.cluster is not None and hasattr(self.cluster, "error"):
+            self._thread = threading.Thread(target=self._run, daemon=True, name="esap-watch")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _batch_failed(group: Any, ctx: RunContext, batch: Batch, err: BaseException) -> BatchReport:

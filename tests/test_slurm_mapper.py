@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -111,3 +112,20 @@ def test_scancel_of_a_worker_mid_run_loses_nothing_and_writes_nothing_twice(tmp_
     assert (got.ledger_status.values == DONE).all()
     assert (got.ledger_attempts.values == 1).all()
     xr.testing.assert_identical(products(store), products(tmp_path / "local.zarr"))
+
+
+def test_a_run_whose_workers_cannot_start_stops_with_slurms_reason(tmp_path):
+    env = {**os.environ, "DASK_ESAP__FACILITIES__SLURM__QUEUE": "no-such-partition"}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*ESAP_DASK, "run", "helloworld", "--facility", "slurm", "-o", "1..5",
+         "-s", str(tmp_path / "s.zarr")],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Invalid partition name specified" in proc.stderr
+    assert "unprocessed observations stay pending" in proc.stderr
+    assert time.monotonic() - t0 < 120, "the run should stop, not wait for workers"
+    status = subprocess.run([*ESAP_DASK, "status", str(tmp_path / "s.zarr"), "--json"],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout)["counts"] == {"pending": 5, "done": 0, "failed": 0}

@@ -198,6 +198,9 @@ class SLURMArrayCluster(SLURMCluster):
     async def _close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        for job in self._created:  # refused by sbatch: never started, nothing to close
+            if job.status == Status.created:
+                job.status = Status.failed
         await super()._close()
 
     async def _watch(self) -> None:
