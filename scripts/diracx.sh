@@ -229,6 +229,8 @@ print_env() {
     echo "export DIRACX_URL=$URL"
     echo "export DIRACX_CREDENTIALS_PATH=$STATE/credentials.json"
     echo "export ESAP_DIRAC_S3_ENDPOINT=$S3_URL"
+    # the dirac facility's object store: s3://<bucket>/<name>.zarr stores on the local moto S3
+    echo "export DASK_ESAP__FACILITIES__DIRAC__STORAGE_OPTIONS='{\"key\": \"testing\", \"secret\": \"testing\", \"client_kwargs\": {\"endpoint_url\": \"$S3_URL\"}}'"
 }
 
 stop_one() {

@@ -9,7 +9,9 @@ the worker's name in ``JobName`` and ``--name``), so jobs and workers match by
 name. Scale-down and ``close()`` set the jobs ``Killed`` **before** the workers
 retire, then read the status back (DiracX ignores invalid transitions silently).
 A background task polls the jobs and logs every job that ends unasked, with
-DiracX's status and minor status; :meth:`DiracCluster.job_status` returns them.
+DiracX's status and minor status; :meth:`DiracCluster.job_status` returns them,
+and :meth:`DiracCluster.run_notes` words them for a run's summary. The DiracX
+side (batching, kill read-back, polling) lives in :mod:`esap_dask.deploy.dirac_jobs`.
 
 A job runs ``python -m distributed.cli.dask_worker``, inside apptainer or
 singularity when the facility's ``runtimeengine`` says so, with ``CPUTime`` from
@@ -32,13 +34,12 @@ gateway`` and ``scheduler_port: 40000``), or put a TLS-passthrough proxy (HAProx
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-import logging
 import shlex
 import socket
 import sys
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +49,14 @@ from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.security import Security
 
 from esap_dask.deploy.containers import container_python
-from esap_dask.deploy.diracx_client import (
-    DiracXClient,
-    DiracXError,
-    format_jdl,
-    sandbox_archive,
-)
-from esap_dask.deploy.jobqueue import lifetime_arguments, parse_walltime
+from esap_dask.deploy.dirac_jobs import MAX_JOBS_PER_SUBMISSION, Grid
+from esap_dask.deploy.diracx_client import DiracXClient, DiracXError, format_jdl, sandbox_archive
+from esap_dask.deploy.jobqueue import lifetime_arguments, parse_walltime, worker_lifetime
 from esap_dask.deploy.tls import new_cluster_security, remove_cluster_security
 from esap_dask.facilities import Facility, FacilityError
 
 __all__ = ["DiracCluster", "DiracJob", "open_dirac"]
 
-log = logging.getLogger("esap_dask.dirac")
-
-#: Jobs in one parametric submission: DiracX 0.7.0's MAX_PARAMETRIC_JOBS.
-MAX_JOBS_PER_SUBMISSION = 20
-FINAL_STATES = frozenset({"Done", "Completed", "Failed", "Killed", "Deleted"})
 _SANDBOX_FILES = {"ca_file": "ca.pem", "cert": "worker.pem", "key": "worker-key.pem"}
 
 
@@ -112,133 +104,10 @@ def _contact(address: str | None, protocol: str, port: int) -> str | None:
     return address
 
 
-class _Grid:
-    """The DiracX side of one cluster: batches submissions and kills, tracks job states."""
-
-    def __init__(self, client: DiracXClient, cluster: DiracCluster) -> None:
-        self.client = client
-        self.cluster = cluster
-        self.jobs: dict[str, dict[str, Any]] = {}  # worker name -> DiracX row
-        self.killed: set[int] = set()
-        self.sandbox_pfn: str | None = None
-        self._pending: list[tuple[str, str, asyncio.Future[int]]] = []
-        self._flush: asyncio.Task[None] | None = None
-
-    async def submit(self, name: str, scheduler: str) -> int:
-        """The DiracX job id of worker ``name``, submitted with the others of this tick."""
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((name, scheduler, fut))
-        if self._flush is None or self._flush.done():
-            self._flush = asyncio.get_running_loop().create_task(self._submit_pending())
-        return await fut
-
-    async def _submit_pending(self) -> None:
-        await asyncio.sleep(0.05)  # collect every start() of this _correct_state
-        pending, self._pending = self._pending, []
-        size = self.cluster.max_jobs_per_submission
-        for i in range(0, len(pending), size):
-            chunk = pending[i : i + size]
-            try:
-                ids = await self._submit_chunk([n for n, _, _ in chunk], chunk[0][1])
-            except Exception as err:
-                for _, _, fut in chunk:
-                    fut.set_exception(err)
-                continue
-            for name, _, fut in chunk:
-                fut.set_result(ids[name])
-
-    async def _submit_chunk(self, names: list[str], scheduler: str) -> dict[str, int]:
-        jdl = self.cluster.job_jdl(names, scheduler, self.sandbox_pfn)
-        try:
-            inserted = await self.client.submit_jdl([jdl])
-        except DiracXError as err:
-            hint = ""
-            if "syntax" in str(err) and self.cluster.requirements["Platform"]:
-                hint = " (DiracX 0.7.0 rejects every JDL with a Platform: drop the option)"
-            log.error("DiracX refused the workers %s: %s%s\n%s", names, err, hint, jdl)
-            raise DiracXError(f"{err}{hint}") from err
-        rows = await self.client.search([int(j["JobID"]) for j in inserted])
-        ids = {r["JobName"]: int(r["JobID"]) for r in rows}
-        missing = set(names) - set(ids)
-        if missing:
-            raise DiracXError(f"DiracX returned no job for worker(s) {sorted(missing)}")
-        submitting = [int(r["JobID"]) for r in rows if r["Status"] == "Submitting"]
-        if submitting:  # confirm the bulk submission, as DIRAC's JobManager client does
-            await self.client.set_status(
-                {i: [{"Status": "Received", "MinorStatus": "Job accepted"}] for i in submitting}
-            )
-        for r in rows:
-            self.jobs[r["JobName"]] = dict(r)
-        log.info(
-            "submitted %d DIRAC jobs %s in one parametric JDL", len(names), sorted(ids.values())
-        )
-        return ids
-
-    async def kill(self, job_ids: Iterable[int]) -> list[dict[str, Any]]:
-        """Kill the jobs still alive in DiracX; their rows as read back afterwards.
-
-        Jobs that ended already are left alone: DiracX would refuse ``Killed`` but
-        still overwrite their minor status (the reason they ended).
-        """
-        ids = sorted(set(job_ids) - self.killed)
-        if not ids:
-            return []
-        alive: list[int] = []
-        try:
-            rows = await self.refresh(ids)  # logs the jobs that ended unasked
-            alive = [int(r["JobID"]) for r in rows if r["Status"] not in FINAL_STATES]
-            self.killed.update(ids)
-            if alive:
-                kill = {"Status": "Killed", "MinorStatus": "Marked for termination"}
-                await self.client.set_status({i: [kill] for i in alive})
-                rows = [r for r in rows if int(r["JobID"]) not in alive]
-                rows += await self.refresh(alive)
-        except DiracXError as err:
-            log.error("killing DIRAC jobs %s failed, they may still run: %s", ids, err)
-            return []
-        for r in rows:  # DiracX ignores invalid transitions silently: check
-            if int(r["JobID"]) in alive and r["Status"] != "Killed":
-                log.warning(
-                    "DIRAC job %s (worker %s) is still %s (%s), not Killed",
-                    r["JobID"], r.get("JobName"), r["Status"], r.get("MinorStatus"),
-                )  # fmt: skip
-        return rows
-
-    async def refresh(self, job_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
-        """Re-read jobs from DiracX; log those that ended without being killed."""
-        ids = (
-            list(job_ids) if job_ids is not None else [int(r["JobID"]) for r in self.jobs.values()]
-        )
-        if not ids:
-            return []
-        rows = await self.client.search(
-            ids, parameters=("JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus")
-        )
-        for r in rows:
-            old = self.jobs.get(r["JobName"], {})
-            self.jobs[r["JobName"]] = dict(r)
-            ended = r["Status"] in FINAL_STATES and old.get("Status") != r["Status"]
-            if ended and int(r["JobID"]) not in self.killed:
-                log.warning(
-                    "DIRAC job %s (worker %s) ended: %s, %s (%s)",
-                    r["JobID"], r["JobName"], r["Status"], r.get("MinorStatus"),
-                    r.get("ApplicationStatus"),
-                )  # fmt: skip
-        return rows
-
-    async def watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.refresh()
-            except DiracXError as err:
-                log.warning("polling DiracX: %s", err)
-
-
 class DiracJob(ProcessInterface):
     """One Dask worker as one DIRAC job (the :class:`ProcessInterface` of :class:`DiracCluster`)."""
 
-    def __init__(self, scheduler: str, name: str, grid: _Grid, **kwargs: Any) -> None:
+    def __init__(self, scheduler: str, name: str, grid: Grid, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scheduler, self.name, self.grid = scheduler, name, grid
         self.job_id: int | None = None
@@ -330,7 +199,7 @@ class DiracCluster(SpecCluster):
         self.cores, self.memory = int(cores), parse_bytes(memory)
         self.walltime_s = parse_walltime(walltime)
         self.cpu_time = int(cpu_time or self.walltime_s * self.cores)
-        self.lifetime = lifetime_arguments(self.walltime_s, lifetime_margin)
+        self.lifetime = lifetime_arguments(*worker_lifetime(self.walltime_s, lifetime_margin))
         self.requirements = {
             "Site": _listify(site),
             "BannedSites": _listify(banned_sites),
@@ -344,7 +213,7 @@ class DiracCluster(SpecCluster):
         self.command = self._command(python, runtimeengine, container or {})
         self.security = new_cluster_security() if tls else Security()
         self._url, self._credentials_path = url, credentials_path
-        self._grid: _Grid | None = None
+        self._grid: Grid | None = None
         self._watch: asyncio.Task[None] | None = None
         port = _free_port(scheduler_host, scheduler_port)
         protocol = "tls://" if tls else "tcp://"
@@ -434,7 +303,7 @@ class DiracCluster(SpecCluster):
         except DiracXError:
             remove_cluster_security(self.security)
             raise
-        self._grid = _Grid(client, self)
+        self._grid = Grid(client, self)
         self.new_spec["options"]["grid"] = self._grid
         for spec in self.worker_spec.values():
             spec.setdefault("options", {})["grid"] = self._grid
@@ -469,6 +338,23 @@ class DiracCluster(SpecCluster):
     def job_status(self) -> dict[str, dict[str, Any]]:
         """The last known DiracX row (``JobID``, ``Status``, ``MinorStatus``, ...) per worker."""
         return {} if self._grid is None else {k: dict(v) for k, v in self._grid.jobs.items()}
+
+    def run_notes(self) -> list[str]:
+        """One line per job that ended without being killed, with DiracX's status and reason.
+
+        :func:`esap_dask.map_observations` adds these to its summary's notes, so
+        a worker lost to the grid is reported with what the site said.
+        """
+        if self._grid is None:
+            return []
+        if not self.asynchronous:
+            with contextlib.suppress(Exception):
+                self.sync(self._grid.refresh)
+        return [
+            f"DIRAC job {r['JobID']} (worker {r['JobName']}) ended: {r['Status']}, "
+            f"{r.get('MinorStatus')} ({r.get('ApplicationStatus')})"
+            for r in sorted(self._grid.ended_unasked(), key=lambda r: int(r["JobID"]))
+        ]
 
     def refresh_job_status(self) -> dict[str, dict[str, Any]]:
         """Re-read every job from DiracX now, then :meth:`job_status`."""
