@@ -347,3 +347,13 @@ def demo(directory: str, count: int, seed: int, facility: str) -> None:
     print_summary(summary)
     out.print(f"open it with: xarray.open_zarr({store!r})", highlight=False)
     sys.exit(0 if summary.ok else EXIT_FAILED)
+
+
+def _register_service() -> None:
+    """``esap-dask serve``: the UWS job service (FastAPI loads only when it runs)."""
+    from esap_dask.service.cli import serve
+
+    main.add_command(serve)
+
+
+_register_service()

@@ -1,0 +1,102 @@
+"""``esap-dask serve``: run the job service with uvicorn.
+
+Register it in the main CLI with ``main.add_command(serve)``; it also runs on its
+own as ``python -m esap_dask.service.cli``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--tokens",
+    "tokens",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Token file: one 'TOKEN USERNAME' pair per line (the embedded default).",
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("esap-dask-service"),
+    show_default=True,
+    help="Data directory (job stores, logs, the SQLite database).",
+)
+@click.option(
+    "--database",
+    help="SQLAlchemy URL [default: sqlite:///DATA/jobs.sqlite], "
+    "e.g. postgresql+psycopg://user:pw@127.0.0.1/esap.",
+)
+@click.option("--oidc-issuer", help="Accept JWTs signed by this OIDC issuer.")
+@click.option("--oidc-audience", help="Required 'aud' of those JWTs.")
+@click.option("--jwks", help="The issuer's keys: a JWKS URL or file [default: discovered].")
+@click.option(
+    "--concurrency", default=4, show_default=True, type=int, help="Jobs executing at the same time."
+)
+@click.option(
+    "--max-wait",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Longest blocking WAIT, in seconds.",
+)
+def serve(
+    host: str,
+    port: int,
+    tokens: Path | None,
+    data: Path,
+    database: str | None,
+    oidc_issuer: str | None,
+    oidc_audience: str | None,
+    jwks: str | None,
+    concurrency: int,
+    max_wait: float,
+) -> None:
+    """Start the UWS 1.1 job service (jobs at /uws/jobs, web page at /, API at /docs)."""
+    import uvicorn
+
+    from esap_dask.service.app import create_app
+    from esap_dask.service.config import ServiceConfig
+
+    if tokens is not None and not tokens.is_file():
+        raise click.BadParameter(f"{tokens} does not exist", param_hint="--tokens")
+    config = ServiceConfig(
+        data_dir=data,
+        database_url=database,
+        tokens_file=tokens,
+        oidc_issuer=oidc_issuer,
+        oidc_audience=oidc_audience,
+        jwks=jwks,
+        concurrency=concurrency,
+        max_wait=max_wait,
+    )
+    try:
+        app = create_app(config)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    runner = app.state.service.runner
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Stop the jobs' Dask work at the signal, before uvicorn drains connections:
+            # they go back to QUEUED and resume at the next start.
+            runner.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    config_ = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10
+    )
+    Server(config_).run()
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,87 @@
+"""The job service's settings: where its data and database live, how it authenticates.
+
+One plain dataclass, filled by ``esap-dask serve`` (or by a test) and read by
+every part of the service; nothing else holds configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ServiceConfig"]
+
+
+@dataclass
+class ServiceConfig:
+    """Settings of one job service.
+
+    Parameters
+    ----------
+    data_dir
+        The service's data directory: one sub-directory per job (``jobs/<id>/``)
+        holding its Zarr store, provenance, run log and summary.
+    database_url
+        A SQLAlchemy URL; default ``sqlite:///<data_dir>/jobs.sqlite`` (the embedded
+        default). ``postgresql+psycopg://user:pw@host/db`` for shared deployments.
+    tokens_file
+        A file of ``TOKEN USERNAME`` lines (``#`` comments): the embedded default's users.
+    oidc_issuer, oidc_audience, jwks
+        Validate bearer tokens as OIDC JWTs signed by ``oidc_issuer``; the keys come from
+        ``jwks`` (a URL or a JSON file) or from the issuer's discovery document.
+    username_claim
+        The JWT claim naming the user (falls back to ``sub``).
+    max_wait
+        Upper bound of a blocking ``WAIT`` in seconds (UWS 1.1 lets a server bound it).
+    default_execution_duration, max_execution_duration
+        Seconds a job may run (0 means unlimited) when the client says nothing, and
+        the most a client may ask for.
+    destruction_days
+        Days after creation at which a job and its results are destroyed by default.
+    concurrency
+        Jobs executing at the same time; the others wait in ``QUEUED``.
+    reaper_interval
+        Seconds between two passes of the loop that enforces execution durations
+        and destruction times (see :mod:`esap_dask.service.reaper`).
+    cluster_options
+        Keyword overrides for the service-wide ``local`` cluster (``open_cluster``).
+    """
+
+    data_dir: Path
+    database_url: str | None = None
+    tokens_file: Path | None = None
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    jwks: str | None = None
+    username_claim: str = "preferred_username"
+    max_wait: float = 60.0
+    default_execution_duration: int = 3600
+    max_execution_duration: int = 7 * 86400
+    destruction_days: float = 7.0
+    concurrency: int = 4
+    reaper_interval: float = 0.5
+    cluster_options: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        if self.tokens_file is not None:
+            self.tokens_file = Path(self.tokens_file).expanduser()
+
+    @property
+    def database(self) -> str:
+        """The database URL, with the SQLite default applied."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'jobs.sqlite'}"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """The directory holding one sub-directory per job."""
+        return self.data_dir / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        """The directory of one job (store, provenance, log, summary)."""
+        return self.jobs_dir / job_id
+
+    def prepare(self) -> None:
+        """Create the data directories."""
+        os.makedirs(self.jobs_dir, exist_ok=True)

@@ -1,0 +1,58 @@
+"""A job's files besides its store: the run log and the ledger summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from esap_dask.service.db import now
+
+__all__ = ["append_log", "ledger_summary", "write_ledger"]
+
+
+def append_log(directory: Path, message: str) -> None:
+    """Append a time-stamped line to the job's ``run.log``."""
+    with contextlib.suppress(OSError):
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with open(directory / "run.log", "a") as f:
+            f.write(f"{stamp} {message}\n")
+
+
+def write_ledger(directory: Path, store: Path) -> None:
+    """Write ``ledger.json`` (the store's ledger summary) when the store exists."""
+    from esap_dask.store import open_store
+
+    if not store.exists():
+        return
+    with contextlib.suppress(Exception):
+        group = open_store(str(store))
+        (directory / "ledger.json").write_text(
+            json.dumps(ledger_summary(group), indent=1, default=str)
+        )
+
+
+def ledger_summary(group: Any) -> dict[str, Any]:
+    """Counts per ledger status, and each failed observation with its error."""
+    import numpy as np
+
+    from esap_dask.ledger import FAILED, read_ledger
+
+    ledger = read_ledger(group)
+    failed = np.flatnonzero(np.asarray(ledger.status) == FAILED)
+    errors = np.asarray(group["ledger_error"][...], dtype=object)
+    kinds = np.asarray(group["ledger_error_type"][...], dtype=object)
+    return {
+        "observations": len(ledger.ids),
+        "counts": ledger.counts(),
+        "failures": [
+            {
+                "observation": str(ledger.ids[i]),
+                "error_type": str(kinds[i]),
+                "message": str(errors[i]),
+            }
+            for i in failed
+        ],
+    }

@@ -1,0 +1,280 @@
+"""The job service's operations, shared by the UWS API and the web page.
+
+Every operation takes the authenticated owner: a job of anyone else is
+reported as not found. Illegal phase transitions raise :class:`Forbidden`
+(HTTP 403), invalid values :class:`BadRequest` (HTTP 400).
+
+The phase machine (UWS 1.1)::
+
+    PENDING --RUN--> QUEUED --(a thread takes it)--> EXECUTING --> COMPLETED | ERROR
+    PENDING, QUEUED, EXECUTING --ABORT--> ABORTED
+    EXECUTING --(executionDuration exceeded)--> ABORTED
+    any phase --(DELETE, destruction time)--> destroyed (record and files removed)
+
+RUN on a QUEUED or EXECUTING job and ABORT on an ABORTED one change nothing;
+RUN or ABORT on a finished job, and changing parameters or the execution
+duration once a job has left PENDING, are refused with 403.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from esap_dask.service.config import ServiceConfig
+from esap_dask.service.db import FINAL, JobDB, JobRow, now
+from esap_dask.service.events import PhaseEvents
+from esap_dask.service.params import JobParameterError, merge_parameters, parse_spec
+from esap_dask.service.runner import STORE_NAME, JobRunner
+
+__all__ = ["BadRequest", "Forbidden", "JobService", "NotFound", "ServiceError", "parse_time"]
+
+#: UWS control parameters accepted when creating a job.
+CONTROL = ("PHASE", "RUNID", "EXECUTIONDURATION", "DESTRUCTION")
+#: Result id -> (file inside the job directory, MIME type).
+RESULT_FILES = {
+    "provenance": ("", "application/json"),
+    "log": ("run.log", "text/plain"),
+    "ledger": ("ledger.json", "application/json"),
+    "summary": ("summary.json", "application/json"),
+}
+
+
+class ServiceError(Exception):
+    """An error with its HTTP status; the message says what to do."""
+
+    status = 500
+
+
+class BadRequest(ServiceError):
+    """An invalid value (HTTP 400)."""
+
+    status = 400
+
+
+class Forbidden(ServiceError):
+    """An operation the job's phase does not allow (HTTP 403)."""
+
+    status = 403
+
+
+class NotFound(ServiceError):
+    """No such job for this owner, or no such result (HTTP 404)."""
+
+    status = 404
+
+
+def parse_time(name: str, value: str) -> datetime:
+    """An ISO-8601 instant (UTC when no offset is given), or BadRequest naming ``name``."""
+    text = value.strip()
+    try:
+        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.upper().endswith("Z") else text)
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise BadRequest(
+            f"{name}={value!r} is not an ISO-8601 instant; give e.g. 2030-01-31T12:00:00Z"
+        ) from None
+
+
+def _int(name: str, value: str, *, minimum: int = 0) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise BadRequest(f"{name}={value!r} is not an integer") from None
+    if number < minimum:
+        raise BadRequest(f"{name}={value!r} must be at least {minimum}")
+    return number
+
+
+class JobService:
+    """Jobs of authenticated owners: create, read, run, abort, change, delete, results.
+
+    Parameters
+    ----------
+    config
+        The service settings.
+    """
+
+    def __init__(self, config: ServiceConfig) -> None:
+        config.prepare()
+        self.config = config
+        self.db = JobDB(config.database)
+        self.events = PhaseEvents()
+        self.runner = JobRunner(config, self.db, self.events.notify)
+
+    def start(self) -> None:
+        """Recover interrupted jobs and start the reaper (call once the app starts)."""
+        self.runner.start()
+
+    def close(self) -> None:
+        """Stop running jobs and close the database."""
+        self.runner.close()
+        self.db.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, owner: str, job_id: str) -> JobRow:
+        """The owner's job ``job_id``; NotFound otherwise."""
+        row = self.db.get(job_id, owner)
+        if row is None:
+            raise NotFound(f"no job {job_id!r} of user {owner!r}; list yours at /uws/jobs")
+        return row
+
+    def list_jobs(
+        self, owner: str, phases: Sequence[str], after: str | None, last: str | None
+    ) -> list[JobRow]:
+        """The owner's jobs filtered by UWS ``PHASE`` (repeatable), ``AFTER`` and ``LAST``."""
+        known = {
+            p.upper()
+            for p in ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED", *FINAL, "UNKNOWN")
+        }
+        wanted = [p.upper() for p in phases]
+        bad = [p for p in wanted if p not in known]
+        if bad:
+            names = ", ".join(sorted(known))
+            raise BadRequest(f"PHASE={bad[0]!r} is not a UWS phase (one of {names})")
+        when = parse_time("AFTER", after) if after else None
+        count = min(_int("LAST", last, minimum=1), 1_000_000) if last else None
+        return self.db.owned(owner, phases=wanted, after=when, last=count)
+
+    # -- creating and changing -------------------------------------------------------------
+
+    def create(self, owner: str, pairs: Sequence[tuple[str, str]]) -> JobRow:
+        """A new job from UWS parameters; with ``PHASE=RUN`` it is queued at once."""
+        control = {k.upper(): v for k, v in pairs if k.upper() in CONTROL}
+        rest = [(k, v) for k, v in pairs if k.upper() not in CONTROL]
+        parameters = merge_parameters({}, rest)
+        self._check(parameters)
+        phase = control.get("PHASE", "").upper()
+        if phase not in ("", "RUN"):
+            raise BadRequest(f"PHASE={control['PHASE']!r} at creation: only PHASE=RUN is allowed")
+        created = now()
+        duration = self.config.default_execution_duration
+        if "EXECUTIONDURATION" in control:
+            duration = self._duration(control["EXECUTIONDURATION"])
+        destruction = created + timedelta(days=self.config.destruction_days)
+        if "DESTRUCTION" in control:
+            destruction = parse_time("DESTRUCTION", control["DESTRUCTION"])
+        row = JobRow(
+            id=uuid.uuid4().hex,
+            owner=owner,
+            run_id=control.get("RUNID") or None,
+            phase="PENDING",
+            creation_time=created,
+            execution_duration=duration,
+            destruction=destruction,
+            parameters=parameters,
+            attempts=0,
+        )
+        self.db.add(row)
+        if phase == "RUN":
+            self.set_phase(owner, row.id, "RUN")
+        return self.get(owner, row.id)
+
+    def _check(self, parameters: dict[str, Any]) -> None:
+        try:
+            parse_spec(parameters)
+        except JobParameterError as err:
+            raise BadRequest(str(err)) from None
+
+    def _duration(self, value: str) -> int:
+        seconds = _int("EXECUTIONDURATION", value)
+        limit = self.config.max_execution_duration
+        return limit if seconds == 0 or seconds > limit else seconds
+
+    def set_phase(self, owner: str, job_id: str, value: str) -> None:
+        """Apply ``PHASE=RUN`` or ``PHASE=ABORT``."""
+        row = self.get(owner, job_id)
+        phase = value.strip().upper()
+        if phase == "RUN":
+            if row.phase in ("QUEUED", "EXECUTING"):
+                return
+            if self.runner.queue(job_id):
+                return
+            raise Forbidden(
+                f"job {job_id} is {self.get(owner, job_id).phase}: it cannot run "
+                "again; create a new job (POST /uws/jobs)"
+            )
+        if phase == "ABORT":
+            if row.phase == "ABORTED" or self.runner.abort(job_id):
+                return
+            raise Forbidden(
+                f"job {job_id} is {self.get(owner, job_id).phase}: a finished job "
+                "cannot be aborted; DELETE it to remove it"
+            )
+        raise BadRequest(f"PHASE={value!r}: give PHASE=RUN or PHASE=ABORT")
+
+    def set_execution_duration(self, owner: str, job_id: str, value: str) -> None:
+        """Change the execution duration (seconds; 0 means the service's maximum)."""
+        self.get(owner, job_id)
+        seconds = self._duration(value)
+        if not self.db.transition(job_id, ["PENDING"], "PENDING", execution_duration=seconds):
+            raise Forbidden(f"job {job_id} has left PENDING: its executionDuration is fixed")
+
+    def set_destruction(self, owner: str, job_id: str, value: str) -> None:
+        """Change the destruction instant."""
+        self.get(owner, job_id)
+        self.db.update(job_id, destruction=parse_time("DESTRUCTION", value))
+
+    def set_parameters(self, owner: str, job_id: str, pairs: Sequence[tuple[str, str]]) -> None:
+        """Add or replace parameters of a PENDING job."""
+        row = self.get(owner, job_id)
+        if row.phase != "PENDING":
+            raise Forbidden(f"job {job_id} is {row.phase}: parameters can only change in PENDING")
+        if any(k.upper() in CONTROL for k, _ in pairs):
+            raise BadRequest(
+                "PHASE, RUNID, EXECUTIONDURATION and DESTRUCTION have their own "
+                "resources (/phase, /executionduration, /destruction)"
+            )
+        parameters = merge_parameters(row.parameters, pairs)
+        self._check(parameters)
+        if not self.db.transition(job_id, ["PENDING"], "PENDING", parameters=parameters):
+            raise Forbidden(f"job {job_id} left PENDING: parameters can only change in PENDING")
+
+    def delete(self, owner: str, job_id: str) -> None:
+        """Destroy a job: abort it if active, remove its record and files."""
+        self.get(owner, job_id)
+        if self.db.get(job_id) is not None:
+            self.runner.abort(job_id, "deleted by its owner")
+        self.runner.destroy(job_id)
+
+    # -- results ---------------------------------------------------------------------------
+
+    def results(self, row: JobRow, base: str) -> list[dict[str, Any]]:
+        """The job's result records (id, href, MIME type, size); ``base`` is the job's URL."""
+        directory = self.runner.job_dir(row.id)
+        found: list[dict[str, Any]] = []
+        if (directory / STORE_NAME / "zarr.json").exists():
+            found.append(
+                {"id": "store", "href": f"{base}/results/store", "mime_type": "application/zip"}
+            )
+        for rid, (_, mime) in RESULT_FILES.items():
+            path = self.result_path(row, rid)
+            if path is not None:
+                found.append(
+                    {
+                        "id": rid,
+                        "href": f"{base}/results/{rid}",
+                        "mime_type": mime,
+                        "size": path.stat().st_size,
+                    }
+                )
+        return found
+
+    def result_path(self, row: JobRow, result_id: str) -> Path | None:
+        """The file of a result (not the store), or None when the job has none yet."""
+        directory = self.runner.job_dir(row.id)
+        if result_id == "provenance":
+            documents = sorted((directory / f"{STORE_NAME}.provenance").glob("*.json"))
+            return documents[-1] if documents else None
+        if result_id not in RESULT_FILES:
+            return None
+        path = directory / RESULT_FILES[result_id][0]
+        return path if path.is_file() else None
+
+    def store_path(self, row: JobRow) -> Path:
+        """The job's Zarr store directory."""
+        return self.runner.job_dir(row.id) / STORE_NAME
