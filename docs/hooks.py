@@ -1,0 +1,33 @@
+"""MkDocs hook: drop the generated benchmark page from the navigation when it does not exist.
+
+``docs/benchmarks/results.md`` is written by ``python -m bench.suite``; a site built before
+any benchmark ran must still build with ``mkdocs build --strict``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+GENERATED = "benchmarks/results.md"
+
+
+def _without(nav: list[Any], target: str) -> list[Any]:
+    kept: list[Any] = []
+    for item in nav:
+        if isinstance(item, dict):
+            ((title, value),) = item.items()
+            if isinstance(value, list):
+                kept.append({title: _without(value, target)})
+            elif value != target:
+                kept.append(item)
+        elif item != target:
+            kept.append(item)
+    return kept
+
+
+def on_config(config: Any) -> Any:
+    """Remove the results page from ``nav`` unless the benchmark suite has written it."""
+    if not (Path(config["docs_dir"]) / GENERATED).is_file() and config.get("nav"):
+        config["nav"] = _without(config["nav"], GENERATED)
+    return config
