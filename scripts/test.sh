@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Everything the tests need, then all the tests: the project's virtual environment with the
-# test extras, the local services (SLURM, DiracX, PostgreSQL), lint, types and pytest.
+# test extras, a headless browser, the local services (SLURM, DiracX, PostgreSQL), lint,
+# types, the documentation build (inside pytest) and pytest.
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k mapper`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "== installing chromium and chromium-driver (the web page tests drive them)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 for service in slurm diracx postgres; do
     if [ -f "scripts/$service.sh" ]; then
         echo "== starting $service (scripts/$service.sh start)"
