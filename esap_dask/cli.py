@@ -338,8 +338,13 @@ def demo(directory: str, count: int, seed: int, facility: str) -> None:
     from esap_dask.synthetic import write_observations
 
     root = Path(directory)
-    files = write_observations(root / "observations", count, seed=seed)
-    out.print(f"{len(files)} synthetic observations in {root / 'observations'}")
+    inputs = root / "observations"
+    files = sorted(inputs.glob("*.fits*"))[:count] if inputs.is_dir() else []
+    if len(files) == count:  # a second demo reuses them: nothing to redo, as the rerun shows
+        out.print(f"reusing {count} synthetic observations in {inputs}")
+    else:
+        files = write_observations(inputs, count, seed=seed)
+        out.print(f"{len(files)} synthetic observations in {inputs}")
     store = str(root / "dl3-products.zarr")
     summary = _guarded(
         lambda: map_observations("dl3-products", [str(f) for f in files], store, facility=facility)

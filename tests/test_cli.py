@@ -206,6 +206,9 @@ def test_demo_prints_summary_and_a_store_xarray_opens(tmp_path):
     assert re.search(r"^failed\s+0\s*$", proc.stdout, re.MULTILINE)
     ds = xr.open_zarr(store)
     assert ds.sizes["obs"] == 6 and (ds.ledger_status.values == DONE).all()
+    again = esap("demo", "--directory", str(tmp_path / "demo"), "--count", "6")
+    assert again.returncode == 0 and "reusing 6 synthetic observations" in again.stdout
+    assert re.search(r"^skipped\s+6\s*$", again.stdout, re.MULTILINE)
 
 
 def test_reproduce_identical_then_refused_after_an_input_changes(tmp_path, monkeypatch):

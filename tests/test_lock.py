@@ -68,3 +68,14 @@ def test_heartbeat_keeps_the_lock_fresh(tmp_path):
         while path.stat().st_mtime == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert path.stat().st_mtime > 0
+
+
+def test_a_run_says_when_it_took_over_a_dead_runs_lock(tmp_path, client):
+    from esap_dask import map_observations
+
+    store = tmp_path / "s.zarr"
+    write_holder(Path(f"{store}.lock"), socket.gethostname(), dead_pid())
+    summary = map_observations("helloworld", range(3), store, client=client)
+    assert summary.succeeded == 3
+    assert "took over the lock of a run that is gone" in summary.notes[0]
+    assert "run old-run" in summary.notes[0]

@@ -1,0 +1,234 @@
+"""Running a run's batches on Dask: submission, progress, killed workers, broken clusters.
+
+:func:`execute` turns the rows a run must process into batches of whole write units
+(:func:`make_batches`), submits one task per batch, and collects the small reports as
+they come. Batches killed with their worker are retried alone before being blamed; a
+cluster that reports its workers can never start (``cluster.error``) stops the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from esap_dask.batch import Batch, BatchReport, RunContext, run_batch
+from esap_dask.ledger import FAILED, Plan
+from esap_dask.progress import Progress
+from esap_dask.store import StoreLayout, write_rows
+
+__all__ = ["MAX_TASKS", "TASKS_PER_THREAD", "execute", "make_batches", "nthreads"]
+
+#: Tasks per worker thread that the automatic batch size aims for.
+TASKS_PER_THREAD = 4
+#: Never more tasks than this in one run (scheduler overhead).
+MAX_TASKS = 5000
+
+
+def make_batches(rows: Sequence[int], unit: int, target: int) -> list[list[int]]:
+    """Group positions of sorted ``rows`` into batches of whole write units.
+
+    A batch takes consecutive write units until it holds at least ``target``
+    rows; a write unit is never split between two batches.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_unit = None
+    for pos, row in enumerate(rows):
+        u = row // unit
+        if u != current_unit and len(current) >= target:
+            batches.append(current)
+            current = []
+        current_unit = u
+        current.append(pos)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def nthreads(client: Any) -> int:
+    """Worker threads the run can count on: connected ones, or the ones the cluster plans.
+
+    On a batch or grid facility the workers are often still queued when a run starts;
+    sizing the layout by the connected ones alone would cut the run into too few tasks.
+    """
+    connected = {}
+    with contextlib.suppress(Exception):
+        connected = client.nthreads()
+    per_worker = max(1, round(sum(connected.values()) / max(1, len(connected))))
+    cluster = getattr(client, "cluster", None)
+    adaptive = getattr(cluster, "_adaptive", None)
+    if adaptive is not None and math.isfinite(getattr(adaptive, "maximum", math.inf)):
+        planned = int(adaptive.maximum)
+    else:
+        planned = len(getattr(cluster, "worker_spec", None) or {})
+    return max(1, sum(connected.values()), planned * per_worker)
+
+
+def execute(
+    client: Any,
+    ctx: RunContext,
+    group: Any,
+    todo: Plan,
+    layout: StoreLayout,
+    batch_size: int | None,
+    progress: bool | None,
+) -> list[BatchReport]:
+    from distributed import as_completed
+
+    entries = sorted(todo.todo, key=lambda e: e[0])
+    rows = [e[0] for e in entries]
+    n = len(rows)
+    threads = nthreads(client)
+    target = batch_size or max(
+        math.ceil(n / (TASKS_PER_THREAD * threads)), math.ceil(n / MAX_TASKS), 1
+    )
+    batches = []
+    for i, positions in enumerate(make_batches(rows, layout.unit, target)):
+        chosen = [entries[p] for p in positions]
+        batches.append(
+            Batch(
+                index=i,
+                rows=np.asarray([e[0] for e in chosen], dtype=np.int64),
+                observations=[e[1] for e in chosen],
+                fingerprints=[e[2] for e in chosen],
+                attempts=[e[3] for e in chosen],
+            )
+        )
+    by_key: dict[str, Batch] = {}
+    futures = []
+    for b in batches:
+        fut = client.submit(run_batch, ctx, b, key=f"esap-batch-{ctx.run_id}-{b.index}", pure=False)
+        by_key[fut.key] = b
+        futures.append(fut)
+    reports: list[BatchReport] = []
+    # A dying worker takes the blame for every task assigned to it, innocent ones too: a
+    # batch killed by KilledWorker is a suspect, retried alone (one suspect at a time);
+    # only one that kills its worker again is reported as the culprit.
+    suspects: list[Batch] = []
+    isolated: set[int] = set()
+    running_alone = False
+    bar = Progress(
+        total=n,
+        description=f"{ctx.pipeline.name} → {os.path.basename(ctx.store)}",
+        enabled=progress,
+        dashboard=getattr(client, "dashboard_link", None),
+    )
+    watch = _ClusterWatch(client, futures)
+    try:
+        with bar, watch:
+            pending = as_completed(futures, loop=client.loop)
+            for fut in pending:
+                batch = by_key.pop(fut.key)
+                if fut.status == "cancelled":  # aborted: its rows stay pending, for next time
+                    continue
+                error = None if fut.status == "finished" else fut.exception()
+                report = fut.result() if error is None else None
+                fut.release()
+                if batch.index in isolated:
+                    running_alone = False
+                if type(error).__name__ == "KilledWorker" and batch.index not in isolated:
+                    suspects.append(batch)
+                else:
+                    if report is None:
+                        report = _batch_failed(group, ctx, batch, error or RuntimeError("lost"))
+                    reports.append(report)
+                    bar.advance(len(batch.rows), failed=report.failed)
+                if suspects and not running_alone:
+                    again = suspects.pop(0)  # it was processed once already: count it
+                    again = dataclasses.replace(again, attempts=[a + 1 for a in again.attempts])
+                    isolated.add(again.index)
+                    running_alone = True
+                    retry = client.submit(
+                        run_batch,
+                        ctx,
+                        again,
+                        pure=False,
+                        key=f"esap-batch-{ctx.run_id}-{again.index}-alone",
+                    )
+                    by_key[retry.key] = again
+                    futures.append(retry)
+                    pending.add(retry)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    if watch.failure is not None:
+        from esap_dask.facilities import FacilityError
+
+        raise FacilityError(
+            f"the facility's workers cannot run: {watch.failure}; the run stopped, and its "
+            "unprocessed observations stay pending for the next run"
+        ) from watch.failure
+    return reports
+
+
+class _ClusterWatch:
+    """Cancel a run's tasks when its cluster reports that workers can never start.
+
+    A cluster manager that knows its batch jobs (SLURM) sets ``cluster.error`` when a
+    job cannot start (unknown partition, impossible memory); without this watch the run
+    would wait for workers forever.
+    """
+
+    def __init__(self, client: Any, futures: list[Any], interval: float = 1.0) -> None:
+        self.cluster = getattr(client, "cluster", None)
+        self.client, self.futures, self.interval = client, futures, interval
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            error = getattr(self.cluster, "error", None)
+            if isinstance(error, BaseException):
+                self.failure = error
+                self.client.cancel(self.futures)
+                return
+
+    def __enter__(self) -> _ClusterWatch:
+        if self.cluster is not None and hasattr(self.cluster, "error"):
+            self._thread = threading.Thread(target=self._run, daemon=True, name="esap-watch")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _batch_failed(group: Any, ctx: RunContext, batch: Batch, err: BaseException) -> BatchReport:
+    """Record a batch whose task itself failed (a killed worker, an unwritable store)."""
+    kind = type(err).__name__
+    if kind == "KilledWorker":
+        message = (
+            f"the batch {batch.describe()} killed its worker again and again and was given up: "
+            "one of its observations crashes the worker process (memory, segfault); run it "
+            "alone to see which"
+        )
+    else:
+        message = f"the batch {batch.describe()} failed as a whole: {kind}: {err}"
+    n = len(batch.rows)
+    now = time.time()
+    columns = {
+        "ledger_status": np.full(n, FAILED, dtype="i1"),
+        "ledger_fingerprint": np.asarray(batch.fingerprints, dtype=object),
+        "ledger_params": np.full(n, ctx.param_hash, dtype=object),
+        "ledger_version": np.full(n, ctx.pipeline.version, dtype=object),
+        "ledger_attempts": np.asarray(batch.attempts, dtype="i4") + 1,
+        "ledger_error_type": np.full(n, kind, dtype=object),
+        "ledger_error": np.full(n, message, dtype=object),
+        "ledger_run": np.full(n, ctx.run_id, dtype=object),
+        "ledger_end": np.full(n, now),
+    }
+    with contextlib.suppress(Exception):
+        write_rows(group, batch.rows, columns)
+    failures = [(o.id, kind, message) for o in batch.observations]
+    return BatchReport(batch.index, 0, n, failures, worker="", seconds=0.0)
