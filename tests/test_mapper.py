@@ -321,7 +321,7 @@ def test_editing_a_plain_function_reprocesses_its_store(tmp_path, client):
     again = map_observations(triple, [1, 2], store, client=None, facility="no-such-facility")
     assert (again.processed, again.skipped) == (0, 2)  # nothing to do: no cluster needed
 
-    def triple(x):  # noqa: F811 - the user edits the function in the notebook
+    def triple(x):  # the user edits the function in the notebook
         return {"y": 3 * x + 0}
 
     edited = map_observations(triple, [1, 2], store, client=client)
