@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from distributed import Client
 
 from esap_dask import list_facilities, load_facility, open_cluster
+from esap_dask.deploy.tls import security_directory
 from esap_dask.facilities import FacilityError
 from tests.conftest import ESAP_DASK
 
@@ -76,9 +78,17 @@ def test_unknown_facility_lists_the_known_ones():
     assert "local" in str(err.value)
 
 
-def test_open_cluster_local_runs_plain_client_map():
+def test_open_cluster_local_runs_plain_client_map_over_tls_only():
     with open_cluster("local", n_workers=2) as cluster, Client(cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         squares = client.gather(client.map(lambda x: x * x, range(10)))
         assert squares == [x * x for x in range(10)]
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        with pytest.raises(OSError):  # a client without the cluster's certificate
+            Client(address.replace("tls://", "tcp://"), timeout="3s")
+        credentials = security_directory(cluster.security)
+        assert credentials is not None and credentials.stat().st_mode & 0o777 == 0o700
+    del cluster, client
+    gc.collect()
+    assert not credentials.exists()  # removed with the cluster
