@@ -14,7 +14,7 @@ import pytest
 import requests
 from pyvo.dal.tap import AsyncTAPJob
 
-from esap_dask.service.testing import ServiceProcess, write_tokens
+from esap_dask.service.testing import ServiceProcess, wait_for_phase, write_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "postgres.sh"
@@ -43,14 +43,6 @@ def _s(token: str) -> requests.Session:
     s = requests.Session()
     s.headers["Authorization"] = f"Bearer {token}"
     return s
-
-
-def _wait(s: requests.Session, url: str, phases: set[str], timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while (phase := s.get(f"{url}/phase").text) not in phases:
-        assert time.monotonic() < deadline, f"{url} stuck in {phase}"
-        s.get(url, params={"WAIT": "5"})
-    return phase
 
 
 def test_lifecycle_concurrency_and_restart_on_postgresql(database: str, tmp_path: Path) -> None:
@@ -84,7 +76,8 @@ def test_lifecycle_concurrency_and_restart_on_postgresql(database: str, tmp_path
             urls = list(pool.map(submit, range(20)))
         for i, url in enumerate(urls):
             assert (
-                _wait(_s(("tok-p1", "tok-p2")[i % 2]), url, {"COMPLETED", "ERROR"}) == "COMPLETED"
+                wait_for_phase(_s(("tok-p1", "tok-p2")[i % 2]), url, {"COMPLETED", "ERROR"})
+                == "COMPLETED"
             )
         assert _s("tok-p2").get(f"{svc.url}/uws/jobs").text.count("<uws:jobref") == 10
 
@@ -98,11 +91,11 @@ def test_lifecycle_concurrency_and_restart_on_postgresql(database: str, tmp_path
                 "PHASE": "RUN",
             },
         ).headers["Location"]
-        _wait(s, long, {"EXECUTING"})
+        wait_for_phase(s, long, {"EXECUTING"})
         time.sleep(2)
         svc.kill()
         svc = ServiceProcess(tmp_path / "data", tokens, port=svc.port, extra=extra).start()
-        assert _wait(s, long, {"COMPLETED", "ERROR", "ABORTED"}) == "COMPLETED"
+        assert wait_for_phase(s, long, {"COMPLETED", "ERROR", "ABORTED"}) == "COMPLETED"
         assert job.phase == "COMPLETED", "records survive a restart"
         url = job.url
         job.delete()
@@ -138,7 +131,7 @@ def test_two_instances_share_the_database(database: str, tmp_path: Path) -> None
     try:
         on_a = s.post(f"{a.url}/uws/jobs", data=slow, allow_redirects=False).headers["Location"]
         via_b = on_a.replace(a.url, b.url)
-        _wait(s, via_b, {"EXECUTING"})
+        wait_for_phase(s, via_b, {"EXECUTING"})
         _wait_done(tmp_path / "data" / "jobs" / on_a.rsplit("/", 1)[1] / "store.zarr", 3)
         assert s.post(f"{via_b}/phase", data={"PHASE": "ABORT"}).status_code == 200
         assert s.get(f"{on_a}/phase").text == "ABORTED"
@@ -152,10 +145,10 @@ def test_two_instances_share_the_database(database: str, tmp_path: Path) -> None
 
         second = s.post(f"{a.url}/uws/jobs", data=slow, allow_redirects=False)
         job = second.headers["Location"].replace(a.url, b.url)
-        _wait(s, job, {"EXECUTING"})
+        wait_for_phase(s, job, {"EXECUTING"})
         _wait_done(tmp_path / "data" / "jobs" / job.rsplit("/", 1)[1] / "store.zarr", 3)
         a.kill()
-        assert _wait(s, job, {"COMPLETED", "ERROR", "ABORTED"}) == "COMPLETED"
+        assert wait_for_phase(s, job, {"COMPLETED", "ERROR", "ABORTED"}) == "COMPLETED"
         log = s.get(f"{job}/results/log").text
         assert "which is gone: resuming in" in log, log
     finally:

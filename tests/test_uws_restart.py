@@ -13,7 +13,7 @@ import pytest
 import requests
 import xarray as xr
 
-from esap_dask.service.testing import ServiceProcess, write_tokens
+from esap_dask.service.testing import ServiceProcess, wait_for_phase, write_tokens
 
 pytestmark = pytest.mark.slow
 PARAMS = {"pipeline": "helloworld", "observations": "1..40", "sleep": "0.25", "PHASE": "RUN"}
@@ -23,14 +23,6 @@ def _session() -> requests.Session:
     s = requests.Session()
     s.headers["Authorization"] = "Bearer tok-carol"
     return s
-
-
-def _wait(s: requests.Session, url: str, phases: set[str], timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while (phase := s.get(f"{url}/phase").text) not in phases:
-        assert time.monotonic() < deadline, f"{url} stuck in {phase}"
-        s.get(url, params={"WAIT": "5"})
-    return phase
 
 
 def _done_rows(store: Path) -> int:
@@ -49,7 +41,7 @@ def test_sigkill_mid_job_then_restart_resumes(tmp_path: Path) -> None:
     url = s.post(f"{first.url}/uws/jobs", data=PARAMS, allow_redirects=False).headers["Location"]
     job_id = url.rsplit("/", 1)[1]
     store = data / "jobs" / job_id / "store.zarr"
-    _wait(s, url, {"EXECUTING"})
+    wait_for_phase(s, url, {"EXECUTING"})
     deadline = time.monotonic() + 60
     while _done_rows(store) < 6:
         assert time.monotonic() < deadline, "no observation done before the kill"
@@ -61,7 +53,7 @@ def test_sigkill_mid_job_then_restart_resumes(tmp_path: Path) -> None:
     second = ServiceProcess(data, tokens, port=first.port).start()
     try:
         listing = s.get(f"{second.url}/uws/jobs", params={"PHASE": "EXECUTING"}).text
-        assert _wait(s, url, {"COMPLETED", "ERROR", "ABORTED"}) == "COMPLETED", s.get(
+        assert wait_for_phase(s, url, {"COMPLETED", "ERROR", "ABORTED"}) == "COMPLETED", s.get(
             f"{url}/error"
         ).text
         summary = s.get(f"{url}/results/summary").json()
@@ -69,7 +61,7 @@ def test_sigkill_mid_job_then_restart_resumes(tmp_path: Path) -> None:
         assert "resuming" in s.get(f"{url}/results/log").text
         ref = s.post(f"{second.url}/uws/jobs", data=PARAMS, allow_redirects=False)
         ref_url = ref.headers["Location"]
-        assert _wait(s, ref_url, {"COMPLETED", "ERROR"}) == "COMPLETED"
+        assert wait_for_phase(s, ref_url, {"COMPLETED", "ERROR"}) == "COMPLETED"
         stuck = s.get(f"{second.url}/uws/jobs", params={"PHASE": "EXECUTING"}).text
         assert "<uws:jobref" not in stuck, stuck
         del listing
@@ -98,12 +90,12 @@ def test_graceful_stop_queues_running_jobs_for_the_next_start(tmp_path: Path) ->
     s = _session()
     first = ServiceProcess(data, tokens).start()
     url = s.post(f"{first.url}/uws/jobs", data=PARAMS, allow_redirects=False).headers["Location"]
-    _wait(s, url, {"EXECUTING"})
+    wait_for_phase(s, url, {"EXECUTING"})
     time.sleep(2)
     first.stop()
     second = ServiceProcess(data, tokens, port=first.port).start()
     try:
-        assert _wait(s, url, {"COMPLETED", "ERROR", "ABORTED"}) == "COMPLETED"
+        assert wait_for_phase(s, url, {"COMPLETED", "ERROR", "ABORTED"}) == "COMPLETED"
         log = s.get(f"{url}/results/log").text
         assert "service shutdown" in log
     finally:
@@ -120,7 +112,7 @@ def test_a_cluster_that_cannot_start_is_retried_then_reported(tmp_path: Path) ->
             data={"pipeline": "helloworld", "observations": "1..2", "PHASE": "RUN"},
             allow_redirects=False,
         ).headers["Location"]
-        assert _wait(s, url, {"COMPLETED", "ERROR", "ABORTED"}, timeout=60) == "ERROR"
+        assert wait_for_phase(s, url, {"COMPLETED", "ERROR", "ABORTED"}, timeout=60) == "ERROR"
         assert "did not start" in s.get(f"{url}/error").text
         log = s.get(f"{url}/results/log").text
         assert log.count("trying again") == 2 and "giving up after 3 attempts" in log

@@ -16,8 +16,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ServiceProcess", "free_port", "uws_schema", "write_tokens"]
+__all__ = ["ServiceProcess", "free_port", "uws_schema", "wait_for_phase", "write_tokens"]
 
 
 def free_port() -> int:
@@ -140,3 +141,12 @@ def uws_schema(schema_dir: Path) -> object:
         if imp.get("namespace") == "http://www.w3.org/1999/xlink":
             imp.set("schemaLocation", str(schema_dir / "xlink.xsd"))
     return etree.XMLSchema(doc)
+
+
+def wait_for_phase(session: Any, url: str, phases: set[str], timeout: float = 120) -> str:
+    """Poll a job (with blocking WAITs) until its phase is one of ``phases``; return it."""
+    deadline = time.monotonic() + timeout
+    while (phase := session.get(f"{url}/phase").text) not in phases:
+        assert time.monotonic() < deadline, f"{url} stuck in {phase}"
+        session.get(url, params={"WAIT": "5"})
+    return phase
