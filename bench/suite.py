@@ -1,6 +1,6 @@
 """The benchmark suite: every case, one command, figures in bench/results.json and docs/.
 
-``python -m bench.suite [--quick] [--cases overhead,write,batch,dl3,workers]``
+``python -m bench.suite [--quick] [--cases overhead,write,batch,scaling,dl3,workers]``
 
 Writes ``bench/results.json`` (records: case, metric, unit, median value, min, max, runs,
 baseline median, ratio), ``docs/benchmarks/results.md`` (the same as a table) and PNG plots
@@ -85,7 +85,7 @@ def run_module(module: str, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
-    parser.add_argument("--cases", default="overhead,write,batch,dl3,workers")
+    parser.add_argument("--cases", default="overhead,write,batch,scaling,dl3,workers")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
     repeats = 2 if args.quick else 3
@@ -104,6 +104,10 @@ def main() -> None:
         from bench import batch_size
 
         records += batch_size.run(repeats, 20_000)
+    if "scaling" in cases:
+        from bench import scaling
+
+        records += scaling.run(200 if args.quick else 1000, 20_000, repeats)
     if records:
         report(records)
     if "dl3" in cases and (ROOT / "bench" / "dl3_real.py").exists():
