@@ -278,7 +278,7 @@ def map_observations(
             obs_list,
             fingerprints,
             ledger,
-            param_hash=parameter_hash(resolved),
+            param_hash=pipe.parameter_hash(resolved) if pipe else parameter_hash(resolved),
             version=version,
             force=force,
         )
@@ -319,7 +319,7 @@ def map_observations(
                 store=store,
                 pipeline=pipe,
                 params=resolved,
-                param_hash=parameter_hash(resolved),
+                param_hash=pipe.parameter_hash(resolved),
                 schema=schema,
                 run_id=run_id,
                 storage_options=opts,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,10 @@ class Parameter:
         One line shown by ``esap-dask pipelines`` and the job service.
     choices, minimum, maximum
         Optional constraints, checked by :meth:`validate`.
+    file
+        The value may name a local file whose *content* the pipeline reads (a steering
+        card, a configuration): its SHA-256 joins the parameter hash, so editing the
+        file reprocesses the store, as changing the value would.
     """
 
     name: str
@@ -89,6 +94,7 @@ class Parameter:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    file: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in (str, int, float, bool):
@@ -316,6 +322,20 @@ class Pipeline:
         if callable(spec):
             return spec(params)
         return Schema(variables=list(spec))
+
+    def parameter_hash(self, params: Mapping[str, Any]) -> str:
+        """The hash of resolved ``params``, with the content of the files they name.
+
+        See :attr:`Parameter.file`: a parameter that names an existing local file
+        contributes that file's SHA-256 besides its value.
+        """
+        contents = {}
+        for p in self.parameters:
+            value = params.get(p.name)
+            if p.file and isinstance(value, str) and value and os.path.isfile(value):
+                with open(value, "rb") as f:
+                    contents[p.name] = hashlib.sha256(f.read()).hexdigest()
+        return parameter_hash({**params, **{f"{k} (content)": v for k, v in contents.items()}})
 
     def describe(self) -> dict[str, Any]:
         """The ESAP ``batch.workflow`` record with the parameters and default schema."""

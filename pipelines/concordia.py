@@ -183,7 +183,9 @@ pipeline = Pipeline(
     ),
     function=concordia,
     parameters=[
-        Parameter("card", str, "", "steering card: a path, a URL or the text ('' = built-in)"),
+        Parameter(
+            "card", str, "", "steering card: a path, a URL or the text ('' = built-in)", file=True
+        ),
         Parameter("nshow", int, 0, "showers per run (0 = the card's NSHOW)", minimum=0),
         Parameter("primary", int, 0, "CORSIKA particle code (0 = the card's PRMPAR)", minimum=0),
         Parameter("emin", float, 0.0, "lowest energy in GeV (0 = the card's ERANGE)", minimum=0),

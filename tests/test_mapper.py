@@ -326,3 +326,27 @@ def test_editing_a_plain_function_reprocesses_its_store(tmp_path, client):
 
     edited = map_observations(triple, [1, 2], store, client=client)
     assert edited.reasons == {"version": 2}
+
+
+def test_editing_a_file_a_parameter_names_reprocesses(tmp_path, client):
+    from esap_dask import Parameter, Pipeline, Variable
+
+    def scaled(run, *, config):
+        factor = float(Path(config).read_text()) if config else 1.0
+        return {"value": run * factor}
+
+    pipe = Pipeline(
+        name="scaled", version="1", function=scaled,
+        parameters=[Parameter("config", str, "", "a file holding the factor", file=True)],
+        schema=[Variable("value", "float64")],
+    )
+    config = tmp_path / "factor.txt"
+    config.write_text("2")
+    store = tmp_path / "s.zarr"
+    map_observations(pipe, range(4), store, client=client, params={"config": str(config)})
+    same = map_observations(pipe, range(4), store, client=client, params={"config": str(config)})
+    assert same.processed == 0
+    config.write_text("3")  # the same path, another content
+    edited = map_observations(pipe, range(4), store, client=client, params={"config": str(config)})
+    assert edited.reasons == {"parameters": 4}
+    assert xr.open_zarr(store).value.values.tolist() == [0.0, 3.0, 6.0, 9.0]
