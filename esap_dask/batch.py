@@ -165,7 +165,7 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     t0 = time.perf_counter()
     n = len(batch.rows)
     schema = ctx.schema
-    group = open_store(ctx.store, storage_options=ctx.storage_options)
+    group = open_store(ctx.store, storage_options=ctx.storage_options, consolidated=True)
     ledger = {v.name: np.full(n, v.fill, dtype=v.numpy_dtype) for v in COLUMNS}
     worker = _worker_name()
     failures: list[tuple[str, str, str]] = []

@@ -199,11 +199,18 @@ def open_store(
     *,
     storage_options: Mapping[str, Any] | None = None,
     mode: Literal["r", "r+"] = "r+",
+    consolidated: bool = False,
 ) -> zarr.Group:
-    """Open an existing store's group, reading array metadata afresh (not consolidated)."""
+    """Open an existing store's group.
+
+    By default array metadata is read afresh, one array at a time (the driver, which
+    changes shapes). Tasks pass ``consolidated=True``: the driver rewrites the
+    consolidated metadata after every change and before any task starts, and one read
+    of it replaces a read per array.
+    """
     try:
         return zarr.open_group(
-            zarr_store(store, storage_options), mode=mode, use_consolidated=False
+            zarr_store(store, storage_options), mode=mode, use_consolidated=consolidated
         )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise StoreError(f"{store}: no Zarr store there") from err
