@@ -12,6 +12,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _pkg_version
 
+import esap_dask.config  # noqa: F401 - registers esap-dask's Dask defaults
 from esap_dask.facilities import Facility, list_facilities, load_facility, open_cluster
 from esap_dask.ledger import read_ledger
 from esap_dask.mapper import RunSummary, map_observations
