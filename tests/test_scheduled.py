@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import xarray as xr
 
 from tests.conftest import ESAP_DASK, ROOT
@@ -126,3 +127,79 @@ def test_an_overlapping_night_is_refused(tmp_path):
     finally:
         slow.kill()
         slow.wait()
+
+
+SCRONTAB = ROOT / "docs" / "examples" / "scrontab"
+
+
+def scrontab_as_batch_script(text: str, *, partition: str, command_edits: dict[str, str]) -> str:
+    """The job scrontab would submit for the example's one entry, as an sbatch script.
+
+    Debian's SLURM packages ship no ``scrontab``, so the test does what scrontab does at
+    the scheduled minute: submit the ``#SCRON`` options as ``#SBATCH`` directives and the
+    entry's command as the job. ``partition`` and ``command_edits`` replace the
+    example's site-specific names with this machine's.
+    """
+    directives, command = [], None
+    for line in text.splitlines():
+        if line.startswith("#SCRON"):
+            directive = line.replace("#SCRON", "#SBATCH", 1)
+            if "--partition=" in directive:
+                directive = f"#SBATCH --partition={partition}"
+            directives.append(directive)
+        elif line.strip() and not line.startswith("#"):
+            command = line.split(None, 5)[5]
+    assert command is not None, "the example scrontab has no schedule line"
+    for old, new in command_edits.items():
+        command = command.replace(old, new)
+    return "\n".join(["#!/bin/sh", *directives, command, ""])
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_example_scrontab_entry_runs_as_the_batch_job_it_schedules(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(4):
+        (runs / f"run{i}.fits.gz").write_bytes(os.urandom(100))
+    store = tmp_path / "products.zarr"
+    script = (
+        scrontab_as_batch_script(
+            SCRONTAB.read_text(),
+            partition="debug",
+            command_edits={
+                "/opt/esap-dask/.venv/bin/esap-dask": str(
+                    Path(sys.executable).parent / "esap-dask"
+                ),
+                "run dl3-products": "run helloworld",
+                "--facility cluster-a": "--facility local",
+                "/data/hess/runs": str(runs),
+                "/data/hess/products.zarr": str(store),
+            },
+        ).replace("/data/hess/products.zarr", str(store))  # in the --output directive too
+    )
+    (tmp_path / "nightly.sh").write_text(script)
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", str(tmp_path / "nightly.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    job = submitted.stdout.strip().split(";")[0]
+    log = Path(f"{store}.scron.log")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        state = subprocess.run(
+            ["squeue", "--noheader", "--states=all", "-j", job, "-o", "%T"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}:
+            break
+        time.sleep(1)
+    assert state == "COMPLETED", f"job {job} ended {state}: {log.read_text()[-2000:]}"
+    summary = json.loads(log.read_text().strip().splitlines()[-1])
+    assert (summary["processed"], summary["failed"]) == (4, 0)
+    assert xr.open_zarr(store).sizes["obs"] == 4

@@ -144,9 +144,18 @@ def uws_schema(schema_dir: Path) -> object:
 
 
 def wait_for_phase(session: Any, url: str, phases: set[str], timeout: float = 120) -> str:
-    """Poll a job (with blocking WAITs) until its phase is one of ``phases``; return it."""
+    """Wait until a job's phase is one of ``phases``; return it.
+
+    Final phases are awaited with blocking WAITs. An active phase (QUEUED, EXECUTING) is
+    polled every 0.1 s instead: a WAIT that starts while the job is already in that phase
+    blocks until the job leaves it, and a short job would be missed.
+    """
     deadline = time.monotonic() + timeout
+    active = bool(phases & {"QUEUED", "EXECUTING"})
     while (phase := session.get(f"{url}/phase").text) not in phases:
         assert time.monotonic() < deadline, f"{url} stuck in {phase}"
-        session.get(url, params={"WAIT": "5"})
+        if active:
+            time.sleep(0.1)
+        else:
+            session.get(url, params={"WAIT": "5"})
     return phase
