@@ -36,6 +36,7 @@ from esap_dask.lock import StoreLock
 from esap_dask.observations import as_observations, fingerprint
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
 from esap_dask.store import (
+    StoreError,
     StoreLayout,
     append_observations,
     check_schema,
@@ -144,8 +145,12 @@ def _client_for(client: Any, facility: str) -> Iterator[Any]:
         return
     from distributed import Client, default_client
 
-    with contextlib.suppress(ValueError):
-        yield default_client()
+    try:
+        existing = default_client()
+    except ValueError:  # no default client: start a cluster of the facility below
+        existing = None
+    if existing is not None:  # yielded outside any try: the caller's errors pass through
+        yield existing
         return
     from esap_dask.facilities import open_cluster
 
@@ -175,8 +180,6 @@ def _cluster_notes(client: Any) -> list[str]:
 
 
 def _open_or_none(store: str, storage_options: Mapping[str, Any]) -> Any:
-    from esap_dask.store import StoreError
-
     try:
         return open_store(store, storage_options=storage_options)
     except StoreError:

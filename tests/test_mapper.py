@@ -309,6 +309,9 @@ def test_parameter_that_changes_the_axes_needs_a_new_store(tmp_path, client):
         with pytest.raises(SchemaError, match=what):
             map_observations(pipe, range(3), store, client=client, params=params)
     xr.testing.assert_identical(xr.open_zarr(store).load(), before)  # nothing touched
+    # the same error through the default client (a notebook's), not a generator error
+    with pytest.raises(SchemaError, match="coordinate 'energy' differs"):
+        map_observations(pipe, range(3), store, client=None, params={"emin": 1.0})
 
 
 def test_editing_a_plain_function_reprocesses_its_store(tmp_path, client):
