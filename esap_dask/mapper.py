@@ -33,7 +33,7 @@ from esap_dask.execute import TASKS_PER_THREAD, execute, nthreads
 from esap_dask.facilities import storage_options_for
 from esap_dask.ledger import COLUMNS, Ledger, Plan, plan, read_ledger
 from esap_dask.lock import StoreLock
-from esap_dask.observations import as_observations, fingerprint
+from esap_dask.observations import as_observations, fingerprints
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
 from esap_dask.store import (
     StoreError,
@@ -251,7 +251,7 @@ def map_observations(
     store = os.fspath(store)
     opts = storage_options_for(store, facility, storage_options)
     obs_list = as_observations(observations)
-    fingerprints = [fingerprint(o, content=content_hash) for o in obs_list]
+    fps = fingerprints(obs_list, content=content_hash)
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     with StoreLock(store, run_id, storage_options=opts) as lock:
         group = _open_or_none(store, opts)
@@ -279,7 +279,7 @@ def map_observations(
         resolved = pipe.resolve(params) if pipe else dict(params or {})
         todo = plan(
             obs_list,
-            fingerprints,
+            fps,
             ledger,
             param_hash=pipe.parameter_hash(resolved) if pipe else parameter_hash(resolved),
             version=version,

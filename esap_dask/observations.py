@@ -9,12 +9,14 @@ SHA-256 of the content on request), a hash of the value otherwise.
 
 from __future__ import annotations
 
+import fnmatch
 import glob as globmod
 import hashlib
 import os
 import re
 import stat
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,6 +26,7 @@ __all__ = [
     "ObservationError",
     "as_observations",
     "fingerprint",
+    "fingerprints",
     "sha256_file",
 ]
 
@@ -76,6 +79,28 @@ def _read_list(path: Path) -> list[str]:
     return entries
 
 
+def _glob(pattern: str) -> list[str]:
+    """The sorted matches of an absolute ``pattern``, as :func:`glob.glob` finds them.
+
+    A pattern whose wildcards are all in its last part (``runs/*.fits``, the usual
+    case) is matched against one directory listing: about twice as fast as
+    :func:`glob.glob` on 100,000 files, which matters for reruns where little else
+    is done.
+    """
+    directory, _, name = pattern.rpartition("/")
+    if globmod.has_magic(directory) or "**" in name:
+        return sorted(globmod.glob(pattern, recursive=True))
+    try:
+        names = os.listdir(directory or "/")
+    except OSError:
+        return []
+    if not name.startswith("."):  # as glob: hidden files match only a pattern that says so
+        names = [n for n in names if n[0] != "."]
+    names = fnmatch.filter(names, name)
+    names.sort()
+    return [f"{directory}/{n}" for n in names]
+
+
 def _expand(spec: str) -> list[Any]:
     match = _RANGE.match(spec)
     if match:
@@ -93,11 +118,12 @@ def _expand(spec: str) -> list[Any]:
 
         return list(select_observations(path))
     if globmod.has_magic(spec):
-        matches = sorted(globmod.glob(os.path.abspath(path), recursive=True))
+        matches = _glob(os.path.abspath(path))
         if not matches:
             raise ObservationError(f"no file matches {spec!r}; check the pattern and the directory")
         # absolute and normalized already: build the observations directly (100,000s of them)
-        return [Observation(m.rpartition("/")[2], m, "file") for m in matches]
+        ids = [m.rpartition("/")[2] for m in matches]
+        return list(map(tuple.__new__, repeat(Observation), zip(ids, matches, repeat("file"))))
     return [str(path)]
 
 
@@ -127,7 +153,7 @@ def as_observations(spec: Any) -> list[Observation]:
         raise ObservationError(
             f"observations must be a glob, a list file, a range or a sequence, not {spec!r}"
         )
-    observations = [Observation.of(item) for item in items]
+    observations = [item if type(item) is Observation else Observation.of(item) for item in items]
     if not observations:
         raise ObservationError(f"the observation list {spec!r} is empty")
     check_unique(observations)
@@ -136,6 +162,8 @@ def as_observations(spec: Any) -> list[Observation]:
 
 def check_unique(observations: Sequence[Observation]) -> None:
     """Raise ObservationError naming the first two observations that share an id."""
+    if len({obs.id for obs in observations}) == len(observations):
+        return
     seen: dict[str, Observation] = {}
     for obs in observations:
         first = seen.setdefault(obs.id, obs)
@@ -153,6 +181,29 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fingerprints(observations: Sequence[Observation], *, content: bool = False) -> list[str]:
+    """The :func:`fingerprint` of each observation, in order.
+
+    Local files are stat'ed in one tight loop (a rerun over 100,000 unchanged files
+    is mostly these calls); the others go through :func:`fingerprint`.
+    """
+    if content:
+        return [fingerprint(o, content=True) for o in observations]
+    result: list[str] = []
+    append, stat_of, is_dir = result.append, os.stat, stat.S_ISDIR
+    for obs in observations:
+        if obs.kind != "file":
+            append(fingerprint(obs))
+            continue
+        try:
+            st = stat_of(obs.value)
+        except OSError:
+            append(fingerprint(obs))  # missing or unreadable: say which
+            continue
+        append("directory" if is_dir(st.st_mode) else f"{st.st_size}-{st.st_mtime_ns}")
+    return result
 
 
 def fingerprint(obs: Observation, *, content: bool = False) -> str:

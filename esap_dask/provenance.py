@@ -20,7 +20,7 @@ from __future__ import annotations
 import getpass
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from esap_dask.batch import RunContext
     from esap_dask.mapper import RunSummary
 
-__all__ = ["PREFIXES", "build_document", "record_run", "software_versions"]
+__all__ = ["PREFIXES", "build_document", "encode_document", "record_run", "software_versions"]
 
 PREFIXES = {
     "prov": "http://www.w3.org/ns/prov#",
@@ -79,13 +79,12 @@ def build_document(
     params: Mapping[str, Any],
     facility: str,
     store: str,
-    inputs: list[dict[str, str]],
     started: datetime,
     ended: datetime,
     user: str,
     summary: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The PROV-JSON document of one run (see the module docstring for its shape)."""
+    """The PROV-JSON document of one run, but for its inputs (see :func:`encode_document`)."""
     run = f"esap:run/{run_id}"
     desc = f"esap:pipeline/{pipeline['name']}/{pipeline['version']}"
     out = f"esap:store/{run_id}"
@@ -154,21 +153,72 @@ def build_document(
             "prov:type": "voprov:wasConfiguredBy",
             "voprov:artefactType": "Parameter",
         }
-    for i, item in enumerate(inputs):
-        ent = f"esap:input/{item['id']}"
-        doc["entity"][ent] = {
-            "prov:type": "voprov:Entity",
-            "voprov:name": item["id"],
-            "prov:location": item["source"],
-            "esap:fingerprint": item["fingerprint"],
-            **({"voprov:checksum": f"sha256:{item['checksum']}"} if item["checksum"] else {}),
-        }
-        doc["used"][f"_:used-{i}"] = {
-            "prov:activity": run,
-            "prov:entity": ent,
-            "prov:role": "voprov:input",
-        }
     return doc
+
+
+#: Inputs encoded at a time: the document of a run over 100,000 files is never whole in memory.
+_INPUTS_AT_ONCE = 5000
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))  # the C encoder
+
+
+def _members(mapping: Mapping[str, Any]) -> str:
+    """The members of a JSON object, without the braces."""
+    return _dumps(mapping)[1:-1]
+
+
+def encode_document(
+    doc: Mapping[str, Any], run_id: str, inputs: Mapping[str, np.ndarray]
+) -> Iterator[str]:
+    """The PROV-JSON text of ``doc`` with the run's ``inputs`` added, in pieces.
+
+    ``inputs`` holds equal-length columns ``id``, ``source``, ``fingerprint`` and
+    ``checksum``; each input becomes a used ``prov:Entity`` with its location,
+    fingerprint and checksum. The pieces joined are one JSON object.
+    """
+    run = f"esap:run/{run_id}"
+    n = len(inputs["id"])
+    spans = [(k, min(n, k + _INPUTS_AT_ONCE)) for k in range(0, n, _INPUTS_AT_ONCE)]
+    rest = {k: v for k, v in doc.items() if k not in ("entity", "used")}
+    yield "{" + _members(rest)
+    for key in ("entity", "used"):
+        fixed = _members(doc[key])
+        yield f',"{key}":{{{fixed}'
+        sep = "," if fixed else ""
+        for lo, hi in spans:
+            yield sep + _members(_input_part(key, run, inputs, lo, hi))
+            sep = ","
+        yield "}"
+    yield "}"
+
+
+def _input_part(
+    key: str, run: str, inputs: Mapping[str, np.ndarray], lo: int, hi: int
+) -> dict[str, Any]:
+    """Entities (``key == "entity"``) or usages of the inputs ``lo:hi``."""
+    ids = inputs["id"]
+    if key == "used":
+        return {
+            f"_:used-{i}": {
+                "prov:activity": run,
+                "prov:entity": f"esap:input/{ids[i]}",
+                "prov:role": "voprov:input",
+            }
+            for i in range(lo, hi)
+        }
+    source, fp, checksum = inputs["source"], inputs["fingerprint"], inputs["checksum"]
+    return {
+        f"esap:input/{ids[i]}": {
+            "prov:type": "voprov:Entity",
+            "voprov:name": ids[i],
+            "prov:location": source[i],
+            "esap:fingerprint": fp[i],
+            **({"voprov:checksum": f"sha256:{checksum[i]}"} if checksum[i] else {}),
+        }
+        for i in range(lo, hi)
+    }
 
 
 def record_run(
@@ -185,13 +235,16 @@ def record_run(
 
     Returns the document's path (``<store>.provenance/<run id>.json``).
     """
-    rows = np.flatnonzero(read(group, "ledger_run").astype(object) == summary.run_id)
-    cols = {
-        c: read(group, f"ledger_{c}").astype(object)[rows]
-        for c in ("source", "fingerprint", "checksum")
+    rows = np.flatnonzero(read(group, "ledger_run") == summary.run_id)
+    inputs = {
+        c: read(group, name)[rows].astype(object)
+        for c, name in (
+            ("id", "obs"),
+            ("source", "ledger_source"),
+            ("fingerprint", "ledger_fingerprint"),
+            ("checksum", "ledger_checksum"),
+        )
     }
-    ids = read(group, "obs").astype(object)[rows]
-    inputs = [{"id": str(ids[k]), **{c: str(cols[c][k]) for c in cols}} for k in range(len(rows))]
     ended = datetime.now(UTC)
     user = user or getpass.getuser()
     counts = {k: getattr(summary, k) for k in ("total", "processed", "skipped", "failed")}
@@ -205,7 +258,6 @@ def record_run(
         params=ctx.params,
         facility=summary.facility,
         store=store,
-        inputs=inputs,
         started=started,
         ended=ended,
         user=user,
@@ -214,8 +266,9 @@ def record_run(
     path = f"{store.rstrip('/')}.provenance/{summary.run_id}.json"
     fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(fs_path, "wb") as f:  # the C encoder: json's indent= is ~20x slower
-        f.write(json.dumps(doc, default=str, separators=(",", ":")).encode())
+    with fs.open(fs_path, "wb") as f:
+        for piece in encode_document(doc, summary.run_id, inputs):
+            f.write(piece.encode())
     meta = esap_attrs(group)
     meta["runs"] = [
         *meta.get("runs", []),

@@ -353,3 +353,63 @@ def test_editing_a_file_a_parameter_names_reprocesses(tmp_path, client):
     edited = map_observations(pipe, range(4), store, client=client, params={"config": str(config)})
     assert edited.reasons == {"parameters": 4}
     assert xr.open_zarr(store).value.values.tolist() == [0.0, 3.0, 6.0, 9.0]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["*.fits", "run_0[0-4]*.fits", "run_?1.fits", ".*", "*", "sub/*.fits", "*/*.fits",
+     "**/*.fits", "none*.fits"],
+)
+def test_globs_match_what_glob_matches(tmp_path, pattern):
+    """The one-listing fast path for globs finds exactly what ``glob.glob`` finds, sorted."""
+    import glob
+
+    from esap_dask.observations import as_observations
+
+    for name in ("run_01.fits", "run_11.fits", "run_05.fits", ".hidden.fits", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "run_21.fits").write_text("x")
+    expected = sorted(glob.glob(str(tmp_path / pattern), recursive=True))
+    if not expected:
+        with pytest.raises(ObservationError, match="no file matches"):
+            as_observations(str(tmp_path / pattern))
+        return
+    found = as_observations(str(tmp_path / pattern))
+    assert [o.value for o in found] == expected
+    assert [o.id for o in found] == [os.path.basename(p) for p in expected]
+    assert {o.kind for o in found} == {"file"}
+
+
+@pytest.mark.parametrize("n_inputs", [0, 1, 3, 7])
+def test_provenance_written_in_pieces_is_one_document(monkeypatch, n_inputs):
+    """The document is encoded a few inputs at a time; joined, it is valid and complete."""
+    from datetime import UTC, datetime
+
+    from esap_dask import provenance
+
+    monkeypatch.setattr(provenance, "_INPUTS_AT_ONCE", 3)
+    now = datetime.now(UTC)
+    doc = provenance.build_document(
+        run_id="r1", pipeline={"name": "p", "version": "1"}, params={"x": 1},
+        facility="local", store="/s.zarr", started=now, ended=now, user="u",
+        summary={"total": n_inputs},
+    )
+    ids = [f"obs{i}" for i in range(n_inputs)]
+    inputs = {
+        "id": np.asarray(ids, dtype=object),
+        "source": np.asarray([f"/d/{i}" for i in ids], dtype=object),
+        "fingerprint": np.asarray(["1-2"] * n_inputs, dtype=object),
+        "checksum": np.asarray(["ab" if i % 2 else "" for i in range(n_inputs)], dtype=object),
+    }
+    parsed = json.loads("".join(provenance.encode_document(doc, "r1", inputs)))
+    entities = {e["voprov:name"]: e for e in parsed["entity"].values()
+                if e["prov:type"] == "voprov:Entity" and "esap:fingerprint" in e}
+    assert sorted(entities) == sorted(ids)
+    assert [entities[i].get("voprov:checksum") for i in ids] == [
+        "sha256:ab" if k % 2 else None for k in range(n_inputs)
+    ]
+    assert sorted(u["prov:entity"] for u in parsed["used"].values()) == sorted(
+        f"esap:input/{i}" for i in ids
+    )
+    assert parsed["wasInfluencedBy"] and parsed["activity"] == doc["activity"]
