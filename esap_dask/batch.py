@@ -13,6 +13,7 @@ batch is written as usual.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -155,6 +156,30 @@ def _process(
     return failure
 
 
+#: The store group of the runs a worker served last: (store, run id) -> group.
+_GROUPS: dict[tuple[str, str], Any] = {}
+_GROUPS_LOCK = threading.Lock()
+
+
+def _run_group(ctx: RunContext) -> Any:
+    """The store's group for ``ctx``'s run, opened once per worker process and run.
+
+    Array shapes change only between runs (the driver appends before any task starts),
+    so the consolidated metadata read by a run's first task on this worker serves the
+    run's other tasks here too.
+    """
+    key = (ctx.store, ctx.run_id)
+    with _GROUPS_LOCK:
+        group = _GROUPS.get(key)
+    if group is None:
+        group = open_store(ctx.store, storage_options=ctx.storage_options, consolidated=True)
+        with _GROUPS_LOCK:
+            while len(_GROUPS) >= 4:  # the oldest runs first
+                _GROUPS.pop(next(iter(_GROUPS)))
+            _GROUPS[key] = group
+    return group
+
+
 def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     """Process ``batch`` and write its rows into ``ctx.store``; return its report.
 
@@ -165,7 +190,7 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     t0 = time.perf_counter()
     n = len(batch.rows)
     schema = ctx.schema
-    group = open_store(ctx.store, storage_options=ctx.storage_options, consolidated=True)
+    group = _run_group(ctx)
     ledger = {v.name: np.full(n, v.fill, dtype=v.numpy_dtype) for v in COLUMNS}
     worker = _worker_name()
     failures: list[tuple[str, str, str]] = []

@@ -20,6 +20,7 @@ first, the ``obs`` coordinate (the commit point) last.
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 import zarr.errors
+from zarr.core.sync import sync as zarr_sync
 
 from esap_dask.pipeline import Schema, SchemaError, Variable
 
@@ -309,27 +311,37 @@ PATCH_BYTES = 64 * 2**20
 
 
 def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
-    """Write ``columns`` (name -> values, one per row) at sorted ``rows``, in the mapping's order.
+    """Write ``columns`` (name -> values, one per row) at sorted ``rows``, all columns at once.
 
     The caller owns every write unit that ``rows`` touch (no other task writes between
-    ``rows[0]`` and ``rows[-1]``). Contiguous rows are one slice assignment each (zarr 3.1
-    mis-broadcasts orthogonal integer-array writes into sharded arrays). Scattered rows (a
-    rerun of some failed or changed observations) are patched into the block that covers
-    them, read once and written once: one write per row would re-encode the same chunk
-    again and again.
+    ``rows[0]`` and ``rows[-1]``). The columns are written concurrently, on zarr's event
+    loop (a batch writes 17 and more arrays: one after the other, a task of tiny
+    observations spent most of its time waiting on them); writes that must follow
+    others (the ledger after the products) are a later call. Contiguous rows are one
+    slice assignment each (zarr 3.1 mis-broadcasts orthogonal integer-array writes into
+    sharded arrays). Scattered rows (a rerun of some failed or changed observations) are
+    patched into the block that covers them, read once and written once: one write per
+    row would re-encode the same chunk again and again.
     """
     rows = np.asarray(rows)
     runs = contiguous_runs(rows)
     if not runs:
         return
     lo, hi = runs[0][0], runs[-1][1]
-    for name, values in columns.items():
-        arr = array(group, name)
+
+    async def write(arr: zarr.AsyncArray[Any], values: np.ndarray) -> None:
         row_bytes = values[0].nbytes if values.dtype.kind != "O" else 64
         if len(runs) > 1 and (hi - lo) * max(1, row_bytes) <= PATCH_BYTES:
-            block = np.asarray(arr[lo:hi])
+            block = np.asarray(await arr.getitem(slice(lo, hi)))
             block[rows - lo] = values
-            arr[lo:hi] = block
-            continue
-        for r0, r1, p0, p1 in runs:
-            arr[r0:r1] = values[p0:p1]
+            await arr.setitem(slice(lo, hi), block)
+            return
+        for r0, r1, p0, p1 in runs:  # in turn: two runs may share a chunk
+            await arr.setitem(slice(r0, r1), values[p0:p1])
+
+    targets = [(array(group, name)._async_array, values) for name, values in columns.items()]
+
+    async def write_all() -> None:
+        await asyncio.gather(*(write(arr, values) for arr, values in targets))
+
+    zarr_sync(write_all())
