@@ -32,20 +32,26 @@ TASKS_PER_THREAD = 4
 MAX_TASKS = 5000
 
 
-def make_batches(rows: Sequence[int], unit: int, target: int) -> list[list[int]]:
+def make_batches(rows: Sequence[int], unit: int, target: int, parts: int = 0) -> list[list[int]]:
     """Group positions of sorted ``rows`` into batches of whole write units.
 
-    A batch takes consecutive write units until it holds at least ``target``
-    rows; a write unit is never split between two batches.
+    A batch takes consecutive write units until it holds at least ``target`` rows;
+    a write unit is never split between two batches. With ``parts``, a batch holds
+    at least ``1/parts`` of the rows not yet batched (guided self-scheduling): the
+    batches shrink towards the end of the run, so the last ones, which decide when
+    the run ends, are short and the workers finish together.
     """
     batches: list[list[int]] = []
     current: list[int] = []
     current_unit = None
+    want = max(target, math.ceil(len(rows) / parts)) if parts else target
     for pos, row in enumerate(rows):
         u = row // unit
-        if u != current_unit and len(current) >= target:
+        if u != current_unit and len(current) >= want:
             batches.append(current)
             current = []
+            if parts:
+                want = max(target, math.ceil((len(rows) - pos) / parts))
         current_unit = u
         current.append(pos)
     if current:
@@ -86,12 +92,10 @@ def execute(
     entries = sorted(todo.todo, key=lambda e: e[0])
     rows = [e[0] for e in entries]
     n = len(rows)
-    threads = nthreads(client)
-    target = batch_size or max(
-        math.ceil(n / (TASKS_PER_THREAD * threads)), math.ceil(n / MAX_TASKS), 1
-    )
+    parts = 0 if batch_size else TASKS_PER_THREAD * nthreads(client)
+    target = batch_size or max(math.ceil(n / MAX_TASKS), 1)
     batches = []
-    for i, positions in enumerate(make_batches(rows, layout.unit, target)):
+    for i, positions in enumerate(make_batches(rows, layout.unit, target, parts)):
         chosen = [entries[p] for p in positions]
         batches.append(
             Batch(
@@ -130,7 +134,12 @@ def execute(
                 if fut.status == "cancelled":  # aborted: its rows stay pending, for next time
                     continue
                 error = None if fut.status == "finished" else fut.exception()
-                report = fut.result() if error is None else None
+                report = None
+                if error is None:
+                    try:
+                        report = fut.result()
+                    except Exception as err:  # finished, but its result died with its worker
+                        error = err  # and the scheduler's recomputation died too
                 fut.release()
                 if batch.index in isolated:
                     running_alone = False

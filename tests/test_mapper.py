@@ -413,3 +413,21 @@ def test_provenance_written_in_pieces_is_one_document(monkeypatch, n_inputs):
         f"esap:input/{i}" for i in ids
     )
     assert parsed["wasInfluencedBy"] and parsed["activity"] == doc["activity"]
+
+
+@pytest.mark.parametrize("n, unit", [(10_000, 200), (20_000, 2500), (1000, 7), (5, 1)])
+def test_batches_shrink_towards_the_end_and_keep_write_units_whole(n, unit):
+    from itertools import pairwise
+
+    from esap_dask.execute import make_batches
+
+    rows = list(range(n))
+    batches = make_batches(rows, unit, 1, parts=8)
+    assert [p for b in batches for p in b] == rows  # every row once, in order
+    for b in batches:  # no write unit split between two batches
+        assert b[0] % unit == 0 or b[0] == 0
+    sizes = [len(b) for b in batches]
+    assert all(a >= b for a, b in pairwise(sizes))
+    assert sizes[-1] <= max(unit, -(-n // 8))  # the last batch is small: workers end together
+    fixed = [len(b) for b in make_batches(rows, unit, 3 * unit)]  # a batch size given
+    assert all(s >= 3 * unit for s in fixed[:-1]) and sum(fixed) == n
