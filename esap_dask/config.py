@@ -8,9 +8,17 @@ dl3-products loop ran 1.65x slower in a worker than in a plain process (1.83 s a
 1.11 s for 150 files). A fixed 16 MiB mmap threshold restores the speed; memory is still
 returned to the system by the trim threshold.
 
-Batch and grid jobs run their own nannies, which do not import esap-dask: the same
-value is exported as an environment variable in their job scripts
-(:data:`WORKER_ENVIRONMENT`).
+The setting reaches the nannies this process starts (local clusters) and those that
+inherit its Dask configuration (SSH workers, through distributed's
+``DASK_INTERNAL_INHERIT_CONFIG``). Nannies that batch systems, grid sites and container
+runtimes start do not import esap-dask: :mod:`esap_dask.deploy.environment` sets the
+variables of :data:`WORKER_ENVIRONMENT` for them. Batch job scripts (slurm, pbs, sge, lsf,
+htcondor) ``export`` them first in ``job_script_prologue``; container commands pass them
+with ``--env`` (docker and podman: ``-e``); DIRAC JDLs list them in ``ExecutionEnvironment``,
+which DIRAC's JobWrapper sets for the job's executable. A user's own value wins: an
+``export`` of the same variable in a batch facility's ``job_script_prologue``, a variable
+of a container's ``env``, and ``distributed.nanny.pre-spawn-environ`` in the Dask
+configuration the nanny reads (the nanny applies it last, just before the worker starts).
 """
 
 from __future__ import annotations

@@ -116,6 +116,12 @@ def test_scale_six_workers_one_submission_close_kills(
             assert sorted(j["ParameterNumber"] for j in stored.values()) == list(range(6)), (
                 "DiracX expanded one parametric JDL into the 6 jobs"
             )
+            # esap-dask's worker environment, from the JDL's ExecutionEnvironment
+            assert {j["ExecutionEnvironment"] for j in stored.values()} == {
+                "MALLOC_MMAP_THRESHOLD_=16777216"
+            }
+            seen = client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+            assert list(seen.values()) == ["16777216"] * 6
             assert {r["Status"] for r in dx_jobs(list(jobs.values())).values()} == {"Running"}
 
             cluster.scale(2)
@@ -193,7 +199,10 @@ def test_jdl_requirements_as_stored_by_diracx(dirac_env: str) -> None:
         assert jdl["Tags"] == ["esap", "gpu"]
         assert jdl["CPUTime"] == 2 * 7200 and jdl["NumberOfProcessors"] == 2
         assert jdl["Executable"] == "apptainer"
-        assert jdl["Arguments"].startswith("exec --cleanenv /cvmfs/esap/worker.sif python3 -m ")
+        assert jdl["Arguments"].startswith(
+            "exec --cleanenv --env MALLOC_MMAP_THRESHOLD_=16777216 "
+            "/cvmfs/esap/worker.sif python3 -m "
+        )
         assert f"--name {row['JobName']}" in jdl["Arguments"]
         assert "--tls-key worker-key.pem" in jdl["Arguments"]
         assert "BEGIN" not in json.dumps(jdl), "no key material in the JDL"

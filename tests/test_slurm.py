@@ -276,6 +276,18 @@ def test_the_scheduler_speaks_only_tls_with_the_cluster_ca(open_slurm, tmp_path)
         assert client.submit(sum, [1, 2, 3]).result() == 6
 
 
+def test_workers_start_with_esap_dasks_worker_environment(open_slurm, monkeypatch):
+    """MALLOC_MMAP_THRESHOLD_ is set in the worker process, through the job script only."""
+    # sbatch passes the submitting environment on: make sure the value is not ours
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    cluster = open_slurm()
+    cluster.scale(1)
+    cluster.wait_for_workers(1, timeout=120)
+    with Client(cluster) as client:
+        seen = client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+    assert list(seen.values()) == ["16777216"]
+
+
 def test_scancel_of_a_worker_job_mid_run_loses_nothing(open_slurm, calls):
     cluster = open_slurm()
     client = Client(cluster)

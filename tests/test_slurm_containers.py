@@ -3,6 +3,8 @@
 No container runtime (apptainer, singularity, docker, podman) is installed on the
 test machines, so these tests check the generated job script only; nothing is
 submitted. They need no SLURM: opening the cluster starts only its scheduler.
+Every script exports esap-dask's worker environment before the facility's prologue,
+and every container command passes it again (apptainer's ``--cleanenv`` drops it).
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import shlex
 import sys
 from pathlib import Path
 
+import dask.config
 import pytest
 
 from esap_dask.deploy.containers import container_python
 from esap_dask.deploy.jobqueue import open_jobqueue
 from esap_dask.facilities import Facility
 
+EXPORT = "export MALLOC_MMAP_THRESHOLD_=16777216"
 
-def open_container_cluster(tmp_path: Path, engine: str, image: str):
+
+def open_container_cluster(tmp_path: Path, engine: str, image: str, **overrides):
     facility = Facility(name="hpc-containers", facilitytype="slurm", runtimeengine=engine)
     options = {
         "queue": "debug",
@@ -37,6 +42,7 @@ def open_container_cluster(tmp_path: Path, engine: str, image: str):
             "binds": ["/data", "/scratch:/scratch:ro"],
             "env": {"OMP_NUM_THREADS": "1"},
         },
+        **overrides,
     }
     return open_jobqueue(facility, options)
 
@@ -99,7 +105,7 @@ def test_apptainer_job_script_generated_only_no_runtime_installed(tmp_path):
     try:
         lines, command = split_script(cluster.job_script())
         tls = tmp_path / "tls"
-        assert lines == [*header(tmp_path), "module load apptainer"]
+        assert lines == [*header(tmp_path), EXPORT, "module load apptainer"]
         assert command == worker_words(
             cluster,
             tmp_path,
@@ -108,6 +114,7 @@ def test_apptainer_job_script_generated_only_no_runtime_installed(tmp_path):
                 "--bind", "/data:/data",
                 "--bind", "/scratch:/scratch:ro",
                 "--bind", f"{tls}:{tls}",
+                "--env", "MALLOC_MMAP_THRESHOLD_=16777216",
                 "--env", "OMP_NUM_THREADS=1",
                 "/images/esap-worker.sif", "python3",
             ],
@@ -122,7 +129,7 @@ def test_docker_job_script_generated_only_no_runtime_installed(tmp_path):
     try:
         lines, command = split_script(cluster.job_script())
         tls = tmp_path / "tls"
-        assert lines == [*header(tmp_path), "module load docker"]
+        assert lines == [*header(tmp_path), EXPORT, "module load docker"]
         assert command == worker_words(
             cluster,
             tmp_path,
@@ -132,10 +139,32 @@ def test_docker_job_script_generated_only_no_runtime_installed(tmp_path):
                 "-v", "/data:/data",
                 "-v", "/scratch:/scratch:ro",
                 "-v", f"{tls}:{tls}",
+                "-e", "MALLOC_MMAP_THRESHOLD_=16777216",
                 "-e", "OMP_NUM_THREADS=1",
                 "ghcr.io/esap/worker:1.0", "python3",
             ],
         )  # fmt: skip
+    finally:
+        cluster.close()
+
+
+def test_users_own_values_win_over_the_worker_environment(tmp_path):
+    """An export in the prologue runs after esap-dask's; a container env replaces its value."""
+    cluster = open_container_cluster(
+        tmp_path,
+        "apptainer",
+        "/images/esap-worker.sif",
+        job_script_prologue=["export MALLOC_MMAP_THRESHOLD_=65536"],
+        container={
+            "image": "/images/esap-worker.sif",
+            "env": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+        },
+    )
+    try:
+        lines, command = split_script(cluster.job_script())
+        assert lines[-2:] == [EXPORT, "export MALLOC_MMAP_THRESHOLD_=65536"]
+        envs = [command[i + 1] for i, word in enumerate(command) if word == "--env"]
+        assert envs == ["MALLOC_MMAP_THRESHOLD_=131072"]
     finally:
         cluster.close()
 
@@ -147,8 +176,24 @@ def test_no_runtime_keeps_dask_jobqueues_python(tmp_path):
         {"cores": 1, "memory": "1GiB", "host": "127.0.0.1", "tls_directory": str(tmp_path)},
     )
     try:
-        _, command = split_script(cluster.job_script())
+        lines, command = split_script(cluster.job_script())
+        assert lines[-1] == EXPORT, "the worker environment, right before the worker"
         assert command[:3] == [sys.executable, "-m", "distributed.cli.dask_worker"]
+    finally:
+        cluster.close()
+
+
+@pytest.mark.parametrize("key", ["job-script-prologue", "env-extra"])
+@pytest.mark.filterwarnings("ignore:env_extra has been renamed:FutureWarning")
+def test_a_prologue_from_dask_config_is_kept_after_the_worker_environment(tmp_path, key):
+    """dask-jobqueue's own configuration (and its deprecated env-extra) still applies."""
+    facility = Facility(name="plain", facilitytype="slurm")
+    options = {"cores": 1, "memory": "1GiB", "host": "127.0.0.1", "tls_directory": str(tmp_path)}
+    with dask.config.set({f"jobqueue.slurm.{key}": ["source /opt/site/env.sh"]}):
+        cluster = open_jobqueue(facility, options)
+    try:
+        lines, _ = split_script(cluster.job_script())
+        assert lines[-2:] == [EXPORT, "source /opt/site/env.sh"]
     finally:
         cluster.close()
 

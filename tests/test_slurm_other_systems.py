@@ -1,6 +1,6 @@
 """PBS, SGE, LSF and HTCondor facilities: dask-jobqueue's one-job-per-worker clusters,
-with esap-dask's TLS, loopback dashboard and walltime-aware lifetime (job scripts only:
-none of these batch systems runs here)."""
+with esap-dask's TLS, loopback dashboard, walltime-aware lifetime and worker environment
+(job scripts only: none of these batch systems runs here)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("ftype", sorted(CASES))
-def test_other_batch_systems_get_tls_and_lifetime(ftype, tmp_path):
+def test_other_batch_systems_get_tls_lifetime_and_worker_environment(ftype, tmp_path):
     cls, extra, walltime_line = CASES[ftype]
     facility = Facility(name=f"site-{ftype}", facilitytype=ftype)
     options = {"cores": 1, "memory": "1GiB", "processes": 1, "host": "127.0.0.1", **extra}
@@ -31,9 +31,14 @@ def test_other_batch_systems_get_tls_and_lifetime(ftype, tmp_path):
         assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
         assert cluster.dashboard_link.startswith("http://127.0.0.1:")
         script = cluster.job_script()
-        line = next(ln for ln in script.splitlines() if "distributed.cli.dask_worker" in ln)
-        if ftype == "htcondor":  # Arguments = "-c '<worker command>'"
+        lines = script.splitlines()
+        line = next(ln for ln in lines if "distributed.cli.dask_worker" in ln)
+        if ftype == "htcondor":  # Arguments = "-c '<prologue>; <worker command>'"
             line = shlex.split(shlex.split(line.split("=", 1)[1])[0])[1]
+            export, line = line.split("; ", 1)
+        else:
+            export = lines[lines.index(line) - 1]
+        assert export == "export MALLOC_MMAP_THRESHOLD_=16777216"
         command = shlex.split(line)
         assert command[command.index("--tls-ca-file") + 1] == str(tmp_path / "ca.pem")
         assert command[command.index("--tls-key") + 1] == str(tmp_path / "member-key.pem")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -37,6 +38,9 @@ def test_ssh_facility_runs_workers_over_ssh_with_tls(sshd):
             assert len(workers) == 2
             assert all(w.startswith("tls://127.0.0.1:") for w in workers)
             assert client.submit(sum, [1, 2, 3]).result() == 6
+            # esap-dask's worker environment, from the Dask configuration SSHCluster ships
+            seen = client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+            assert list(seen.values()) == ["16777216"] * 2
         with pytest.raises((OSError, TimeoutError)):
             Client(address.replace("tls://", "tcp://"), timeout="3s")
     finally:

@@ -18,7 +18,10 @@ Facility options (under ``container:``)::
       options: []                   # extra runtime options, verbatim
 
 The cluster's TLS credential directory is bound automatically, at the same
-path, so the worker finds its certificate inside the container.
+path, so the worker finds its certificate inside the container. The variables of
+:data:`esap_dask.config.WORKER_ENVIRONMENT` are always passed (apptainer's
+``--cleanenv`` drops the job's environment, docker and podman never pass it);
+a variable of ``env`` with the same name wins.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from esap_dask.deploy.environment import worker_environment
 from esap_dask.facilities import Facility, FacilityError
 
 __all__ = ["CONTAINER_ENGINES", "container_python", "facility_python"]
@@ -64,7 +68,8 @@ def container_python(
     binds
         Host paths to mount; ``path`` mounts at the same path, ``src:dst[:ro]`` as given.
     env
-        Environment variables set inside the container.
+        Environment variables set inside the container, on top of
+        :data:`esap_dask.config.WORKER_ENVIRONMENT` (a variable given here wins).
     options
         Further runtime options, passed verbatim before the image.
 
@@ -81,9 +86,13 @@ def container_python(
     Examples
     --------
     >>> container_python("apptainer", image="/img/esap.sif", binds=["/data"])
-    'apptainer exec --cleanenv --bind /data:/data /img/esap.sif python'
+    ... # doctest: +NORMALIZE_WHITESPACE
+    'apptainer exec --cleanenv --bind /data:/data --env MALLOC_MMAP_THRESHOLD_=16777216
+     /img/esap.sif python'
     >>> container_python("docker", image="ghcr.io/esap/worker:1", env={"A": "1"})
-    'docker run --rm --network host --user "$(id -u):$(id -g)" -e A=1 ghcr.io/esap/worker:1 python'
+    ... # doctest: +NORMALIZE_WHITESPACE
+    'docker run --rm --network host --user "$(id -u):$(id -g)"
+     -e MALLOC_MMAP_THRESHOLD_=16777216 -e A=1 ghcr.io/esap/worker:1 python'
     """
     if engine not in CONTAINER_ENGINES:
         raise ValueError(
@@ -96,18 +105,19 @@ def container_python(
             "to the facility's options"
         )
     words: list[str]
+    environment = worker_environment(env)
     if engine in ("apptainer", "singularity"):
         words = [engine, "exec", "--cleanenv"]
         for b in dict.fromkeys(binds):
             words += ["--bind", shlex.quote(_bind(b))]
-        for key, value in (env or {}).items():
+        for key, value in environment.items():
             words += ["--env", shlex.quote(f"{key}={value}")]
     else:
         # host networking: workers and scheduler must reach each other at the host's addresses
         words = [engine, "run", "--rm", "--network", "host", '--user "$(id -u):$(id -g)"']
         for b in dict.fromkeys(binds):
             words += ["-v", shlex.quote(_bind(b))]
-        for key, value in (env or {}).items():
+        for key, value in environment.items():
             words += ["-e", shlex.quote(f"{key}={value}")]
     words += [str(o) for o in options]
     words += [shlex.quote(image), python]

@@ -16,7 +16,10 @@ side (batching, kill read-back, polling) lives in :mod:`esap_dask.deploy.dirac_j
 A job runs ``python -m distributed.cli.dask_worker``, inside apptainer or
 singularity when the facility's ``runtimeengine`` says so, with ``CPUTime`` from
 the walltime, a worker lifetime shorter than the walltime, and ``Site``,
-``BannedSites``, ``Tags``, ``Platform`` from the options. TLS uses a CA per
+``BannedSites``, ``Tags``, ``Platform`` from the options. The worker starts with
+:data:`esap_dask.config.WORKER_ENVIRONMENT`: the JDL lists it in
+``ExecutionEnvironment``, which DIRAC's JobWrapper sets for the executable, and a
+container gets it with ``--env`` (:mod:`esap_dask.deploy.environment`). TLS uses a CA per
 cluster (:mod:`esap_dask.deploy.tls`); the worker's certificate and key travel
 in the job's **input sandbox** (DiracX's sandbox store, readable by the owner and
 pilots only), never in the JDL.
@@ -51,6 +54,7 @@ from distributed.security import Security
 from esap_dask.deploy.containers import container_python
 from esap_dask.deploy.dirac_jobs import MAX_JOBS_PER_SUBMISSION, Grid
 from esap_dask.deploy.diracx_client import DiracXClient, DiracXError, format_jdl, sandbox_archive
+from esap_dask.deploy.environment import execution_environment
 from esap_dask.deploy.jobqueue import lifetime_arguments, parse_walltime, worker_lifetime
 from esap_dask.deploy.tls import new_cluster_security, remove_cluster_security
 from esap_dask.facilities import Facility, FacilityError
@@ -283,6 +287,7 @@ class DiracCluster(SpecCluster):
             "JobGroup": self.job_group,
             "Executable": exe,
             "Arguments": shlex.join(args),
+            "ExecutionEnvironment": execution_environment(),
             "Parameters": names,
             "CPUTime": self.cpu_time,
             "NumberOfProcessors": self.cores,

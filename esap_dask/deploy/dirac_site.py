@@ -3,7 +3,8 @@
 This process plays what, on the grid, the WMS optimizers, the Matcher and a pilot
 on a worker node do together: it takes the jobs waiting in DiracX, reads their
 JDL, runs ``Executable`` + ``Arguments`` as local processes (in a fresh working
-directory holding the job's input sandbox), and reports the job's life through
+directory holding the job's input sandbox, with the JDL's ``ExecutionEnvironment``
+set as DIRAC's JobWrapper sets it), and reports the job's life through
 the DiracX REST API: ``Checking`` → ``Waiting`` → ``Matched`` → ``Running`` →
 ``Done`` or ``Failed`` (minor status ``Application Finished With Errors`` and
 the exit code as application status, like DIRAC's JobWrapper). It heartbeats
@@ -52,10 +53,11 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from esap_dask.deploy.diracx_client import DiracXClient, DiracXError
 
-__all__ = ["LocalSite", "main", "parse_jdl", "read_jdls"]
+__all__ = ["LocalSite", "job_environment", "main", "parse_jdl", "read_jdls"]
 
 log = logging.getLogger("esap_dask.dirac_site")
 
@@ -107,6 +109,20 @@ def _as_list(value: Any) -> list[str]:
     if value in (None, ""):
         return []
     return list(value) if isinstance(value, list) else [str(value)]
+
+
+def job_environment(jdl: dict[str, Any]) -> dict[str, str]:
+    """The variables of a JDL's ``ExecutionEnvironment``, as DIRAC's JobWrapper sets them.
+
+    Each item is ``NAME=value`` with the value URL-quoted (DIRAC's ``Job.setExecutionEnv``).
+
+    Examples
+    --------
+    >>> job_environment({"ExecutionEnvironment": ["A=1", "B=x%20y"]})
+    {'A': '1', 'B': 'x y'}
+    """
+    pairs = (item.partition("=") for item in _as_list(jdl.get("ExecutionEnvironment")))
+    return {name: unquote(value) for name, _, value in pairs if name}
 
 
 @dataclass
@@ -232,6 +248,7 @@ class LocalSite:
         stdout = open(cwd / str(jdl.get("StdOutput", "std.out")), "ab")  # noqa: SIM115
         stderr = open(cwd / str(jdl.get("StdError", "std.err")), "ab")  # noqa: SIM115
         env = {**os.environ, "DIRACJOBID": str(job_id), "DIRACSITE": self.name}
+        env.update(job_environment(jdl))
         env.pop("DIRACX_CREDENTIALS_PATH", None)  # the pilot's token is not the job's
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=cwd, stdout=stdout, stderr=stderr, env=env, start_new_session=True

@@ -21,6 +21,10 @@ Walltime-aware workers
 Containers
     The facility's ``runtimeengine`` wraps the worker command
     (:mod:`esap_dask.deploy.containers`, options under ``container:``).
+esap-dask's worker environment
+    The job script exports :data:`esap_dask.config.WORKER_ENVIRONMENT` before the
+    facility's ``job_script_prologue`` lines (so an ``export`` there wins), and
+    thus before the worker starts (:mod:`esap_dask.deploy.environment`).
 
 Facility options (everything else goes to the dask-jobqueue cluster class)::
 
@@ -56,6 +60,7 @@ from dask.utils import parse_timedelta
 from distributed.deploy import Cluster
 
 from esap_dask.deploy.containers import facility_python
+from esap_dask.deploy.environment import job_script_prologue
 from esap_dask.deploy.tls import new_cluster_security, security_directory
 from esap_dask.facilities import Facility, FacilityError
 
@@ -183,6 +188,22 @@ def _cluster_class(facilitytype: str, array: bool) -> type[Cluster]:
     return getattr(dask_jobqueue, _CLASSES[facilitytype])
 
 
+def _prologue(opts: dict[str, Any], ftype: str) -> list[str]:
+    """The job script's prologue: the worker environment's exports, then the facility's lines.
+
+    The facility's lines are its ``job_script_prologue`` option, else dask-jobqueue's
+    configuration, else (as dask-jobqueue does) the deprecated ``env_extra``.
+    """
+    config = opts.get("config_name") or ftype
+    lines = opts.pop("job_script_prologue", None)
+    if lines is None:
+        lines = dask.config.get(f"jobqueue.{config}.job-script-prologue", None)
+    old = opts.pop("env_extra", None)
+    if old is None:
+        old = dask.config.get(f"jobqueue.{config}.env-extra", None)
+    return job_script_prologue(lines or old)
+
+
 def _scheduler_in_job(facility: Facility, opts: dict[str, Any], job: dict[str, Any]) -> None:
     """Make the cluster run its scheduler as a SLURM job (see :mod:`.batch_scheduler`)."""
     if facility.facilitytype != "slurm":
@@ -273,6 +294,9 @@ def open_jobqueue(facility: Facility, options: dict[str, Any]) -> Cluster:
             opts.setdefault("renew_after", renew_after(life, spread))
             opts.setdefault("renew_stagger", spread)
     opts["worker_extra_args"] = extra
+
+    # esap-dask's worker environment, exported before the worker starts
+    opts["job_script_prologue"] = _prologue(opts, ftype)
 
     # Containers
     python = facility_python(facility, opts.pop("container", None), credentials)

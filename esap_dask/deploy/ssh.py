@@ -9,7 +9,10 @@ TLS is on by default, with a per-cluster CA (:mod:`esap_dask.deploy.tls`): the
 remote scheduler and workers find the credential files by path, so the
 credential directory (``tls_directory``) must be on a file system the remote
 hosts share with the client (the home directory on most sites). Only paths, never
-key material, travel on the remote command line.
+key material, travel on the remote command line. The remote nannies inherit the
+client's Dask configuration, esap-dask's worker environment
+(:data:`esap_dask.config.WORKER_ENVIRONMENT` in ``distributed.nanny.pre-spawn-environ``)
+with it; a container gets the variables with ``--env`` as well.
 
 Facility options::
 
