@@ -51,9 +51,11 @@ def to_dataset(results: Sequence[Mapping[str, Any]], ids: Sequence[str], schema:
     return ds.assign_coords({c.name: np.asarray(c.values) for c in schema.coords})
 
 
-def timed(ways: Mapping[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+def timed(
+    ways: Mapping[str, Callable[[], Any]], repeats: int, *, warm_up: bool = True
+) -> dict[str, list[float]]:
     """Seconds of each way, ``repeats`` times, interleaved (load changes hit every way alike)."""
-    for fn in ways.values():
+    for fn in ways.values() if warm_up else ():
         fn()  # warm-up: imports on the workers, file cache
     out: dict[str, list[float]] = {name: [] for name in ways}
     names = list(ways)

@@ -4,8 +4,9 @@
 
 Writes ``bench/results.json`` (records: case, metric, unit, median value, min, max, runs,
 baseline median, ratio), ``docs/benchmarks/results.md`` (the same as a table) and PNG plots
-in ``docs/benchmarks/``. Every figure is the median of repeated runs; every comparison is a
-ratio of two medians measured in the same run. ``--quick`` runs fewer repeats and sizes.
+in ``docs/benchmarks/`` (overhead, batch size, incremental reruns). Every figure is the
+median of repeated runs; every comparison is a ratio of two medians measured in the same
+run. ``--quick`` runs fewer repeats and sizes.
 Cases that need a service (``workers``: the local SLURM) say so and are left out when it is
 not running.
 """
@@ -54,6 +55,65 @@ def plot_overhead(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_batch(results: list[dict], out: Path) -> None:
+    """Observations per second against the batch size, with the automatic choice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["case"].startswith("batch size/")]
+    fixed = sorted((int(r["metric"].split()[1]), r) for r in rows
+                   if r["metric"].split()[1].isdigit())
+    auto = [r for r in rows if r["metric"] == "batch auto"]
+    if not fixed:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sizes = [b for b, _ in fixed]
+    ax.errorbar(sizes, [r["value"] for _, r in fixed],
+                yerr=[[r["value"] - r["min"] for _, r in fixed],
+                      [r["max"] - r["value"] for _, r in fixed]], fmt="o-", capsize=3,
+                label="fixed batch size")
+    for r in auto:
+        ax.axhline(r["value"], color="C1", ls="--",
+                   label=f"automatic ({r['ratio']:.2f} of the best)")
+    ax.set(xscale="log", xlabel="observations per task", ylabel="observations / s (median)",
+           title=rows[0]["case"])
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_incremental(results: list[dict], out: Path) -> None:
+    """Reruns as a fraction of their first run, per case (5% is the target)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["case"].startswith("incremental/")
+            and r["metric"].startswith("rerun") and r.get("ratio")]
+    if not rows:
+        return
+    cases = sorted({r["case"] for r in rows}, key=lambda c: (len(c), c))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.38
+    for k, metric in enumerate(("rerun unchanged", "rerun 1% touched")):
+        shares = [next((100 / r["ratio"] for r in rows
+                        if r["case"] == c and r["metric"] == metric), 0.0) for c in cases]
+        ax.bar([i + (k - 0.5) * width for i in range(len(cases))], shares, width, label=metric)
+    ax.axhline(5, color="k", ls=":", label="5% target (unchanged)")
+    ax.set_xticks(range(len(cases)), [c.removeprefix("incremental/") for c in cases],
+                  rotation=15, ha="right", fontsize=8)
+    ax.set(ylabel="% of the first run (medians)", title="Incremental reruns")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def markdown(results: list[dict]) -> str:
     """The results as a Markdown table."""
     lines = [
@@ -71,7 +131,8 @@ def markdown(results: list[dict]) -> str:
         lines.append(f"| {r['case']} | {r['metric']} | {r['value']:.4g} | "
                      f"{r['min']:.4g}–{r['max']:.4g} | {r['unit']} | {r['runs']} | "
                      f"{base} | {ratio} |")
-    lines += ["", "![overhead](overhead.png)", ""]
+    lines += ["", "![overhead](overhead.png)", "", "![batch size](batch_size.png)", "",
+              "![incremental](incremental.png)", ""]
     return "\n".join(lines)
 
 
@@ -107,7 +168,8 @@ def main() -> None:
     if "scaling" in cases:
         from bench import scaling
 
-        records += scaling.run(200 if args.quick else 1000, 20_000, repeats)
+        records += scaling.run(200 if args.quick else 10_000, 20_000, repeats)
+        records += scaling.incremental(2000 if args.quick else 100_000, 1000)
     if records:
         report(records)
     if "dl3" in cases and (ROOT / "bench" / "dl3_real.py").exists():
@@ -117,8 +179,10 @@ def main() -> None:
     results = json.loads(RESULTS.read_text())
     DOCS.mkdir(parents=True, exist_ok=True)
     plot_overhead(results, DOCS / "overhead.png")
+    plot_batch(results, DOCS / "batch_size.png")
+    plot_incremental(results, DOCS / "incremental.png")
     (DOCS / "results.md").write_text(markdown(results))
-    print(f"wrote {RESULTS}, {DOCS / 'results.md'} and {DOCS / 'overhead.png'}")
+    print(f"wrote {RESULTS}, {DOCS / 'results.md'} and the plots in {DOCS}")
 
 
 if __name__ == "__main__":
