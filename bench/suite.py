@@ -18,19 +18,37 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.common import RESULTS, ROOT, Record, report
 
 DOCS = ROOT / "docs" / "benchmarks"
 
 
-def plot_overhead(results: list[dict], out: Path) -> None:
-    """Time and driver peak RSS against the number of observations, log-log, per mode."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt: Any, fig: Any, axes: Any, out: Path, grid: bool = True) -> None:
+    """Legends (and grids) on ``axes``; ``fig`` written to ``out`` and closed."""
+    for ax in axes:
+        if grid:
+            ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_overhead(results: list[dict], out: Path) -> None:
+    """Time and driver peak RSS against the number of observations, log-log, per mode."""
+    plt = _pyplot()
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for mode, style in (("esap", "o-"), ("handwritten", "s--"), ("serial", "^:")):
         for ax, metric in ((ax_t, f"{mode} time"), (ax_m, f"{mode} RSS")):
@@ -47,21 +65,12 @@ def plot_overhead(results: list[dict], out: Path) -> None:
              title="End-to-end time")
     ax_m.set(xscale="log", yscale="log", xlabel="observations",
              ylabel="driver peak RSS (MiB, median)", title="Driver memory")
-    for ax in (ax_t, ax_m):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, (ax_t, ax_m), out)
 
 
 def plot_batch(results: list[dict], out: Path) -> None:
     """Observations per second against the batch size, with the automatic choice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = [r for r in results if r["case"].startswith("batch size/")]
     fixed = sorted((int(r["metric"].split()[1]), r) for r in rows
                    if r["metric"].split()[1].isdigit())
@@ -79,20 +88,12 @@ def plot_batch(results: list[dict], out: Path) -> None:
                    label=f"automatic ({r['ratio']:.2f} of the best)")
     ax.set(xscale="log", xlabel="observations per task", ylabel="observations / s (median)",
            title=rows[0]["case"])
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, (ax,), out)
 
 
 def plot_incremental(results: list[dict], out: Path) -> None:
     """Reruns as a fraction of their first run, per case (5% is the target)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = [r for r in results if r["case"].startswith("incremental/")
             and r["metric"].startswith("rerun") and r.get("ratio")]
     if not rows:
@@ -108,10 +109,7 @@ def plot_incremental(results: list[dict], out: Path) -> None:
     ax.set_xticks(range(len(cases)), [c.removeprefix("incremental/") for c in cases],
                   rotation=15, ha="right", fontsize=8)
     ax.set(ylabel="% of the first run (medians)", title="Incremental reruns")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, (ax,), out, grid=False)
 
 
 def markdown(results: list[dict]) -> str:
