@@ -27,6 +27,7 @@ __all__ = [
     "as_observations",
     "fingerprint",
     "fingerprints",
+    "parse_range",
     "sha256_file",
 ]
 
@@ -101,10 +102,20 @@ def _glob(pattern: str) -> list[str]:
     return [f"{directory}/{n}" for n in names]
 
 
+def parse_range(spec: str) -> tuple[int, int] | None:
+    """The bounds of an inclusive integer range ``"A..B"``, or None when ``spec`` is none.
+
+    >>> parse_range("1..100"), parse_range("runs/*.fits")
+    ((1, 100), None)
+    """
+    match = _RANGE.match(spec.strip())
+    return (int(match[1]), int(match[2])) if match else None
+
+
 def _expand(spec: str) -> list[Any]:
-    match = _RANGE.match(spec)
-    if match:
-        lo, hi = int(match[1]), int(match[2])
+    bounds = parse_range(spec)
+    if bounds:
+        lo, hi = bounds
         if hi < lo:
             raise ObservationError(f"observation range {spec!r}: the end is before the start")
         return list(range(lo, hi + 1))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from esap_dask.facilities import FacilityError, load_facility
-from esap_dask.observations import ObservationError, as_observations
+from esap_dask.observations import ObservationError, as_observations, parse_range
 from esap_dask.pipeline import ParameterError, Pipeline
 from esap_dask.workflows import get_pipeline, list_pipelines
 
@@ -42,7 +42,6 @@ __all__ = [
 #: Job parameters of the service itself (the pipeline's own come on top).
 RESERVED = ("pipeline", "facility", "observations")
 _INT = re.compile(r"^-?\d+$")
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 #: Most observations one job may map (a range is checked before it is expanded).
 MAX_OBSERVATIONS = 1_000_000
 
@@ -158,8 +157,8 @@ def observation_spec(value: Any) -> Any:
         raise JobParameterError("observations", "empty; give a glob, a list or a range")
     if re.search(r"obs-index\.fits(\.gz)?$", text):
         return obs_index(Path(text))
-    bounds = _RANGE.match(text)
-    if bounds and int(bounds[2]) - int(bounds[1]) >= MAX_OBSERVATIONS:
+    bounds = parse_range(text)
+    if bounds and bounds[1] - bounds[0] >= MAX_OBSERVATIONS:
         raise JobParameterError(
             "observations",
             f"the range {text} holds more than {MAX_OBSERVATIONS} observations; split it "
