@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,30 @@ from esap_dask.ledger import FAILED, Plan
 from esap_dask.progress import Progress
 from esap_dask.store import StoreLayout, write_rows
 
-__all__ = ["MAX_TASKS", "TASKS_PER_THREAD", "execute", "make_batches", "nthreads"]
+__all__ = ["MAX_TASKS", "TASKS_PER_THREAD", "execute", "gc_paused", "make_batches", "nthreads"]
 
 #: Tasks per worker thread that the automatic batch size aims for.
 TASKS_PER_THREAD = 4
 #: Never more tasks than this in one run (scheduler overhead).
 MAX_TASKS = 5000
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: for code that builds 100,000s of tuples.
+
+    Every 700 new container objects start a collection, and the collections of the
+    oldest generation walk every object of the process (a driver holding a client, or
+    a scheduler, has millions): they cost a run's planning 50-80 ms at 20,000 tiny
+    observations. What is built here holds no cycles; collection resumes after.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def make_batches(rows: Sequence[int], unit: int, target: int, parts: int = 0) -> list[list[int]]:
@@ -89,23 +108,24 @@ def execute(
 ) -> list[BatchReport]:
     from distributed import as_completed
 
-    entries = sorted(todo.todo, key=lambda e: e[0])
-    rows = [e[0] for e in entries]
-    n = len(rows)
-    parts = 0 if batch_size else TASKS_PER_THREAD * nthreads(client)
-    target = batch_size or max(math.ceil(n / MAX_TASKS), 1)
-    batches = []
-    for i, positions in enumerate(make_batches(rows, layout.unit, target, parts)):
-        chosen = [entries[p] for p in positions]
-        batches.append(
-            Batch(
-                index=i,
-                rows=np.asarray([e[0] for e in chosen], dtype=np.int64),
-                observations=[e[1] for e in chosen],
-                fingerprints=[e[2] for e in chosen],
-                attempts=[e[3] for e in chosen],
+    with gc_paused():
+        entries = sorted(todo.todo, key=lambda e: e[0])
+        rows = [e[0] for e in entries]
+        n = len(rows)
+        parts = 0 if batch_size else TASKS_PER_THREAD * nthreads(client)
+        target = batch_size or max(math.ceil(n / MAX_TASKS), 1)
+        batches = []
+        for i, positions in enumerate(make_batches(rows, layout.unit, target, parts)):
+            chosen = [entries[p] for p in positions]
+            batches.append(
+                Batch(
+                    index=i,
+                    rows=np.asarray([e[0] for e in chosen], dtype=np.int64),
+                    observations=[e[1] for e in chosen],
+                    fingerprints=[e[2] for e in chosen],
+                    attempts=[e[3] for e in chosen],
+                )
             )
-        )
     by_key: dict[str, Batch] = {}
     futures = []
     for b in batches:

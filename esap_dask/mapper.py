@@ -29,7 +29,7 @@ import dask.config
 
 from esap_dask import provenance
 from esap_dask.batch import BatchReport, RunContext
-from esap_dask.execute import TASKS_PER_THREAD, execute, nthreads
+from esap_dask.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
 from esap_dask.facilities import storage_options_for
 from esap_dask.ledger import COLUMNS, Ledger, Plan, plan, read_ledger
 from esap_dask.lock import StoreLock
@@ -250,8 +250,9 @@ def map_observations(
     started = datetime.now(UTC)
     store = os.fspath(store)
     opts = storage_options_for(store, facility, storage_options)
-    obs_list = as_observations(observations)
-    fps = fingerprints(obs_list, content=content_hash)
+    with gc_paused():
+        obs_list = as_observations(observations)
+        fps = fingerprints(obs_list, content=content_hash)
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     with StoreLock(store, run_id, storage_options=opts) as lock:
         group = _open_or_none(store, opts)
@@ -277,14 +278,15 @@ def map_observations(
         else:
             ledger = Ledger.empty()
         resolved = pipe.resolve(params) if pipe else dict(params or {})
-        todo = plan(
-            obs_list,
-            fps,
-            ledger,
-            param_hash=pipe.parameter_hash(resolved) if pipe else parameter_hash(resolved),
-            version=version,
-            force=force,
-        )
+        with gc_paused():
+            todo = plan(
+                obs_list,
+                fps,
+                ledger,
+                param_hash=pipe.parameter_hash(resolved) if pipe else parameter_hash(resolved),
+                version=version,
+                force=force,
+            )
         if lock.took_over is not None:
             held = lock.took_over
             todo.notes.insert(
@@ -337,9 +339,10 @@ def map_observations(
         )
         summary.notes += cluster_notes
         summary.dashboard = dashboard
-        summary.provenance = provenance.record_run(
-            group, store, summary, ctx, started=started, user=user, storage_options=opts
-        )
+        with gc_paused():
+            summary.provenance = provenance.record_run(
+                group, store, summary, ctx, started=started, user=user, storage_options=opts
+            )
         consolidate(group.store)
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
