@@ -23,6 +23,7 @@ from typing import Any
 from bench.common import RESULTS, ROOT, Record, report
 
 DOCS = ROOT / "docs" / "benchmarks"
+ALL_CASES = "overhead,write,batch,scaling,dl3,workers"
 
 
 def _pyplot() -> Any:
@@ -144,9 +145,11 @@ def run_module(module: str, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
-    parser.add_argument("--cases", default="overhead,write,batch,scaling,dl3,workers")
+    parser.add_argument("--cases", default=ALL_CASES)
     args = parser.parse_args()
     cases = set(args.cases.split(","))
+    if cases >= set(ALL_CASES.split(",")) and RESULTS.exists():
+        RESULTS.unlink()  # every case runs: no figure of an earlier run (or case) stays
     repeats = 2 if args.quick else 3
     records: list[Record] = []
     if "overhead" in cases:
@@ -158,11 +161,11 @@ def main() -> None:
     if "write" in cases:
         from bench import write_throughput
 
-        records += write_throughput.run(repeats, 8 if args.quick else 16, 32)
+        records += write_throughput.run(repeats + 2, 8 if args.quick else 16, 32)
     if "batch" in cases:
         from bench import batch_size
 
-        records += batch_size.run(repeats, 20_000)
+        records += batch_size.run(5 if args.quick else 9, 20_000)
     if "scaling" in cases:
         from bench import scaling
 
@@ -171,7 +174,7 @@ def main() -> None:
     if records:
         report(records)
     if "dl3" in cases and (ROOT / "bench" / "dl3_real.py").exists():
-        run_module("bench.dl3_real", "--repeats", str(repeats))
+        run_module("bench.dl3_real", "--repeats", str(repeats + 2))
     if "workers" in cases and (ROOT / "bench" / "worker_start.py").exists():
         run_module("bench.worker_start", "--repeats", str(repeats))
     results = json.loads(RESULTS.read_text())

@@ -8,10 +8,11 @@ with the same resources and the same TLS security, against the local SLURM.
 Needs a SLURM with at least 16 free CPUs::
 
     ESAP_SLURM_CPUS=16 bash scripts/slurm.sh start
-    .venv/bin/python bench/worker_start.py --repeats 5
+    .venv/bin/python -m bench.worker_start --repeats 5
     bash scripts/slurm.sh start        # back to the default 8 CPUs for the tests
 
-Prints one line per run, then the medians, their ratio and a JSON summary.
+Prints one line per run, then the medians, their ratio and a JSON summary, and merges
+the figures into ``bench/results.json`` (``--no-record``: not).
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--no-record", action="store_true", help="do not merge the figures into bench/results.json"
+    )
     args = parser.parse_args(argv)
 
     if shutil.which("sbatch") is None or free_cpus() < args.workers:
@@ -145,6 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         f"({summary['dask-jobqueue']['median_sbatch']:g} sbatch); ratio {ratio:.2f}"
     )
     print(json.dumps(summary))
+    if not args.no_record:
+        from bench.common import report, summarize
+
+        case = f"workers/{args.workers} on the local SLURM"
+        kinds = ("arrays", "dask-jobqueue")
+        seconds = {k: [r["seconds"] for r in runs if r["kind"] == k] for k in kinds}
+        calls = {k: [float(r["sbatch"]) for r in runs if r["kind"] == k] for k in kinds}
+        report([
+            summarize(case, "arrays vs dask-jobqueue", "s", seconds["arrays"],
+                      baseline=seconds["dask-jobqueue"]),
+            summarize(case, "arrays sbatch calls", "calls", calls["arrays"]),
+            summarize(case, "dask-jobqueue sbatch calls", "calls", calls["dask-jobqueue"]),
+        ])
     return 0
 
 

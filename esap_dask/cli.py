@@ -96,6 +96,27 @@ def print_summary(summary: Any) -> None:
         out.print(f"provenance: {summary.provenance}", highlight=False)
 
 
+_storage_options_option = click.option(
+    "--storage-options",
+    metavar="JSON",
+    help='fsspec options of a URL --store, e.g. \'{"client_kwargs": {"endpoint_url": '
+    "\"http://127.0.0.1:8721\"}}' (default: the facility's, then the environment).",
+)
+
+
+def _parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """The ``--storage-options`` JSON object, or None when not given (exits 2 when bad)."""
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except ValueError as e:
+        _fail(f"--storage-options: not JSON ({e}); e.g. '{{\"anon\": true}}'")
+    if not isinstance(options, dict):
+        _fail("--storage-options: give a JSON object, e.g. '{\"anon\": true}'")
+    return options
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="esap-dask")
 def main() -> None:
@@ -135,12 +156,7 @@ def main() -> None:
 @click.option("--chunk", type=click.IntRange(min=1), help="Observations per chunk (new store).")
 @click.option("--shard", type=click.IntRange(min=1), help="Observations per shard (new store).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minimum observations per task.")
-@click.option(
-    "--storage-options",
-    metavar="JSON",
-    help='fsspec options of a URL --store, e.g. \'{"client_kwargs": {"endpoint_url": '
-    "\"http://127.0.0.1:8721\"}}' (default: the facility's, then the environment).",
-)
+@_storage_options_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def run(
     pipeline: str,
@@ -163,14 +179,7 @@ def run(
     """
     from esap_dask.mapper import map_observations
 
-    options = None
-    if storage_options:
-        try:
-            options = json.loads(storage_options)
-        except ValueError as e:
-            _fail(f"--storage-options: not JSON ({e}); e.g. '{{\"anon\": true}}'")
-        if not isinstance(options, dict):
-            _fail("--storage-options: give a JSON object, e.g. '{\"anon\": true}'")
+    options = _parse_storage_options(storage_options)
     summary = _guarded(
         lambda: map_observations(
             pipeline,
@@ -206,15 +215,33 @@ def run(
     metavar="PNG",
     help="Also render a summary picture (progress over time, durations, failures).",
 )
-def status(store: str, as_json: bool, max_failures: int, plot: str | None) -> None:
+@click.option(
+    "--facility",
+    "-f",
+    default="local",
+    show_default=True,
+    help="Whose storage options open a URL store (see `esap-dask facilities`).",
+)
+@_storage_options_option
+def status(
+    store: str,
+    as_json: bool,
+    max_failures: int,
+    plot: str | None,
+    facility: str,
+    storage_options: str | None,
+) -> None:
     """What STORE's ledger says: counts per status, runs, and failures with their messages."""
+    from esap_dask.facilities import storage_options_for
     from esap_dask.status import store_status
 
-    report = _guarded(lambda: store_status(store, max_failures=max_failures))
+    opts = storage_options_for(store, facility, _parse_storage_options(storage_options))
+    report = _guarded(lambda: store_status(store, max_failures=max_failures, storage_options=opts))
     if plot:
         from esap_dask.report import plot_status
 
-        err.print(f"summary picture: {_guarded(lambda: plot_status(store, plot))}")
+        picture = _guarded(lambda: plot_status(store, plot, storage_options=opts))
+        err.print(f"summary picture: {picture}")
     if as_json:
         click.echo(json.dumps(report, default=str))
         return

@@ -109,6 +109,14 @@ def test_helloworld_and_concordia_on_six_grid_workers_store_on_s3(
 
     ds = xr.open_zarr(f"s3://{bucket}/hello.zarr", storage_options=opts)
     assert str(ds.greeting.sel(obs="7").values) == "Hello, 7!"
+    from click.testing import CliRunner
+
+    from esap_dask.cli import main
+
+    for how in (["--facility", "dirac"], ["--storage-options", json.dumps(opts)]):
+        shown = CliRunner().invoke(main, ["status", f"s3://{bucket}/hello.zarr", "--json", *how])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output)["counts"]["done"] == 60, "status reads an S3 store"
     assert set(ds.ledger_worker.values) <= names and len(set(ds.ledger_worker.values)) > 1
     grid_ds = xr.open_zarr(f"s3://{bucket}/showers.zarr", storage_options=opts)
     assert grid_ds.xmax.shape == (12, 10) and grid_ds.depth.attrs["units"] == "g cm-2"
