@@ -93,7 +93,7 @@ def incremental(client: Client, sizes: list[int], repeats: int, work: Path) -> l
             some.append(s.seconds)
             shutil.rmtree(store)
         shutil.rmtree(inputs)
-        case = f"incremental/{n} files"
+        case = f"incremental/{n} tiny files (helloworld)"
         records += [
             summarize(case, "first run", "s", first),
             summarize(case, "rerun unchanged", "s", none, baseline=first),
