@@ -341,7 +341,14 @@ def map_observations(
         summary.dashboard = dashboard
         with gc_paused():
             summary.provenance = provenance.record_run(
-                group, store, summary, ctx, started=started, user=user, storage_options=opts
+                group,
+                store,
+                summary,
+                ctx,
+                todo.todo,
+                started=started,
+                user=user,
+                storage_options=opts,
             )
         consolidate(group.store)
         summary.seconds = round(time.perf_counter() - t0, 3)

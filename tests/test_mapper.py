@@ -398,7 +398,7 @@ def test_provenance_written_in_pieces_is_one_document(monkeypatch, n_inputs):
     ids = [f"obs{i}" for i in range(n_inputs)]
     inputs = {
         "id": np.asarray(ids, dtype=object),
-        "source": np.asarray([f"/d/{i}" for i in ids], dtype=object),
+        "source": np.asarray([f'/d/"é\\{i}' for i in ids], dtype=object),  # escapes
         "fingerprint": np.asarray(["1-2"] * n_inputs, dtype=object),
         "checksum": np.asarray(["ab" if i % 2 else "" for i in range(n_inputs)], dtype=object),
     }
@@ -406,6 +406,7 @@ def test_provenance_written_in_pieces_is_one_document(monkeypatch, n_inputs):
     entities = {e["voprov:name"]: e for e in parsed["entity"].values()
                 if e["prov:type"] == "voprov:Entity" and "esap:fingerprint" in e}
     assert sorted(entities) == sorted(ids)
+    assert [entities[i]["prov:location"] for i in ids] == [f'/d/"é\\{i}' for i in ids]
     assert [entities[i].get("voprov:checksum") for i in ids] == [
         "sha256:ab" if k % 2 else None for k in range(n_inputs)
     ]
