@@ -27,7 +27,8 @@ from esap_dask.store import StoreLayout, write_rows
 
 __all__ = ["MAX_TASKS", "TASKS_PER_THREAD", "execute", "gc_paused", "make_batches", "nthreads"]
 
-#: Tasks per worker thread that the automatic batch size aims for.
+#: Automatic batches: each takes at least 1/(TASKS_PER_THREAD x threads) of the rows left
+#: (whole write units), so a run starts with about this many tasks a thread, then shrinks.
 TASKS_PER_THREAD = 4
 #: Never more tasks than this in one run (scheduler overhead).
 MAX_TASKS = 5000

@@ -228,7 +228,8 @@ def map_observations(
     chunk, shard
         Observations per chunk and per shard, for a new store (default: automatic).
     batch_size
-        Minimum observations per task (default: automatic, about four tasks a thread).
+        Minimum observations per task (default: automatic, batches of a quarter of a
+        thread's share of the rows left, shrinking towards one write unit at the end).
     progress
         Show a progress bar (default: when attached to a terminal or a notebook).
     storage_options
