@@ -154,13 +154,11 @@ def execute(
                 batch = by_key.pop(fut.key)
                 if fut.status == "cancelled":  # aborted: its rows stay pending, for next time
                     continue
-                error = None if fut.status == "finished" else fut.exception()
-                report = None
-                if error is None:
-                    try:
-                        report = fut.result()
-                    except Exception as err:  # finished, but its result died with its worker
-                        error = err  # and the scheduler's recomputation died too
+                report, error = None, None
+                try:  # an error, or a result that died with its worker before it was fetched
+                    report = fut.result()
+                except Exception as err:
+                    error = err
                 fut.release()
                 if batch.index in isolated:
                     running_alone = False

@@ -203,7 +203,7 @@ def fingerprints(observations: Sequence[Observation], *, content: bool = False) 
     if content:
         return [fingerprint(o, content=True) for o in observations]
     result: list[str] = []
-    append, stat_of, is_dir = result.append, os.stat, stat.S_ISDIR
+    append, stat_of = result.append, os.stat
     for obs in observations:
         if obs.kind != "file":
             append(fingerprint(obs))
@@ -213,8 +213,12 @@ def fingerprints(observations: Sequence[Observation], *, content: bool = False) 
         except OSError:
             append(fingerprint(obs))  # missing or unreadable: say which
             continue
-        append("directory" if is_dir(st.st_mode) else f"{st.st_size}-{st.st_mtime_ns}")
+        append(_stat_fingerprint(st))
     return result
+
+
+def _stat_fingerprint(st: os.stat_result) -> str:
+    return "directory" if stat.S_ISDIR(st.st_mode) else f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def fingerprint(obs: Observation, *, content: bool = False) -> str:
@@ -231,11 +235,9 @@ def fingerprint(obs: Observation, *, content: bool = False) -> str:
             return "missing"
         except OSError as err:
             return f"unreadable:{err.errno}"
-        if stat.S_ISDIR(st.st_mode):
-            return "directory"
-        if content:
+        if content and not stat.S_ISDIR(st.st_mode):
             return "sha256:" + sha256_file(obs.value)
-        return f"{st.st_size}-{st.st_mtime_ns}"
+        return _stat_fingerprint(st)
     if obs.kind == "url":
         return "url:" + hashlib.sha256(str(obs.value).encode()).hexdigest()[:16]
     return "value:" + hashlib.sha256(repr(obs.value).encode()).hexdigest()[:16]

@@ -426,7 +426,7 @@ def test_batches_shrink_towards_the_end_and_keep_write_units_whole(n, unit):
     batches = make_batches(rows, unit, 1, parts=8)
     assert [p for b in batches for p in b] == rows  # every row once, in order
     for b in batches:  # no write unit split between two batches
-        assert b[0] % unit == 0 or b[0] == 0
+        assert b[0] % unit == 0
     sizes = [len(b) for b in batches]
     assert all(a >= b for a, b in pairwise(sizes))
     assert sizes[-1] <= max(unit, -(-n // 8))  # the last batch is small: workers end together
