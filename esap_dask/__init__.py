@@ -9,24 +9,60 @@ The public API::
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _pkg_version
+from typing import TYPE_CHECKING, Any
 
 import esap_dask.config  # noqa: F401 - registers esap-dask's Dask defaults
-from esap_dask.facilities import Facility, list_facilities, load_facility, open_cluster
-from esap_dask.ledger import read_ledger
-from esap_dask.mapper import RunSummary, map_observations
-from esap_dask.observations import Observation, ObservationError, as_observations
-from esap_dask.pipeline import (
-    Coordinate,
-    Parameter,
-    ParameterError,
-    Pipeline,
-    Schema,
-    SchemaError,
-    Variable,
-)
-from esap_dask.workflows import get_pipeline, list_pipelines
+
+if TYPE_CHECKING:
+    from esap_dask.facilities import Facility, list_facilities, load_facility, open_cluster
+    from esap_dask.ledger import read_ledger
+    from esap_dask.mapper import RunSummary, map_observations
+    from esap_dask.observations import Observation, ObservationError, as_observations
+    from esap_dask.pipeline import (
+        Coordinate,
+        Parameter,
+        ParameterError,
+        Pipeline,
+        Schema,
+        SchemaError,
+        Variable,
+    )
+    from esap_dask.workflows import get_pipeline, list_pipelines
+
+#: public name -> the module defining it; imported on first use, so that ``esap-dask
+#: --version`` (and every command) loads only what it uses, not zarr and the mapper.
+_LAZY = {
+    **dict.fromkeys(
+        ("Facility", "list_facilities", "load_facility", "open_cluster"), "esap_dask.facilities"
+    ),
+    "read_ledger": "esap_dask.ledger",
+    **dict.fromkeys(("RunSummary", "map_observations"), "esap_dask.mapper"),
+    **dict.fromkeys(
+        ("Observation", "ObservationError", "as_observations"), "esap_dask.observations"
+    ),
+    **dict.fromkeys(
+        ("Coordinate", "Parameter", "ParameterError", "Pipeline", "Schema", "SchemaError"),
+        "esap_dask.pipeline",
+    ),
+    "Variable": "esap_dask.pipeline",
+    **dict.fromkeys(("get_pipeline", "list_pipelines"), "esap_dask.workflows"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 try:
     __version__ = _pkg_version("esap-dask")

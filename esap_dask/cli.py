@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from esap_dask import __version__
+from esap_dask.extras import extra_of, install_hint
 
 EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -47,6 +48,14 @@ def _input_errors() -> tuple[type[Exception], ...]:
     )
 
 
+def _with_extra(message: str, err: BaseException) -> str:
+    """``message``, plus the install command when a missing optional extra caused ``err``."""
+    found = extra_of(err)
+    if found is None or install_hint(found[0]) in message:
+        return message
+    return f"{message}; {install_hint(found[0])}"
+
+
 def _guarded(action: Callable[[], Any]) -> Any:
     """Run ``action``, turning known errors into a one-line message and an exit code."""
     from esap_dask.lock import LockHeld
@@ -56,7 +65,16 @@ def _guarded(action: Callable[[], Any]) -> Any:
     except LockHeld as e:
         _fail(str(e), EXIT_LOCKED)
     except _input_errors() as e:
-        _fail(str(e))
+        _fail(_with_extra(str(e), e))
+    except ImportError as e:
+        found = extra_of(e)
+        if found is None:
+            raise
+        extra, module = found
+        _fail(
+            f"this needs the optional extra '{extra}' ({module} is not installed): "
+            f"{install_hint(extra)}"
+        )
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to finish the work", EXIT_INTERRUPTED)
 
@@ -382,7 +400,12 @@ def demo(directory: str, count: int, seed: int, facility: str) -> None:
 
 
 def _register_service() -> None:
-    """``esap-dask serve``: the UWS job service (FastAPI loads only when it runs)."""
+    """``esap-dask serve``: the UWS job service.
+
+    esap_dask.service.cli imports only click: FastAPI, uvicorn and SQLAlchemy (the
+    optional extra 'service') load when ``serve`` runs, which exits 2 naming the extra
+    when they are missing.
+    """
     from esap_dask.service.cli import serve
 
     main.add_command(serve)

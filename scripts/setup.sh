@@ -11,4 +11,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet --editable ".${extras}"
-echo "esap-dask installed in $(pwd)/.venv: $(.venv/bin/esap-dask --version)"
+# The installed command must run: a failure inside "$(...)" in echo's arguments would not
+# stop `set -e`, so the version is taken first, on its own.
+if ! version=$(.venv/bin/esap-dask --version); then
+    echo "error: esap-dask was installed in $(pwd)/.venv but '.venv/bin/esap-dask --version'" \
+        "fails (output above); the installation is broken" >&2
+    exit 1
+fi
+echo "esap-dask installed in $(pwd)/.venv: ${version}"

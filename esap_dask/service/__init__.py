@@ -13,7 +13,21 @@ records), ``web`` (the page), ``app`` (the FastAPI application), ``cli`` (``serv
 
 from __future__ import annotations
 
-from esap_dask.service.app import create_app
-from esap_dask.service.config import ServiceConfig
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from esap_dask.service.app import create_app
+    from esap_dask.service.config import ServiceConfig
 
 __all__ = ["ServiceConfig", "create_app"]
+
+_LAZY = {"create_app": "esap_dask.service.app", "ServiceConfig": "esap_dask.service.config"}
+
+
+def __getattr__(name: str) -> Any:
+    # FastAPI (the optional extra 'service') loads when the service is used, not when
+    # ``esap-dask`` registers its ``serve`` command from esap_dask.service.cli.
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

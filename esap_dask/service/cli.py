@@ -1,11 +1,14 @@
 """``esap-dask serve``: run the job service with uvicorn.
 
 Register it in the main CLI with ``main.add_command(serve)``; it also runs on its
-own as ``python -m esap_dask.service.cli``.
+own as ``python -m esap_dask.service.cli``. Importing this module is cheap: the
+service's libraries (the optional extra ``service``: FastAPI, uvicorn, SQLAlchemy)
+load when the command runs, and when they are missing it exits 2 naming the extra.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +64,28 @@ def serve(
     concurrency: int,
     max_wait: float,
 ) -> None:
-    """Start the UWS 1.1 job service (jobs at /uws/jobs, web page at /, API at /docs)."""
-    import uvicorn
+    """Start the UWS 1.1 job service (jobs at /uws/jobs, web page at /, API at /docs).
 
-    from esap_dask.service.app import create_app
-    from esap_dask.service.config import ServiceConfig
+    Needs the optional extra 'service': pip install 'esap-dask[service]'.
+    """
+    from esap_dask.extras import extra_of, install_hint
+
+    try:
+        import uvicorn
+
+        from esap_dask.service.app import create_app
+        from esap_dask.service.config import ServiceConfig
+    except ImportError as err:
+        found = extra_of(err)
+        if found is None:
+            raise
+        extra, module = found
+        click.echo(
+            f"error: esap-dask serve needs the optional extra '{extra}' ({module} is not "
+            f"installed): {install_hint(extra)}",
+            err=True,
+        )
+        sys.exit(2)
 
     if tokens is not None and not tokens.is_file():
         raise click.BadParameter(f"{tokens} does not exist", param_hint="--tokens")
