@@ -40,6 +40,7 @@ from esap_dask.store import (
     StoreLayout,
     append_observations,
     check_schema,
+    check_writable,
     consolidate,
     create_store,
     esap_attrs,
@@ -251,6 +252,7 @@ def map_observations(
     started = datetime.now(UTC)
     store = os.fspath(store)
     opts = storage_options_for(store, facility, storage_options)
+    check_writable(store, opts)
     with gc_paused():
         obs_list = as_observations(observations)
         fps = fingerprints(obs_list, content=content_hash)

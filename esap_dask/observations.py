@@ -135,7 +135,37 @@ def _expand(spec: str) -> list[Any]:
         # absolute and normalized already: build the observations directly (100,000s of them)
         ids = [m.rpartition("/")[2] for m in matches]
         return list(map(tuple.__new__, repeat(Observation), zip(ids, matches, repeat("file"))))
+    if path.is_dir():
+        raise ObservationError(_directory_hint(spec, path))
     return [str(path)]
+
+
+def _directory_hint(spec: str, path: Path) -> str:
+    """What to give instead of the directory ``spec``: its obs-index, or a glob of its files."""
+    base = spec.rstrip("/") or "/"
+    for name in ("obs-index.fits.gz", "obs-index.fits"):
+        if (path / name).is_file():
+            return (
+                f"observations {spec!r} is a directory; give its GADF index "
+                f"'{base}/{name}' (the observations it lists), or a glob such as "
+                f"'{base}/*.fits.gz'"
+            )
+    suffixes: dict[str, int] = {}
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name[0] != "." and entry.is_file():
+                suffix = "".join(Path(entry.name).suffixes[-2:]) or "*"
+                suffixes[suffix] = suffixes.get(suffix, 0) + 1
+    if suffixes:
+        common = max(suffixes, key=lambda k: suffixes[k])
+        pattern = f"{base}/*{common}" if common != "*" else f"{base}/*"
+        found = f"it holds {sum(suffixes.values())} file(s)"
+    else:
+        pattern, found = f"{base}/*.fits.gz", "it holds no files"
+    return (
+        f"observations {spec!r} is a directory ({found}); give a glob of the files "
+        f"to process, e.g. '{pattern}', or a list file (.txt, one path a line)"
+    )
 
 
 def as_observations(spec: Any) -> list[Observation]:

@@ -21,9 +21,11 @@ first, the ``obs`` coordinate (the commit point) last.
 from __future__ import annotations
 
 import asyncio
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +39,7 @@ __all__ = [
     "StoreError",
     "StoreLayout",
     "append_observations",
+    "check_writable",
     "consolidate",
     "contiguous_runs",
     "create_store",
@@ -109,6 +112,56 @@ def zarr_store(store: str, storage_options: Mapping[str, Any] | None = None) -> 
 
         return FsspecStore.from_url(store, storage_options=dict(storage_options or {}))
     return store.removeprefix("file://")
+
+
+def check_writable(store: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise StoreError when a run cannot write ``store`` and its lock; nothing is written.
+
+    A local store needs a writable directory for itself and for its lock file
+    (``<store>.lock``, beside it): the store's parent (or the nearest existing
+    ancestor, where a new store's directories would be made), and the store itself
+    when it exists. The check asks the kernel (``access(2)``), so it sees what a
+    write would meet: file modes and ACLs, a read-only file system (``EROFS``, also
+    for root), an immutable directory. A URL store needs its fsspec implementation
+    (``s3://``: the optional extra ``s3``); whether the bucket takes writes is known
+    only when the lock is written.
+    """
+    if "://" in store and not store.startswith("file://"):
+        import fsspec
+
+        protocol = store.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as err:
+            from esap_dask.extras import extra_of, install_hint
+
+            found = extra_of(err)
+            todo = install_hint(found[0]) if found else str(err)
+            raise StoreError(f"{store}: {protocol}:// stores need {todo}") from err
+        except ValueError as err:
+            raise StoreError(f"{store}: unknown protocol {protocol!r} ({err})") from err
+        return
+    path = Path(store.removeprefix("file://")).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise StoreError(
+            f"{store}: is a file, not a Zarr store (a directory); give another --store"
+        )
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    for directory in ([path] if path.exists() else []) + [parent]:
+        if os.access(directory, os.W_OK | os.X_OK):
+            continue
+        try:
+            read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "on a read-only file system" if read_only else "not writable by you"
+        what = "the store" if directory == path else f"its directory {directory}"
+        raise StoreError(
+            f"{store}: cannot write {what} ({why}; the store and its lock file "
+            f"{path.name}.lock need it); give a --store in a directory you can write"
+        )
 
 
 def _create(
