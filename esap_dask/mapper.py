@@ -25,8 +25,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import dask.config
-
 from esap_dask import provenance
 from esap_dask.batch import BatchReport, RunContext
 from esap_dask.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
@@ -124,49 +122,88 @@ def _function_identity(function: Callable[..., Any]) -> tuple[str, str]:
     return name, hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
-def _as_pipeline(pipeline: Any, client: Any, first: Any) -> Pipeline:
+#: Observations a plain function is tried on to infer its output schema.
+INFER_FROM = 3
+
+
+def _as_pipeline(pipeline: Any, client: Any, obs_list: Sequence[Any]) -> Pipeline:
     if isinstance(pipeline, Pipeline):
         return pipeline
     if isinstance(pipeline, (str, os.PathLike)):
         return get_pipeline(pipeline)
     if callable(pipeline):
         name, version = _function_identity(pipeline)
-        example = client.submit(pipeline, first.value, pure=False).result()
         return Pipeline(
-            name=name, version=version, function=pipeline, schema=infer_schema(name, example)
+            name=name,
+            version=version,
+            function=pipeline,
+            schema=_infer(name, pipeline, client, obs_list),
         )
     raise TypeError(f"pipeline must be a Pipeline, a name, a .py path or a function: {pipeline!r}")
 
 
+def _infer(name: str, function: Any, client: Any, obs_list: Sequence[Any]) -> Schema:
+    """The output schema of a plain function, from its results on a few observations.
+
+    The first, middle and last observations run on the cluster: the schema comes
+    from the first that succeeds, and results of different shapes or types are an
+    error naming both observations (a schema must hold for every observation).
+    """
+    picks = sorted({0, len(obs_list) // 2, len(obs_list) - 1})[:INFER_FROM]
+    futures = [client.submit(function, obs_list[i].value, pure=False) for i in picks]
+    schemas: list[tuple[str, Schema]] = []
+    errors: list[str] = []
+    for i, fut in zip(picks, futures, strict=True):
+        oid = obs_list[i].id
+        try:
+            schemas.append((oid, infer_schema(name, fut.result())))
+        except SchemaError:
+            raise
+        except Exception as err:
+            errors.append(f"{oid}: {type(err).__name__}: {err}")
+    if not schemas:
+        raise SchemaError(
+            f"function {name!r} failed on each observation its output schema was inferred "
+            f"from ({'; '.join(errors)}); fix the function or the observations, or declare "
+            "its schema with an esap_dask.Pipeline"
+        )
+    first_id, first = schemas[0]
+    for oid, other in schemas[1:]:
+        if other.describe() != first.describe():
+            raise SchemaError(
+                f"function {name!r} returns results of different shapes or types for "
+                f"{first_id} and {oid}; return the same shapes for every observation (pad "
+                "them), or declare its schema with an esap_dask.Pipeline"
+            )
+    return first
+
+
 @contextlib.contextmanager
-def _client_for(client: Any, facility: str) -> Iterator[Any]:
-    """The given client, else the default client, else a cluster of ``facility``."""
-    if client is not None:
-        yield client
-        return
-    from distributed import Client, default_client
+def _client_for(client: Any, facility: str, notes: list[str]) -> Iterator[Any]:
+    """The given client, else the default client, else a cluster of ``facility``.
 
-    try:
-        existing = default_client()
-    except ValueError:  # no default client: start a cluster of the facility below
-        existing = None
-    if existing is not None:  # yielded outside any try: the caller's errors pass through
-        yield existing
-        return
-    from esap_dask.facilities import open_cluster
+    Whichever it is becomes the current client of this thread for the run, and a
+    cluster that asked for no workers adapts to the load (see
+    :func:`esap_dask.connect.ensure_workers`); ``notes`` receives what to say about it.
+    """
+    from distributed import default_client
 
-    cluster = open_cluster(facility)
-    try:
-        if (
-            not getattr(cluster, "worker_spec", None)
-            and getattr(cluster, "_adaptive", None) is None
-        ):
-            # a batch or grid facility with no workers asked for: let the load decide
-            cluster.adapt(minimum=0, maximum=int(dask.config.get("esap.max-workers", 8)))
-        with Client(cluster) as own:
-            yield own
-    finally:
-        cluster.close()
+    from esap_dask.connect import ensure_workers, facility_client
+
+    if client is None:
+        try:
+            client = default_client()
+        except ValueError:  # no default client: start a cluster of the facility below
+            client = None
+    if client is not None:  # yielded outside any try: the caller's errors pass through
+        note = ensure_workers(getattr(client, "cluster", None))
+        if note:
+            notes.append(note)
+        with client.as_current():
+            yield client
+        return
+    with facility_client(facility, notes=notes) as own, own.as_current():
+        yield own
 
 
 def _cluster_notes(client: Any) -> list[str]:
@@ -260,7 +297,7 @@ def map_observations(
     with StoreLock(store, run_id, storage_options=opts) as lock:
         group = _open_or_none(store, opts)
         named = isinstance(pipeline, (Pipeline, str, os.PathLike))
-        pipe = _as_pipeline(pipeline, None, None) if named else None
+        pipe = _as_pipeline(pipeline, None, []) if named else None
         if pipe is not None:
             name, version = pipe.name, pipe.version
         elif callable(pipeline):
@@ -299,9 +336,10 @@ def map_observations(
             )
         if group is not None and not todo.todo:  # nothing to do: no cluster started
             return _summary(store, run_id, name, version, facility, obs_list, todo, [], t0)
-        with _client_for(client, facility) as cl:
+        client_notes: list[str] = []
+        with _client_for(client, facility, client_notes) as cl:
             if pipe is None:
-                pipe = _as_pipeline(pipeline, cl, obs_list[0])
+                pipe = _as_pipeline(pipeline, cl, obs_list)
                 resolved = pipe.resolve(params)
             schema = pipe.output_schema(resolved)
             if group is None:
@@ -340,7 +378,7 @@ def map_observations(
         summary = _summary(
             store, run_id, pipe.name, pipe.version, facility, obs_list, todo, reports, t0
         )
-        summary.notes += cluster_notes
+        summary.notes += client_notes + cluster_notes
         summary.dashboard = dashboard
         with gc_paused():
             summary.provenance = provenance.record_run(

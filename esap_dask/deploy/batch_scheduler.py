@@ -20,7 +20,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from dask_jobqueue.slurm import SLURMJob
+from esap_dask.deploy.jobqueue_import import SLURMJob
 from distributed.deploy.spec import ProcessInterface
 from distributed.security import Security
 

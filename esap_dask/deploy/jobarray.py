@@ -14,7 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dask_jobqueue.slurm import SLURMJob
+from esap_dask.deploy.jobqueue_import import SLURMJob
 
 from esap_dask.deploy.jobstate import WorkerJobError
 

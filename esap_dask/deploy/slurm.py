@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from dask.utils import parse_timedelta
-from dask_jobqueue import SLURMCluster
-from dask_jobqueue.slurm import SLURMJob
+from esap_dask.deploy.jobqueue_import import SLURMCluster, SLURMJob
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +44,8 @@ RETRY = "RETRY"
 MAX_ATTEMPTS = 3
 #: Seconds before a job whose cluster did not start is tried again.
 RETRY_DELAY = 5.0
+#: Seconds a stopped job's tasks get to end before their workers are restarted.
+RECLAIM_GRACE = 2.0
 _ACTIVE = ["PENDING", "QUEUED", "HELD", "SUSPENDED", "EXECUTING"]
 
 
@@ -233,7 +235,7 @@ class JobRunner:
 
         directory = self.job_dir(job_id)
         directory.mkdir(parents=True, exist_ok=True)
-        store = directory / STORE_NAME
+        store, store_options = self.config.job_store(job_id)
         try:
             spec = parse_spec(parameters)
             self.log(
@@ -242,7 +244,7 @@ class JobRunner:
                 f"facility {spec.facility} with {json.dumps(spec.params, default=str)}",
             )
             try:
-                client, disconnect = self._connect(spec.facility)
+                client, disconnect = self._connect(spec.facility, job_id)
             except Exception as err:
                 if self._closing or state.stop_reason:
                     raise
@@ -269,6 +271,7 @@ class JobRunner:
                         facility=spec.facility,
                         progress=False,
                         user=owner,
+                        storage_options=store_options,
                     )
             finally:
                 with state.lock:
@@ -276,7 +279,7 @@ class JobRunner:
                 with contextlib.suppress(Exception):
                     disconnect()
         except BaseException as err:
-            write_ledger(directory, store)
+            write_ledger(directory, store, store_options)
             if self._closing and state.stop_reason in (None, SHUTDOWN):
                 self.log(
                     job_id,
@@ -291,7 +294,7 @@ class JobRunner:
             return "ERROR", {"error_type": "fatal", "error_message": f"{type(err).__name__}: {err}"}
         record = summary.to_dict()
         (directory / "summary.json").write_text(json.dumps(record, indent=1, default=str))
-        write_ledger(directory, store)
+        write_ledger(directory, store, store_options)
         if state.stop_reason:
             stopped = "QUEUED" if state.stop_reason == SHUTDOWN else "ABORTED"
             self.log(
@@ -315,33 +318,28 @@ class JobRunner:
         )
         return "ERROR", {"summary": record, "error_type": "transient", "error_message": message}
 
-    def _connect(self, facility: str) -> tuple[Any, Callable[[], None]]:
+    def _connect(self, facility: str, job_id: str) -> tuple[Any, Callable[[], None]]:
         """A Dask client for a job on ``facility``, and the function that lets it go.
 
         ``local`` jobs connect to the service-wide cluster; other facilities get a
-        cluster of their own, closed with the client.
+        cluster of their own (adaptive when the facility asks for no workers),
+        closed with the client, which cancels its batch or grid jobs, and named
+        :func:`job_label` so that an operator finds them (``squeue -n``). The client
+        comes from :func:`esap_dask.connect.facility_client`, as the CLI's and the
+        Python API's do.
         """
-        from distributed import Client
+        from esap_dask.connect import facility_client
 
-        if facility == "local":
-            client = Client(self._shared_cluster(), set_as_default=False)
-            return client, client.close
-        from esap_dask.facilities import open_cluster
-
-        cluster = open_cluster(facility)
+        shared = self._shared_cluster() if facility == "local" else None
+        stack = contextlib.ExitStack()
         try:
-            client = Client(cluster, set_as_default=False)
+            client = stack.enter_context(
+                facility_client(facility, cluster=shared, label=job_label(job_id))
+            )
         except BaseException:
-            cluster.close()
+            stack.close()
             raise
-
-        def disconnect() -> None:
-            try:
-                client.close()
-            finally:
-                cluster.close()
-
-        return client, disconnect
+        return client, stack.close
 
     def _shared_cluster(self) -> Any:
         """The service-wide LocalCluster, (re)started when it is missing or no longer running."""
@@ -374,8 +372,59 @@ class JobRunner:
         from distributed import Future
 
         with contextlib.suppress(Exception):
-            futures: list[Any] = [Future(key, client) for key in list(client.futures)]
-            client.cancel(futures, force=True)
+            keys = list(client.futures)
+            mine = {str(k) for k in keys}
+            busy = {w for w, ks in client.processing().items() if mine & {str(k) for k in ks}}
+            client.cancel([Future(key, client) for key in keys], force=True)
+            if busy and self._cluster is not None and client.cluster is self._cluster:
+                threading.Thread(
+                    target=self._reclaim, args=(job_id, mine, busy), daemon=True
+                ).start()
+
+    def _reclaim(self, job_id: str, keys: set[str], workers: set[str]) -> None:
+        """Restart the shared cluster's workers that still run a stopped job's tasks.
+
+        Cancelling a future does not stop the Python thread that runs it: a task
+        stuck on a slow read or a long computation would hold its worker, and every
+        other user's jobs queued behind it, until it returns by itself. A worker
+        still running one of ``keys`` :data:`RECLAIM_GRACE` seconds after the
+        cancel is restarted by its nanny (its other tasks are rescheduled).
+        """
+        from distributed import Client
+
+        deadline = time.monotonic() + RECLAIM_GRACE
+        try:
+            with Client(self._shared_cluster(), set_as_default=False) as client:
+                while workers and time.monotonic() < deadline:
+                    time.sleep(0.25)
+                    running = client.run(_running_keys, workers=sorted(workers), on_error="return")
+                    workers = {
+                        w for w, ks in running.items() if not isinstance(ks, list) or keys & set(ks)
+                    }
+                if workers:
+                    self.log(
+                        job_id,
+                        f"restarting {len(workers)} worker(s) still running its stopped tasks",
+                    )
+                    client.restart_workers(sorted(workers), timeout=60, raise_for_error=False)
+        except Exception as err:  # the cluster may be closing with the service
+            self.log(job_id, f"could not reclaim the workers of its stopped tasks: {err}")
 
     def _remove_files(self, job_id: str) -> None:
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        from esap_dask.service.stores import remove_job_files
+
+        remove_job_files(self.config, job_id)
+
+
+def job_label(job_id: str) -> str:
+    """The name of a job's batch or grid jobs: ``esap-uws-`` and its id's first 12 characters."""
+    return f"esap-uws-{job_id[:12]}"
+
+
+def _running_keys(dask_worker: Any) -> list[str]:
+    """Keys of the tasks a worker's threads are running, cancelled ones included."""
+    return [str(ts.key) for ts in dask_worker.state.tasks.values() if ts.state in _OCCUPYING]
+
+
+#: Worker task states that hold an executor thread.
+_OCCUPYING = ("executing", "long-running", "cancelled", "resumed")
