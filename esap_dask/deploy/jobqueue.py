@@ -179,7 +179,7 @@ def renew_after(lifetime: float, stagger: float) -> float:
 
 
 def _cluster_class(facilitytype: str, array: bool) -> type[Cluster]:
-    import dask_jobqueue
+    from esap_dask.deploy.jobqueue_import import dask_jobqueue
 
     if facilitytype == "slurm" and array:
         from esap_dask.deploy.slurm import SLURMArrayCluster
