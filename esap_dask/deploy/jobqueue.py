@@ -61,10 +61,12 @@ from distributed.deploy import Cluster
 
 from esap_dask.deploy.containers import facility_python
 from esap_dask.deploy.environment import job_script_prologue
+from esap_dask.deploy.options import check_options, keywords
 from esap_dask.deploy.tls import new_cluster_security, security_directory
 from esap_dask.facilities import Facility, FacilityError
 
 __all__ = [
+    "jobqueue_keywords",
     "lifetime_arguments",
     "open_jobqueue",
     "parse_walltime",
@@ -81,6 +83,20 @@ _CLASSES = {
 }
 _SLURM_ONLY = ("array", "array_cap", "poll_interval", "max_array_size")
 _SCHEDULER_KEYS = ("host", "dashboard_address", "port")
+#: Options esap-dask reads itself (the module docstring); the rest go to dask-jobqueue.
+_OWN_KEYS = (
+    *_SLURM_ONLY,
+    *_SCHEDULER_KEYS,
+    "n_workers",
+    "adapt",
+    "tls",
+    "tls_directory",
+    "lifetime_margin",
+    "lifetime_stagger",
+    "container",
+    "scheduler_in_job",
+    "scheduler_job",
+)
 
 
 def parse_walltime(walltime: str | int | float, facilitytype: str = "slurm") -> float:
@@ -188,6 +204,24 @@ def _cluster_class(facilitytype: str, array: bool) -> type[Cluster]:
     return getattr(dask_jobqueue, _CLASSES[facilitytype])
 
 
+def jobqueue_keywords(facilitytype: str, array: bool = True) -> set[str]:
+    """The option names a batch facility takes: esap-dask's and its dask-jobqueue classes'.
+
+    Those of the cluster class and of its job class (and of their dask-jobqueue
+    base classes: ``JobQueueCluster`` passes what it does not take to the job).
+    """
+    from dask_jobqueue.core import Job, JobQueueCluster
+
+    cls = _cluster_class(facilitytype, array)
+    inits = [
+        k.__dict__["__init__"]
+        for base, top in ((cls, JobQueueCluster), (getattr(cls, "job_cls", Job), Job))
+        for k in base.__mro__
+        if issubclass(k, top) and "__init__" in k.__dict__
+    ]
+    return set(_OWN_KEYS) | keywords(*inits)
+
+
 def _prologue(opts: dict[str, Any], ftype: str) -> list[str]:
     """The job script's prologue: the worker environment's exports, then the facility's lines.
 
@@ -254,6 +288,12 @@ def open_jobqueue(facility: Facility, options: dict[str, Any]) -> Cluster:
             f"facility {facility.name!r}: open_jobqueue handles {', '.join(_CLASSES)}, "
             f"not {ftype!r}"
         )
+    check_options(
+        facility,
+        options,
+        jobqueue_keywords(ftype, bool(options.get("array", True))),
+        "dask-jobqueue's (the cluster's and its job's)",
+    )
     opts = dict(options)
     array = bool(opts.pop("array", True))
     if ftype != "slurm" or not array:
