@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["EXTRAS", "MissingExtra", "extra_of", "install_hint", "missing_module"]
+__all__ = [
+    "EXTRAS",
+    "FACILITY_EXTRAS",
+    "MissingExtra",
+    "extra_of",
+    "install_hint",
+    "missing_module",
+    "require",
+]
 
 #: extra -> the top-level modules of it that esap-dask imports.
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -38,8 +46,11 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "s3": ("s3fs", "aiobotocore", "botocore"),
 }
 
+#: facility type -> the extra its cluster manager needs.
+FACILITY_EXTRAS = {"ssh": "ssh"}
 
-class MissingExtra(ImportError):
+
+class MissingExtra(ModuleNotFoundError):
     """A feature needs an optional extra that is not installed; the message says how to add it."""
 
     def __init__(self, extra: str, module: str, feature: str) -> None:
@@ -91,3 +102,17 @@ def missing_module(extra: str) -> str | None:
         except (ImportError, ValueError):
             return module
     return None
+
+
+def require(extra: str, feature: str) -> None:
+    """Raise :class:`MissingExtra` when ``extra`` is not installed; ``feature`` needs it.
+
+    Examples
+    --------
+    >>> require("ssh", "facility 'cluster' (type ssh)")  # doctest: +SKIP
+    MissingExtra: facility 'cluster' (type ssh) needs the optional extra 'ssh' (asyncssh is
+    not installed): pip install 'esap-dask[ssh]'
+    """
+    module = missing_module(extra)
+    if module is not None:
+        raise MissingExtra(extra, module, feature)

@@ -41,6 +41,8 @@ from typing import Any
 import dask.config
 import yaml
 
+from esap_dask.extras import FACILITY_EXTRAS, MissingExtra, require
+
 __all__ = [
     "FACILITY_TYPES",
     "MANAGERS",
@@ -235,7 +237,11 @@ def open_cluster(name: str = "local", **overrides: Any) -> Any:
     target = MANAGERS[fac.facilitytype]
     module_name, func_name = target.split(":")
     try:
+        if fac.facilitytype in FACILITY_EXTRAS:
+            require(FACILITY_EXTRAS[fac.facilitytype], f"facility {name!r}")
         module = importlib.import_module(module_name)
+    except MissingExtra as err:
+        raise FacilityError(str(err)) from err
     except ModuleNotFoundError as err:
         raise FacilityError(
             f"facility {name!r}: the {fac.facilitytype} cluster manager is not available "

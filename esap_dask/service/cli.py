@@ -52,6 +52,18 @@ __all__ = ["serve"]
     type=float,
     help="Longest blocking WAIT, in seconds.",
 )
+@click.option(
+    "--store-root",
+    help="Put every job's Zarr store at STORE_ROOT/<job id>/store.zarr: an object store "
+    "URL (s3://bucket/prefix), required by facilities whose workers share no filesystem "
+    "with the service (dirac), or a directory [default: the job's directory under --data].",
+)
+@click.option(
+    "--store-options",
+    help="fsspec storage options of --store-root as a JSON object, e.g. "
+    '\'{"client_kwargs": {"endpoint_url": "https://s3.example.org"}}\'; for s3:// completed '
+    "from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL.",
+)
 def serve(
     host: str,
     port: int,
@@ -63,6 +75,8 @@ def serve(
     jwks: str | None,
     concurrency: int,
     max_wait: float,
+    store_root: str | None = None,
+    store_options: str | None = None,
 ) -> None:
     """Start the UWS 1.1 job service (jobs at /uws/jobs, web page at /, API at /docs).
 
@@ -98,6 +112,8 @@ def serve(
         jwks=jwks,
         concurrency=concurrency,
         max_wait=max_wait,
+        store_root=store_root,
+        store_options=_json_object(store_options, "--store-options"),
     )
     try:
         app = create_app(config)
@@ -116,6 +132,21 @@ def serve(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10
     )
     Server(config_).run()
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line, or a usage error naming ``option``."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"not JSON ({err}): {text!r}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"give a JSON object ({{...}}), not {text!r}", param_hint=option)
+    return value
 
 
 if __name__ == "__main__":

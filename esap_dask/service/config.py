@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ServiceConfig"]
 
@@ -46,6 +47,15 @@ class ServiceConfig:
         and destruction times (see :mod:`esap_dask.service.reaper`).
     cluster_options
         Keyword overrides for the service-wide ``local`` cluster (``open_cluster``).
+    store_root
+        Where every job's Zarr store goes, as ``<store_root>/<job id>/store.zarr``: a
+        URL (``s3://bucket/prefix``) or a directory. Default: the job's directory.
+        Facilities whose workers share no filesystem with the service (``dirac``) need
+        a URL (see :mod:`esap_dask.service.stores`).
+    store_options
+        fsspec storage options of ``store_root`` (endpoint, credentials); for ``s3://``
+        completed from ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
+        ``AWS_ENDPOINT_URL`` as :func:`esap_dask.facilities.storage_options_for` does.
     """
 
     data_dir: Path
@@ -62,11 +72,25 @@ class ServiceConfig:
     concurrency: int = 4
     reaper_interval: float = 0.5
     cluster_options: dict[str, object] = field(default_factory=dict)
+    store_root: str | None = None
+    store_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         if self.tokens_file is not None:
             self.tokens_file = Path(self.tokens_file).expanduser()
+        if self.store_root is not None:
+            root = str(self.store_root).strip()
+            if not root:
+                self.store_root = None
+            elif "://" in root and not root.startswith("file://"):
+                self.store_root = root.rstrip("/")
+            else:
+                self.store_root = str(Path(root.removeprefix("file://")).expanduser().resolve())
+        if not isinstance(self.store_options, dict):
+            raise ValueError(
+                f"store_options must be a mapping of fsspec options, not {self.store_options!r}"
+            )
 
     @property
     def database(self) -> str:
@@ -81,6 +105,18 @@ class ServiceConfig:
     def job_dir(self, job_id: str) -> Path:
         """The directory of one job (store, provenance, log, summary)."""
         return self.jobs_dir / job_id
+
+    def job_store(self, job_id: str, facility: str | None = None) -> tuple[str, dict[str, Any]]:
+        """``(url, storage_options)`` of job ``job_id``'s Zarr store.
+
+        Given ``facility``, raises :class:`~esap_dask.service.stores.StoreRootError` (a
+        ``ValueError``) when its workers share no filesystem with the service and no URL
+        store root is configured. See :func:`esap_dask.service.stores.job_store`.
+        """
+        from esap_dask.service.stores import job_store
+
+        store = job_store(self, job_id, facility)
+        return store.url, dict(store.storage_options)
 
     def prepare(self) -> None:
         """Create the data directories."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,24 @@ def append_log(directory: Path, message: str) -> None:
             f.write(f"{stamp} {message}\n")
 
 
-def write_ledger(directory: Path, store: Path) -> None:
-    """Write ``ledger.json`` (the store's ledger summary) when the store exists."""
+def write_ledger(
+    directory: Path,
+    store: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``ledger.json`` (the store's ledger summary) when the store exists.
+
+    ``store`` is a path or a URL (a store under the service's store root) reached with
+    ``storage_options``.
+    """
+    from esap_dask.service.stores import JobStore
     from esap_dask.store import open_store
 
-    if not store.exists():
-        return
+    where = JobStore(os.fspath(store), dict(storage_options or {}))
     with contextlib.suppress(Exception):
-        group = open_store(str(store))
+        if not where.exists():
+            return
+        group = open_store(where.url, storage_options=where.storage_options, mode="r")
         (directory / "ledger.json").write_text(
             json.dumps(ledger_summary(group), indent=1, default=str)
         )

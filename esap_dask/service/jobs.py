@@ -18,6 +18,7 @@ duration once a job has left PENDING, are refused with 403.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -67,15 +68,58 @@ class NotFound(ServiceError):
     status = 404
 
 
+#: A reduced-precision date: a year, or a year and a month (``2015``, ``2015-10``).
+_REDUCED = re.compile(r"(\d{4})(?:-(\d{2}))?")
+#: An ordinal date, extended or basic (``2015-299``, ``2015299``).
+_ORDINAL = re.compile(r"(\d{4})-?(\d{3})")
+#: A UTC offset after a space (``-05:00``; ``01``, ``0100``, ``01:00``: a ``+`` that an
+#: unencoded query string turned into a space).
+_OFFSET = re.compile(r"([+-]?)(\d{2}(?::?\d{2})?)")
+
+
+def _iso_instant(text: str) -> datetime:
+    """Parse one ISO 8601 date or date-time, as clients send them (ValueError otherwise)."""
+    if m := _REDUCED.fullmatch(text):
+        return datetime(int(m[1]), int(m[2] or 1), 1)
+    if m := _ORDINAL.fullmatch(text):
+        return datetime(int(m[1]), 1, 1) + timedelta(days=int(m[2]) - 1)
+    parts = text.split()
+    if len(parts) == 2 and "T" in parts[0].upper():  # date-time, offset
+        parts = [*parts[0].upper().split("T", 1), parts[1]]
+    if len(parts) == 3 and (m := _OFFSET.fullmatch(parts[2])):  # date, time, offset
+        text = f"{parts[0]}T{parts[1]}{m[1] or '+'}{m[2]}"
+    # Python's parser takes the rest: basic and extended formats, a space or T, week
+    # dates, reduced times (T10, T10:15), fractional seconds with . or , (any number of
+    # digits), Z and offsets +01, +0100, +01:00.
+    return datetime.fromisoformat(text)
+
+
 def parse_time(name: str, value: str) -> datetime:
-    """An ISO-8601 instant (UTC when no offset is given), or BadRequest naming ``name``."""
+    """An ISO 8601 instant as aware UTC, or BadRequest naming ``name``.
+
+    Every form clients send is accepted: a date alone (``2015-10-26``, ``20151026``),
+    reduced precision (``2015``, ``2015-10``: the start of that year or month), the
+    basic format (``20151026T101500Z``), a space instead of ``T``, fractional
+    seconds, ``Z`` or an offset (``+01``, ``+0100``, ``-05:00``; a ``+`` that an
+    unencoded query string turned into a space is read as ``+``), and the
+    ``creationTime`` of a job as the job list shows it. Without an offset the time
+    is UTC.
+
+    Examples
+    --------
+    >>> parse_time("AFTER", "2015-10").isoformat()
+    '2015-10-01T00:00:00+00:00'
+    >>> parse_time("AFTER", "20151026T101500+0100").isoformat()
+    '2015-10-26T09:15:00+00:00'
+    """
     text = value.strip()
     try:
-        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.upper().endswith("Z") else text)
+        t = _iso_instant(text)
         return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
     except (ValueError, OverflowError):
         raise BadRequest(
-            f"{name}={value!r} is not an ISO-8601 instant; give e.g. 2030-01-31T12:00:00Z"
+            f"{name}={value!r} is not an ISO 8601 instant; give e.g. 2030-01-31T12:00:00Z, "
+            "2030-01-31 or 2030-01"
         ) from None
 
 

@@ -13,18 +13,24 @@ import asyncio
 import contextlib
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from esap_dask.service import uwsxml
 from esap_dask.service.db import JobRow
 from esap_dask.service.jobs import BadRequest, JobService, NotFound
+from esap_dask.service.stores import BadKey, parse_range, read_blocks
 
 __all__ = ["make_router"]
 
@@ -255,12 +261,16 @@ def make_router(service: JobService, user: Any) -> APIRouter:
     @router.get("/jobs/{job_id}/results/store", response_class=FileResponse)
     def get_store(job_id: str, owner: User) -> FileResponse:
         """The job's Zarr store as a zip archive."""
-        store = service.store_path(service.get(owner, job_id))
-        if not (store / "zarr.json").exists():
+        store = service.store(service.get(owner, job_id))
+        if not store.exists():
             raise NotFound(f"job {job_id} has no store yet; wait until it ran")
         fd, name = tempfile.mkstemp(suffix=".zip")
         os.close(fd)
-        _zip(store, Path(name))
+        try:
+            store.write_zip(Path(name))
+        except BaseException:
+            os.unlink(name)
+            raise
         return FileResponse(
             name,
             media_type="application/zip",
@@ -268,19 +278,39 @@ def make_router(service: JobService, user: Any) -> APIRouter:
             background=BackgroundTask(os.unlink, name),
         )
 
-    @router.get("/jobs/{job_id}/results/store/{path:path}", response_class=FileResponse)
-    def get_store_file(job_id: str, path: str, owner: User) -> FileResponse:
-        """One file of the job's Zarr store (so the store can be read over HTTP)."""
-        store = service.store_path(service.get(owner, job_id)).resolve()
-        target = (store / path).resolve()
-        if not target.is_relative_to(store) or not target.is_file():
-            raise NotFound(f"job {job_id}'s store has no file {path!r}")
-        return FileResponse(target)
+    @router.api_route(
+        "/jobs/{job_id}/results/store/{key:path}",
+        methods=["GET", "HEAD"],
+        response_class=Response,
+        responses={206: {"description": "Partial Content (a Range request)"}},
+    )
+    def get_store_key(request: Request, job_id: str, key: str, owner: User) -> Response:
+        """One key of the job's Zarr store, read-only: the store opens over HTTP.
+
+        ``xr.open_zarr(f"{job_url}/results/store", storage_options={"headers": ...})``
+        reads the consolidated metadata from ``zarr.json``, then the chunks it needs;
+        a missing key is 404 (zarr reads it as the fill value). ``Range: bytes=...``
+        (one range) gives 206 Partial Content.
+        """
+        store = service.store(service.get(owner, job_id))
+        try:
+            found = store.key(key)
+        except BadKey as err:
+            raise BadRequest(f"job {job_id}'s store: {err}") from None
+        if found is None:
+            raise NotFound(f"job {job_id}'s store has no key {key!r}")
+        fs, path, size = found
+        media = "application/json" if key.endswith(".json") else "application/octet-stream"
+        return _stream(request, fs, path, size, media)
 
     @router.get("/jobs/{job_id}/results/{result_id}", response_class=FileResponse)
-    def get_result(job_id: str, result_id: str, owner: User) -> FileResponse:
+    def get_result(request: Request, job_id: str, result_id: str, owner: User) -> Response:
         """One result: provenance (PROV-JSON), log, ledger or summary."""
         row = service.get(owner, job_id)
+        if result_id == "provenance":
+            prov = service.store(row).provenance()
+            if prov is not None:
+                return _stream(request, *prov, "application/json")
         path = service.result_path(row, result_id)
         if path is None:
             ids = ", ".join(r["id"] for r in service.results(row, "")) or "none yet"
@@ -327,8 +357,25 @@ async def _wait(
         service.events.unregister(row.id, fut)
 
 
-def _zip(store: Path, target: Path) -> None:
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(store.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"{store.name}/{path.relative_to(store)}")
+def _stream(request: Request, fs: Any, path: str, size: int, media_type: str) -> Response:
+    """A file of ``size`` bytes on ``fs``, streamed in bounded blocks; HEAD and one Range."""
+    headers = {"Accept-Ranges": "bytes"}
+    try:
+        span = parse_range(request.headers.get("range"), size)
+    except ValueError as err:
+        return PlainTextResponse(
+            str(err), status_code=416, headers={"Content-Range": f"bytes */{size}"}
+        )
+    start, stop = span or (0, size)
+    status = 206 if span else 200
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    headers["Content-Length"] = str(stop - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(
+        read_blocks(fs, path, start, stop - start),
+        status_code=status,
+        headers=headers,
+        media_type=media_type,
+    )
