@@ -91,7 +91,9 @@ def _check(url: str, iss: str) -> None:
     assert created.status_code == 303, created.text
     job = created.headers["Location"]
     assert requests.get(job, headers=alice).status_code == 200
-    assert requests.get(f"{job}/owner", headers=alice).text == "alice"
+    # OIDC users are namespaced by their issuer and identified by their subject (sub).
+    owner = f"oidc:{iss.split('://', 1)[1]}:id-alice"
+    assert requests.get(f"{job}/owner", headers=alice).text == owner
     bob = {"Authorization": f"Bearer {token(iss, 'bob')}"}
     assert requests.get(job, headers=bob).status_code == 404
     assert requests.get(job, auth=("x", token(iss, "alice"))).status_code == 200
@@ -120,3 +122,18 @@ def test_jwt_keys_from_a_jwks_file(tmp_path: Path) -> None:
     extra = ["--oidc-issuer", iss, "--oidc-audience", "esap", "--jwks", str(jwks)]
     with ServiceProcess(tmp_path / "data", None, extra=extra) as svc:
         _check(svc.url, iss)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--oidc-issuer", "https://login.example.org"], "--oidc-audience"),
+        (["--jwks", "https://login.example.org/jwks.json"], "--oidc-issuer"),
+    ],
+)
+def test_oidc_without_audience_or_issuer_refuses_to_start(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    with pytest.raises(RuntimeError, match="exited with 2") as err:
+        ServiceProcess(tmp_path / "data", None, extra=options).start()
+    assert message in str(err.value)

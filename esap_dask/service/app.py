@@ -7,13 +7,14 @@ with uvicorn. The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs
 # No `from __future__ import annotations`: FastAPI must see the local dependencies.
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import (
     HTTPAuthorizationCredentials,
     HTTPBasic,
@@ -26,10 +27,9 @@ from esap_dask.service import catalog, uws, web
 from esap_dask.service.auth import Authenticator, AuthError
 from esap_dask.service.config import ServiceConfig
 from esap_dask.service.jobs import JobService, ServiceError
+from esap_dask.service.tls import PEER_EXTENSION
 
 __all__ = ["create_app"]
-
-_CHALLENGE = 'Bearer realm="esap-dask", Basic realm="esap-dask"'
 
 
 class Unauthorized(ServiceError):
@@ -49,13 +49,15 @@ def create_app(config: ServiceConfig) -> FastAPI:
     Raises
     ------
     ValueError
-        When no authentication is configured (give a token file or an OIDC issuer).
+        When no authentication is configured (give a token file, an OIDC issuer and
+        audience, client certificates or a trusted proxy), or OIDC lacks an audience.
     """
     authenticator = Authenticator(config)
     if not authenticator.enabled:
         raise ValueError(
-            "the job service needs users: give --tokens FILE (lines 'TOKEN USERNAME') or "
-            "--oidc-issuer URL"
+            "the job service needs users: give --tokens FILE (lines 'TOKEN USERNAME'), "
+            "--oidc-issuer URL with --oidc-audience, --client-ca (with --tls-cert) or "
+            "--trusted-proxy ADDRESS"
         )
     service = JobService(config)
 
@@ -86,16 +88,53 @@ def create_app(config: ServiceConfig) -> FastAPI:
         _basic: Annotated[HTTPBasicCredentials | None, Depends(basic)],
     ) -> str:
         # The security dependencies document both schemes in the OpenAPI document;
-        # the header itself is checked here, the same way for every scheme.
+        # the header itself is checked here, the same way for every scheme. The TLS
+        # chain and the TCP peer come from esap_dask.service.tls's uvicorn protocol.
+        extensions = request.scope.get("extensions") or {}
+        tls = extensions.get("tls") or {}
+        chain = [ssl.PEM_cert_to_DER_cert(pem) for pem in tls.get("client_cert_chain") or ()]
+        peer = (extensions.get(PEER_EXTENSION) or {}).get("client") or (None,)
         try:
-            return authenticator.user(request.headers.get("authorization"))
+            name = authenticator.user(
+                request.headers.get("authorization"),
+                peer=peer[0],
+                client_chain=chain,
+                headers=request.headers,
+            )
         except AuthError as err:
             raise Unauthorized(str(err)) from None
+        request.state.vo_authenticated = name
+        return name
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, err: ServiceError) -> PlainTextResponse:
-        headers = {"WWW-Authenticate": _CHALLENGE} if err.status == 401 else None
-        return PlainTextResponse(str(err), status_code=err.status, headers=headers)
+    async def service_error(request: Request, err: ServiceError) -> PlainTextResponse:
+        response = PlainTextResponse(str(err), status_code=err.status)
+        if err.status == 401:
+            # IVOA SSO 2.0 / AuthVO: a 401 names every way to authenticate here.
+            metadata = str(request.url_for("protected_resource_metadata"))
+            for challenge in authenticator.challenges(metadata):
+                response.headers.append("WWW-Authenticate", challenge)
+        return response
+
+    @app.get("/.well-known/oauth-protected-resource", include_in_schema=False)
+    def protected_resource_metadata(request: Request) -> JSONResponse:
+        """RFC 9728: which authorization server issues tokens for this service."""
+        document: dict[str, Any] = {
+            "resource": str(request.url_for("list_jobs")),
+            "bearer_methods_supported": ["header"],
+        }
+        if config.oidc_issuer:
+            document["authorization_servers"] = [config.oidc_issuer]
+        return JSONResponse(document)
+
+    @app.middleware("http")
+    async def vo_authenticated(request: Request, call_next: Any) -> Any:
+        # IVOA AuthVO: an authenticated answer names the identity it was given to.
+        response = await call_next(request)
+        name = getattr(request.state, "vo_authenticated", None)
+        if name:
+            response.headers["X-VO-Authenticated"] = name
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> PlainTextResponse:

@@ -40,8 +40,39 @@ __all__ = ["serve"]
     "e.g. postgresql+psycopg://user:pw@127.0.0.1/esap.",
 )
 @click.option("--oidc-issuer", help="Accept JWTs signed by this OIDC issuer.")
-@click.option("--oidc-audience", help="Required 'aud' of those JWTs.")
+@click.option("--oidc-audience", help="Required 'aud' of those JWTs (required with --oidc-issuer).")
 @click.option("--jwks", help="The issuer's keys: a JWKS URL or file [default: discovered].")
+@click.option(
+    "--jwks-min-interval",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Fewest seconds between two fetches of the issuer's keys (unknown 'kid's).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Serve HTTPS with this certificate (PEM chain).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The private key of --tls-cert (PEM) [default: in --tls-cert].",
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(exists=True, path_type=Path),
+    help="Accept X.509 client certificates (and RFC 3820 proxies of them) issued by the CA "
+    "certificates in this PEM file or directory (e.g. /etc/grid-security/certificates); "
+    "needs --tls-cert.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    help="Address of a reverse proxy whose X-SSL-Client-DN header (with X-SSL-Client-Verify: "
+    "SUCCESS) names a verified X.509 user, and whose X-Forwarded-* headers count. Repeatable.",
+)
 @click.option(
     "--concurrency", default=4, show_default=True, type=int, help="Jobs executing at the same time."
 )
@@ -73,6 +104,11 @@ def serve(
     oidc_issuer: str | None,
     oidc_audience: str | None,
     jwks: str | None,
+    jwks_min_interval: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None,
+    trusted_proxies: tuple[str, ...],
     concurrency: int,
     max_wait: float,
     store_root: str | None = None,
@@ -110,6 +146,9 @@ def serve(
         oidc_issuer=oidc_issuer,
         oidc_audience=oidc_audience,
         jwks=jwks,
+        jwks_min_interval=jwks_min_interval,
+        client_certificates=client_ca is not None,
+        trusted_proxies=tuple(trusted_proxies),
         concurrency=concurrency,
         max_wait=max_wait,
         store_root=store_root,
@@ -129,7 +168,12 @@ def serve(
             super().handle_exit(sig, frame)
 
     config_ = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        **_tls_options(tls_cert, tls_key, client_ca, trusted_proxies),
     )
     Server(config_).run()
 
@@ -147,6 +191,30 @@ def _json_object(text: str | None, option: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise click.BadParameter(f"give a JSON object ({{...}}), not {text!r}", param_hint=option)
     return value
+
+
+def _tls_options(
+    cert: Path | None, key: Path | None, client_ca: Path | None, proxies: tuple[str, ...]
+) -> dict[str, Any]:
+    """uvicorn.Config options: HTTPS with client certificates, trusted proxy headers."""
+    from esap_dask.service.tls import http_protocol, server_context
+
+    if (key or client_ca) and cert is None:
+        raise click.UsageError("--tls-key and --client-ca need --tls-cert (HTTPS)")
+    options: dict[str, Any] = {
+        "http": http_protocol(),
+        # X-Forwarded-* count only from the trusted proxies (uvicorn trusts 127.0.0.1 else).
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": list(proxies),
+    }
+    if cert is not None:
+        try:
+            ctx = server_context(cert, key, client_ca)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from None
+        options["ssl_certfile"] = str(cert)
+        options["ssl_context_factory"] = lambda *_: ctx
+    return options
 
 
 if __name__ == "__main__":

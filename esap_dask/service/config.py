@@ -32,7 +32,14 @@ class ServiceConfig:
         Validate bearer tokens as OIDC JWTs signed by ``oidc_issuer``; the keys come from
         ``jwks`` (a URL or a JSON file) or from the issuer's discovery document.
     username_claim
-        The JWT claim naming the user (falls back to ``sub``).
+        The JWT claim naming the user within the issuer (``sub``: OIDC Core makes only
+        ``iss`` + ``sub`` stable and unique); the owner is ``oidc:<issuer>:<claim>``.
+    jwks_min_interval
+        Seconds between two fetches of the issuer's keys (a token with an unknown ``kid``
+        triggers at most one fetch per interval).
+    client_certificates, trusted_proxies
+        Accept X.509 client certificates verified by the service's own TLS; accept the
+        DN that a reverse proxy at one of these addresses forwards (``X-SSL-Client-DN``).
     max_wait
         Upper bound of a blocking ``WAIT`` in seconds (UWS 1.1 lets a server bound it).
     default_execution_duration, max_execution_duration
@@ -64,7 +71,10 @@ class ServiceConfig:
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     jwks: str | None = None
-    username_claim: str = "preferred_username"
+    username_claim: str = "sub"
+    jwks_min_interval: float = 60.0
+    client_certificates: bool = False
+    trusted_proxies: tuple[str, ...] = ()
     max_wait: float = 60.0
     default_execution_duration: int = 3600
     max_execution_duration: int = 7 * 86400
