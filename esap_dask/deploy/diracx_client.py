@@ -10,7 +10,12 @@ file with ``access_token``, ``refresh_token`` and ``expires_on`` (Unix seconds),
 at ``$DIRACX_CREDENTIALS_PATH`` or ``~/.cache/diracx/credentials.json``. The
 access token is refreshed (``POST /api/auth/token``, ``grant_type=refresh_token``)
 before it expires, and the rotated tokens are written back to the same file, as
-the DiracX CLI does.
+the DiracX CLI does. Many processes of one user (jobs of the service, a
+notebook, cron runs) share that file: the read, the refresh and the write happen
+under one exclusive ``flock`` on ``<credentials>.lock``, the file is replaced
+atomically (mode 0600), and a process that finds the tokens refreshed by another
+uses them. Two refreshes with one refresh token would make DiracX revoke all of
+the user's tokens.
 
 Examples
 --------
@@ -20,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import fcntl
@@ -29,7 +35,7 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,8 @@ ENDPOINTS: tuple[tuple[str, str], ...] = (
 
 #: Refresh the access token when it has less than this many seconds left.
 REFRESH_MARGIN = 300.0
+#: Seconds to wait for another process's token refresh before giving up.
+LOCK_TIMEOUT = 120.0
 #: The OAuth client id of DIRAC's own clients (``AuthSettings.dirac_client_id``).
 DIRAC_CLIENT_ID = "myDIRACClientID"
 #: The seconds DiracX's ``write_credentials`` subtracts from ``expires_in``.
@@ -127,6 +135,7 @@ class DiracXClient:
         self._http = httpx.AsyncClient(base_url=self.url, verify=verify, timeout=timeout)
         self._access: str | None = None
         self._expires_on = 0.0
+        self._local_refresh = asyncio.Lock()
 
     async def __aenter__(self) -> DiracXClient:
         return self
@@ -167,6 +176,11 @@ class DiracXClient:
         return data
 
     def _write_file(self, token: Mapping[str, Any]) -> None:
+        """Write refreshed tokens by atomic replace (temporary file, fsync, rename), mode 0600.
+
+        A reader (this process or the DiracX CLI) sees the old file or the new one,
+        never a truncated one. Call it holding :meth:`_refresh_lock`.
+        """
         expires = datetime.now(tz=UTC) + timedelta(
             seconds=int(token["expires_in"]) - _EXPIRES_GRACE
         )
@@ -175,16 +189,64 @@ class DiracXClient:
             "refresh_token": token.get("refresh_token"),
             "expires_on": int(expires.timestamp()),
         }
-        self.credentials_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # also when the file existed with looser permissions
-        with open(fd, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            json.dump(record, f)
+        folder = self.credentials_path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{self.credentials_path.name}.{os.getpid()}.{time.time_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with open(fd, "w") as f:
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.credentials_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dfd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
         self._access, self._expires_on = record["access_token"], float(record["expires_on"])
+
+    @contextlib.asynccontextmanager
+    async def _refresh_lock(self) -> AsyncIterator[None]:
+        """Hold the exclusive lock on ``<credentials>.lock`` (``flock``), polling without blocking.
+
+        One refresh at a time across all processes of this user: DiracX rotates the
+        refresh token on every use and, when a used one comes back, revokes every
+        token of the user. Polling (not a blocking ``flock`` in a thread) keeps the
+        event loop free and leaves no thread holding the lock after a cancellation.
+        """
+        path = self.credentials_path.with_name(self.credentials_path.name + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise DiracXError(
+                            f"another process has held {path} for {LOCK_TIMEOUT:.0f} s while "
+                            "refreshing the DiracX token; if no esap-dask or dirac process is "
+                            "running, delete that file"
+                        ) from None
+                    await asyncio.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     async def access_token(self) -> str:
         """A valid access token, refreshed first when it expires within :data:`REFRESH_MARGIN`.
+
+        The credentials file is re-read, refreshed and written under one exclusive
+        lock (:meth:`_refresh_lock`); a process that finds the tokens already
+        refreshed by another once it holds the lock uses them instead of spending
+        the (already rotated) refresh token again.
 
         Raises
         ------
@@ -198,6 +260,15 @@ class DiracXClient:
         self._access, self._expires_on = data["access_token"], float(data.get("expires_on", 0))
         if self._expires_on - time.time() > REFRESH_MARGIN:
             return self._access
+        async with self._local_refresh, self._refresh_lock():
+            data = self._read_file()  # the re-read, under the lock
+            self._access, self._expires_on = data["access_token"], float(data.get("expires_on", 0))
+            if self._expires_on - time.time() > REFRESH_MARGIN:
+                return self._access  # refreshed by another process or task meanwhile
+            return await self._refresh(data)
+
+    async def _refresh(self, data: Mapping[str, Any]) -> str:
+        assert self._access is not None
         vo = _jwt_claims(self._access).get("vo")
         refresh = data.get("refresh_token")
         if not refresh:
