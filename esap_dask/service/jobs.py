@@ -18,6 +18,7 @@ duration once a job has left PENDING, are refused with 403.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Sequence
@@ -28,10 +29,20 @@ from typing import Any
 from esap_dask.service.config import ServiceConfig
 from esap_dask.service.db import FINAL, JobDB, JobRow, now
 from esap_dask.service.events import PhaseEvents
+from esap_dask.service.limits import Limits
 from esap_dask.service.params import JobParameterError, merge_parameters, parse_spec
-from esap_dask.service.runner import STORE_NAME, JobRunner
+from esap_dask.service.runner import JobRunner
+from esap_dask.service.stores import JobStore, StoreRootError, open_job_store, require_store_root
 
-__all__ = ["BadRequest", "Forbidden", "JobService", "NotFound", "ServiceError", "parse_time"]
+__all__ = [
+    "BadRequest",
+    "Forbidden",
+    "JobService",
+    "NotFound",
+    "ServiceError",
+    "TooMany",
+    "parse_time",
+]
 
 #: UWS control parameters accepted when creating a job.
 CONTROL = ("PHASE", "RUNID", "EXECUTIONDURATION", "DESTRUCTION")
@@ -60,6 +71,12 @@ class Forbidden(ServiceError):
     """An operation the job's phase does not allow (HTTP 403)."""
 
     status = 403
+
+
+class TooMany(ServiceError):
+    """A user quota is exhausted (HTTP 429; see :mod:`esap_dask.service.limits`)."""
+
+    status = 429
 
 
 class NotFound(ServiceError):
@@ -146,6 +163,7 @@ class JobService:
         config.prepare()
         self.config = config
         self.db = JobDB(config.database)
+        self.limits = Limits(config, self.db)
         self.events = PhaseEvents()
         self.runner = JobRunner(config, self.db, self.events.notify)
 
@@ -165,7 +183,7 @@ class JobService:
         row = self.db.get(job_id, owner)
         if row is None:
             raise NotFound(f"no job {job_id!r} of user {owner!r}; list yours at /uws/jobs")
-        return row
+        return self.limits.shown(row)
 
     def list_jobs(
         self, owner: str, phases: Sequence[str], after: str | None, last: str | None
@@ -182,12 +200,14 @@ class JobService:
             raise BadRequest(f"PHASE={bad[0]!r} is not a UWS phase (one of {names})")
         when = parse_time("AFTER", after) if after else None
         count = min(_int("LAST", last, minimum=1), 1_000_000) if last else None
-        return self.db.owned(owner, phases=wanted, after=when, last=count)
+        rows = self.db.owned(owner, phases=wanted, after=when, last=count)
+        return [self.limits.shown(row) for row in rows]
 
     # -- creating and changing -------------------------------------------------------------
 
     def create(self, owner: str, pairs: Sequence[tuple[str, str]]) -> JobRow:
         """A new job from UWS parameters; with ``PHASE=RUN`` it is queued at once."""
+        self.limits.check_pairs(pairs)
         control = {k.upper(): v for k, v in pairs if k.upper() in CONTROL}
         rest = [(k, v) for k, v in pairs if k.upper() not in CONTROL]
         parameters = merge_parameters({}, rest)
@@ -209,19 +229,22 @@ class JobService:
             phase="PENDING",
             creation_time=created,
             execution_duration=duration,
-            destruction=destruction,
+            destruction=self.limits.destruction(destruction),
             parameters=parameters,
             attempts=0,
         )
+        if phase == "RUN":
+            self.limits.may_queue(owner)
         self.db.add(row)
+        self.limits.admitted(row)
         if phase == "RUN":
             self.set_phase(owner, row.id, "RUN")
         return self.get(owner, row.id)
 
     def _check(self, parameters: dict[str, Any]) -> None:
         try:
-            parse_spec(parameters)
-        except JobParameterError as err:
+            require_store_root(self.config, parse_spec(parameters, self.limits.sandbox).facility)
+        except (JobParameterError, StoreRootError) as err:
             raise BadRequest(str(err)) from None
 
     def _duration(self, value: str) -> int:
@@ -236,6 +259,7 @@ class JobService:
         if phase == "RUN":
             if row.phase in ("QUEUED", "EXECUTING"):
                 return
+            self.limits.may_queue(owner)
             if self.runner.queue(job_id):
                 return
             raise Forbidden(
@@ -261,13 +285,15 @@ class JobService:
     def set_destruction(self, owner: str, job_id: str, value: str) -> None:
         """Change the destruction instant."""
         self.get(owner, job_id)
-        self.db.update(job_id, destruction=parse_time("DESTRUCTION", value))
+        when = self.limits.destruction(parse_time("DESTRUCTION", value))
+        self.db.update(job_id, destruction=when)
 
     def set_parameters(self, owner: str, job_id: str, pairs: Sequence[tuple[str, str]]) -> None:
         """Add or replace parameters of a PENDING job."""
         row = self.get(owner, job_id)
         if row.phase != "PENDING":
             raise Forbidden(f"job {job_id} is {row.phase}: parameters can only change in PENDING")
+        self.limits.check_pairs(pairs)
         if any(k.upper() in CONTROL for k, _ in pairs):
             raise BadRequest(
                 "PHASE, RUNID, EXECUTIONDURATION and DESTRUCTION have their own "
@@ -289,15 +315,29 @@ class JobService:
 
     def results(self, row: JobRow, base: str) -> list[dict[str, Any]]:
         """The job's result records (id, href, MIME type, size); ``base`` is the job's URL."""
-        directory = self.runner.job_dir(row.id)
         found: list[dict[str, Any]] = []
-        if (directory / STORE_NAME / "zarr.json").exists():
-            found.append(
-                {"id": "store", "href": f"{base}/results/store", "mime_type": "application/zip"}
-            )
+        store = self.store(row)
+        with contextlib.suppress(OSError):  # an object store that does not answer
+            if store.exists():
+                # GET gives a zip archive; the keys under it are the store over HTTP.
+                found.append(
+                    {"id": "store", "href": f"{base}/results/store", "mime_type": "application/zip"}
+                )
+                if not store.is_local:
+                    found.append({"id": "store-url", "href": store.url})
+            prov = store.provenance()
+            if prov is not None:
+                found.append(
+                    {
+                        "id": "provenance",
+                        "href": f"{base}/results/provenance",
+                        "mime_type": RESULT_FILES["provenance"][1],
+                        "size": prov[2],
+                    }
+                )
         for rid, (_, mime) in RESULT_FILES.items():
             path = self.result_path(row, rid)
-            if path is not None:
+            if path is not None and rid != "provenance":
                 found.append(
                     {
                         "id": rid,
@@ -309,16 +349,17 @@ class JobService:
         return found
 
     def result_path(self, row: JobRow, result_id: str) -> Path | None:
-        """The file of a result (not the store), or None when the job has none yet."""
+        """The file of a result in the job's directory, or None when the job has none yet.
+
+        Neither the store nor the provenance (beside the store, which may be on an
+        object store): see :meth:`store`.
+        """
         directory = self.runner.job_dir(row.id)
-        if result_id == "provenance":
-            documents = sorted((directory / f"{STORE_NAME}.provenance").glob("*.json"))
-            return documents[-1] if documents else None
-        if result_id not in RESULT_FILES:
+        if result_id not in RESULT_FILES or result_id == "provenance":
             return None
         path = directory / RESULT_FILES[result_id][0]
-        return path if path.is_file() else None
+        return self.limits.shown_file(row, path) if path.is_file() else None
 
-    def store_path(self, row: JobRow) -> Path:
-        """The job's Zarr store directory."""
-        return self.runner.job_dir(row.id) / STORE_NAME
+    def store(self, row: JobRow) -> JobStore:
+        """The job's Zarr store (on the service's disk or under its store root)."""
+        return open_job_store(self.config, row.id)
