@@ -248,7 +248,9 @@ def open_cluster(name: str = "local", **overrides: Any) -> Any:
             f"({err}); install the extra it needs"
         ) from err
     factory = getattr(module, func_name)
-    return factory(fac, {k: v for k, v in fac.options.items() if k != "storage_options"})
+    # Options of the store and of the job service, not of the cluster manager:
+    store_keys = ("storage_options", "shared_filesystem")
+    return factory(fac, {k: v for k, v in fac.options.items() if k not in store_keys})
 
 
 def storage_options_for(
