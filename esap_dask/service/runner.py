@@ -1,9 +1,11 @@
 """Running jobs: the mapper in worker threads, a shared LocalCluster, abort, shutdown.
 
-Jobs run in a thread pool of ``concurrency`` threads; a job waits in ``QUEUED``
-until a thread takes it. Jobs on facility ``local`` share one service-wide
-``LocalCluster`` (opened at the first such job), each through its own
-``distributed.Client``, so aborting one job cancels exactly its Dask tasks.
+Jobs run in ``concurrency`` threads; a job waits in ``QUEUED`` until a thread
+takes it, round-robin across owners, and one owner runs at most half of the
+threads at once (:class:`~esap_dask.service.fairqueue.FairQueue`). Jobs on
+facility ``local`` share one service-wide ``LocalCluster`` (opened at the first
+such job), each through its own ``distributed.Client``, so aborting one job
+cancels exactly its Dask tasks, and restarts the workers its stuck tasks hold.
 Other facilities get a cluster per job, closed when it ends.
 
 Each job records the service instance that runs it (:attr:`JobRunner.instance`);
@@ -21,13 +23,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from esap_dask.service.config import ServiceConfig
 from esap_dask.service.db import JobDB, now
+from esap_dask.service.fairqueue import FairQueue
 from esap_dask.service.joblog import append_log, write_ledger
 from esap_dask.service.params import parse_spec
 from esap_dask.service.reaper import Reaper, instance_name
@@ -77,7 +79,8 @@ class JobRunner:
         self.db = db
         self.notify = notify
         self.instance = instance_name()
-        self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="esap-job")
+        self._queue = FairQueue(per_owner=max(1, config.concurrency // 2))
+        self._threads: list[threading.Thread] = []
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._cluster: Any = None
@@ -100,7 +103,9 @@ class JobRunner:
         """
         self.begin_shutdown()
         self.reaper.stop()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._queue.close()
+        for thread in self._threads:
+            thread.join()
         self.db.release(self.instance)
         with self._cluster_lock:
             if self._cluster is not None:
@@ -134,8 +139,28 @@ class JobRunner:
         """Hand a ``QUEUED`` job of this instance to the thread pool (not while closing)."""
         if self._closing:
             return
-        with contextlib.suppress(RuntimeError):  # the pool shut down meanwhile
-            self._pool.submit(self._run, job_id)
+        row = self.db.get(job_id)
+        if row is None:
+            return
+        with self._lock:
+            while len(self._threads) < self.config.concurrency:
+                thread = threading.Thread(
+                    target=self._serve, name=f"esap-job-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        self._queue.put(row.owner, job_id)
+
+    def _serve(self) -> None:
+        """One job thread: run the jobs the fair queue hands out, until it closes."""
+        while (taken := self._queue.get()) is not None:
+            owner, job_id = taken
+            try:
+                self._run(job_id)
+            except Exception:  # a job's errors end in its phase; never lose the thread
+                traceback.print_exc()
+            finally:
+                self._queue.done(owner)
 
     def abort(self, job_id: str, reason: str | None = None) -> bool:
         """Move a job to ABORTED (from any active phase) and stop its Dask work.
@@ -237,7 +262,7 @@ class JobRunner:
         directory.mkdir(parents=True, exist_ok=True)
         store, store_options = self.config.job_store(job_id)
         try:
-            spec = parse_spec(parameters)
+            spec = parse_spec(parameters, self.config.sandbox)
             self.log(
                 job_id,
                 f"running pipeline {spec.pipeline.name} {spec.pipeline.version} on "
