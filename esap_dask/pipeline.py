@@ -81,6 +81,12 @@ class Parameter:
         One line shown by ``esap-dask pipelines`` and the job service.
     choices, minimum, maximum
         Optional constraints, checked by :meth:`validate`.
+    check
+        Optional ``check(value) -> value``, called by :meth:`validate` after the
+        constraints: it returns the value to use (e.g. a steering card read and
+        validated) or raises :class:`ParameterError`, which is re-raised naming
+        the parameter. It runs wherever parameters are resolved (the CLI, the job
+        service's submission), so a bad value is refused before anything runs.
     file
         The value may name a local file whose *content* the pipeline reads (a steering
         card, a configuration): its SHA-256 joins the parameter hash, so editing the
@@ -95,6 +101,7 @@ class Parameter:
     minimum: float | None = None
     maximum: float | None = None
     file: bool = False
+    check: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.type not in (str, int, float, bool):
@@ -122,6 +129,11 @@ class Parameter:
             raise ParameterError(
                 f"parameter {self.name!r}: {converted!r} is above the maximum {self.maximum}"
             )
+        if self.check is not None:
+            try:
+                converted = self.check(converted)
+            except ParameterError as err:
+                raise type(err)(f"parameter {self.name!r}: {err}") from None
         return converted
 
     def _convert(self, value: Any) -> Any:

@@ -5,14 +5,22 @@ Observations are run numbers (``--observations 1..20``). Each run simulates
 derived from the card's ``SEED`` lines and the run number, so a run gives the
 same products on a laptop and on the grid. By default the showers come from the
 numpy model of :mod:`esap_dask.showers` (Heitler–Matthews development, Cherenkov
-light at the observation level); with ``corsika_image`` set, each run executes
-a real CORSIKA in that container image instead (its ``.long`` profiles fill the
-products; see :func:`esap_dask.corsika.run_corsika`).
+light at the observation level); with ``corsika`` set to the name of a CORSIKA
+installation the administrator configured (Dask config ``esap.corsika.images``),
+each run executes that real CORSIKA instead (its ``.long`` profiles fill the
+products; see :func:`esap_dask.corsika.run_corsika`). A job never names an image
+or a program itself.
 
-The card is a path, a URL (read through fsspec, e.g. ``s3://bucket/run.card``)
-or the card's text itself; grid workers share no filesystem with you, so give
-them a URL or the text. ``nshow``, ``primary``, ``emin``, ``emax``, ``theta_max``
-override the card's ``NSHOW``, ``PRMPAR``, ``ERANGE`` and ``THETAP`` when set.
+The card is its text (a value with new lines) or a file's path. It is read and
+checked when the parameters are resolved (on the machine that submits: the
+command line, or the job service at submission), and the parameter then holds
+the card's text, so workers never read it and its content is part of the
+parameter hash. A path is read by :func:`esap_dask.corsika.read_card`: under the
+directories of the Dask config ``esap.corsika.card-roots`` when it is set (the
+job service sets it to its data roots), from a URL only with
+``esap.corsika.card-urls: true``. ``nshow``, ``primary``, ``emin``, ``emax``,
+``theta_max`` override the card's ``NSHOW``, ``PRMPAR``, ``ERANGE`` and ``THETAP``
+when set.
 
 Example::
 
@@ -21,15 +29,21 @@ Example::
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Mapping
 from typing import Any
 
+import dask.config
 import numpy as np
 
 from esap_dask import Coordinate, Parameter, Pipeline, Schema, Variable
-from esap_dask.corsika import Card, CardError, parse_card, run_corsika, run_seeds
+from esap_dask.corsika import (
+    Card,
+    corsika_image,
+    parse_card,
+    read_card,
+    run_corsika,
+    run_seeds,
+)
 from esap_dask.showers import core_distances, depth_grid, simulate
 
 DEFAULT_CARD = """\
@@ -54,27 +68,43 @@ EXIT
 """
 
 
-def _card_text(card: str) -> tuple[str, str]:
-    if not card:
-        return DEFAULT_CARD, "the default card"
-    if "\n" in card:
-        return card, "the card text"
-    import fsspec
+def card_text(value: str) -> str:
+    """The ``card`` parameter checked: its text, read from the path it names if it is one.
 
-    try:
-        with fsspec.open(card, "rt") as f:
-            return f.read(), card
-    except FileNotFoundError as err:
-        raise CardError(
-            f"card {card!r}: no such file here ({os.getcwd()} on {socket.gethostname()}); give "
-            "a path, URL or the card's text (grid workers share no filesystem with you: give "
-            "them a URL such as s3://bucket/run.card, or the text)"
-        ) from err
+    ``''`` is the built-in card; a value with a new line is the card's text; anything
+    else is a path (or URL) read by :func:`esap_dask.corsika.read_card` with the roots
+    of the Dask config ``esap.corsika.card-roots``. The text is parsed, so a bad card
+    is refused here, where parameters are resolved.
+    """
+    if not value:
+        return ""
+    if "\n" in value:
+        parse_card(value, source="the card text")
+        return value
+    roots = dask.config.get("esap.corsika.card-roots", default=None)
+    if isinstance(roots, str):
+        roots = [roots]
+    urls = bool(dask.config.get("esap.corsika.card-urls", default=False))
+    text = read_card(value, roots=roots, urls=urls)
+    parse_card(text, source=_source(value))
+    return text
+
+
+def _source(path: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in path[:200])
+
+
+def corsika_name(value: str) -> str:
+    """The ``corsika`` parameter checked: '' or the name of a configured installation."""
+    if value:
+        corsika_image(value)
+    return value
 
 
 def load_card(params: Mapping[str, Any]) -> Card:
     """The steering card of ``params`` with its overrides applied."""
-    text, source = _card_text(params["card"])
+    text = card_text(params["card"]) or DEFAULT_CARD
+    source = "the card text" if params["card"] else "the default card"
     card = parse_card(text, source=source)
     changes: dict[str, Any] = {}
     if params["nshow"]:
@@ -92,14 +122,12 @@ def concordia(run: Any, **params: Any) -> dict[str, Any]:
     """The showers of run number ``run``."""
     card = load_card(params)
     seq, seeds = run_seeds(card, int(run))
-    if params["corsika_image"]:
+    if params["corsika"]:
         products = run_corsika(
             card,
             int(run),
             seeds,
-            image=params["corsika_image"],
-            engine=params["corsika_engine"],
-            executable=params["corsika_executable"],
+            image=corsika_image(params["corsika"]),
             depth=depth_grid(card),
             n_core=params["n_core"],
         )
@@ -184,30 +212,66 @@ pipeline = Pipeline(
     function=concordia,
     parameters=[
         Parameter(
-            "card", str, "", "steering card: a path, a URL or the text ('' = built-in)", file=True
+            "card",
+            str,
+            "",
+            "steering card: its text, or a file's path ('' = built-in)",
+            check=card_text,
         ),
-        Parameter("nshow", int, 0, "showers per run (0 = the card's NSHOW)", minimum=0),
-        Parameter("primary", int, 0, "CORSIKA particle code (0 = the card's PRMPAR)", minimum=0),
-        Parameter("emin", float, 0.0, "lowest energy in GeV (0 = the card's ERANGE)", minimum=0),
-        Parameter("emax", float, 0.0, "highest energy in GeV (0 = the card's ERANGE)", minimum=0),
+        Parameter(
+            "nshow", int, 0, "showers per run (0 = the card's NSHOW)", minimum=0, maximum=100_000
+        ),
+        Parameter(
+            "primary",
+            int,
+            0,
+            "CORSIKA particle code (0 = the card's PRMPAR)",
+            minimum=0,
+            maximum=5999,
+        ),
+        Parameter(
+            "emin",
+            float,
+            0.0,
+            "lowest energy in GeV (0 = the card's ERANGE)",
+            minimum=0,
+            maximum=1e12,
+        ),
+        Parameter(
+            "emax",
+            float,
+            0.0,
+            "highest energy in GeV (0 = the card's ERANGE)",
+            minimum=0,
+            maximum=1e12,
+        ),
         Parameter(
             "theta_max",
             float,
             -1.0,
             "largest zenith angle, deg (-1 = the card's THETAP)",
+            minimum=-1,
             maximum=70,
         ),
-        Parameter("n_core", int, 40, "core distances of the Cherenkov density", minimum=2),
-        Parameter("r_max", float, 1000.0, "largest core distance in m", minimum=10),
-        Parameter("corsika_image", str, "", "container image with CORSIKA ('' = numpy model)"),
         Parameter(
-            "corsika_engine",
-            str,
-            "apptainer",
-            "container engine for CORSIKA",
-            choices=("apptainer", "singularity", "docker", "podman"),
+            "n_core",
+            int,
+            40,
+            "core distances of the Cherenkov density",
+            minimum=2,
+            maximum=1000,
         ),
-        Parameter("corsika_executable", str, "corsika", "CORSIKA executable in the image"),
+        Parameter(
+            "r_max", float, 1000.0, "largest core distance in m", minimum=10, maximum=100_000
+        ),
+        Parameter(
+            "corsika",
+            str,
+            "",
+            "CORSIKA installation to run, by name (Dask config esap.corsika.images; "
+            "'' = the numpy model)",
+            check=corsika_name,
+        ),
     ],
     schema=schema,
     observations="run numbers, e.g. 1..20",

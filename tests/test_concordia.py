@@ -11,7 +11,14 @@ import pytest
 import xarray as xr
 
 from esap_dask import map_observations
-from esap_dask.corsika import CardError, corsika_command, format_card, parse_card, read_long
+from esap_dask.corsika import (
+    CardError,
+    CardLine,
+    corsika_command,
+    format_card,
+    parse_card,
+    read_long,
+)
 from esap_dask.showers import elongation_rate
 from esap_dask.workflows import get_pipeline
 from tests.conftest import ESAP_DASK
@@ -50,16 +57,17 @@ def run(run_number: int, **params: Any) -> dict[str, Any]:
         ("NSHOW   20", "NSHWO   20", r"line 4: unknown keyword 'NSHWO'"),
         ("ERANGE  1.E3  1.E4", "ERANGE  1.E4  1.E3", r"line 7: ERANGE needs 0 < low <= high"),
         ("ERANGE  1.E3  1.E4", "ERANGE  1.E3", r"line 7: ERANGE needs 2 value\(s\), got 1"),
-        ("PRMPAR  14", "PRMPAR  fourteen", r"line 5: PRMPAR value 'fourteen' is not a number"),
-        ("PRMPAR  14", "PRMPAR  99", r"line 5: PRMPAR 99 is not a primary"),
-        ("NSHOW   20", "NSHOW   2.5", r"line 4: NSHOW value '2.5' must be a whole number"),
+        ("PRMPAR  14", "PRMPAR  fourteen", r"line 5: PRMPAR value 1 must be a whole number"),
+        ("PRMPAR  14", "PRMPAR  99", r"line 5: PRMPAR is not a primary"),
+        ("NSHOW   20", "NSHOW   2.5", r"line 4: NSHOW value 1 must be a whole number"),
         ("THETAP  0.  30.", "THETAP  0.  80.", r"line 8: THETAP needs 0 <= low <= high <= 70"),
         ("CWAVLG  300.  550.", "CWAVLG  550.  300.", r"line 14: CWAVLG needs 100 <= low < high"),
-        ("SEED    12  0  0", "SEED    0  0  0", r"line 11: SEED 0 is outside 1 .. 900000000"),
+        ("SEED    12  0  0", "SEED    0  0  0", r"line 11: SEED must be within 1 .. 900000000"),
         ("EVTNR   1", "NSHOW   3", r"line 4: NSHOW given twice \(first on line 3\)"),
     ],
 )
 def test_card_errors_name_the_keyword_and_line(replace: str, by: str, message: str) -> None:
+    """Errors name the line and keyword, never the value's text (a card may be a file)."""
     with pytest.raises(CardError, match=r"^my\.card, " + message):
         parse_card(CARD.replace(replace, by), source="my.card")
 
@@ -69,7 +77,8 @@ def test_card_values_and_round_trip() -> None:
     assert (card.nshow, card.prmpar, card.erange, card.thetap) == (20, 14, (1e3, 1e4), (0, 30))
     assert card.seeds == ((11, 0, 0), (12, 0, 0)) and card.obslev == 2200e2
     assert card.cwavlg == (300, 550) and card.longi_step == 10
-    assert "MAGNET  20.0  42.8" in card.extra, "CORSIKA keywords the model ignores are kept"
+    assert CardLine("MAGNET", (20.0, 42.8)) in card.extra, "keywords the model ignores are kept"
+    assert "MAGNET  20.0 42.8" in format_card(card).splitlines(), "written from parsed values"
     text = format_card(card, run=42, seeds=[5, 6])
     again = parse_card(text)
     assert again.runnr == 42 and again.seeds == ((5, 0, 0), (6, 0, 0))
@@ -78,7 +87,7 @@ def test_card_values_and_round_trip() -> None:
 
 def test_a_missing_card_file_says_what_to_give(tmp_path: Path) -> None:
     with pytest.raises(
-        CardError, match=r"no such file here .*; give a path, URL or the card's text"
+        CardError, match=r"parameter 'card': card .*: no such file; give a path that exists"
     ):
         run(1, card=str(tmp_path / "nope.card"))
 
@@ -176,15 +185,16 @@ def test_corsika_command_construction_only() -> None:
     """Builds the containerized CORSIKA command; NOT executed (no CORSIKA image here)."""
     argv = corsika_command("/cvmfs/corsika.sif", engine="apptainer", workdir="/scratch/run7")
     assert argv == [
-        "apptainer", "exec", "--cleanenv", "--pwd", "/scratch/run7",
-        "--bind", "/scratch/run7:/scratch/run7", "/cvmfs/corsika.sif", "corsika",
+        "apptainer", "exec", "--containall", "--pwd", "/scratch/run7",
+        "--bind", "/scratch/run7:/scratch/run7", "--", "/cvmfs/corsika.sif", "corsika",
     ]  # fmt: skip
     argv = corsika_command("corsika:7.7500", engine="docker", executable="corsika77500Linux")
-    assert argv[:4] == ["docker", "run", "--rm", "-i"] and argv[-2:] == [
+    assert argv[:6] == ["docker", "run", "--rm", "-i", "--network", "none"] and argv[-3:] == [
+        "--",
         "corsika:7.7500",
         "corsika77500Linux",
     ]
-    with pytest.raises(CardError, match="corsika_engine 'conda'"):
+    with pytest.raises(CardError, match="CORSIKA engine 'conda'"):
         corsika_command("img", engine="conda")
     card = parse_card(CARD)
     text = format_card(card, run=9, seeds=[101, 102])
@@ -223,5 +233,7 @@ def test_cli_reports_a_bad_card_in_one_line_and_exits_2(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 2
-    assert f"error: {card}, line 14: CWAVLG needs 2 value(s), got 1" in done.stderr
+    assert f"error: parameter 'card': {card}, line 14: CWAVLG needs 2 value(s), got 1" in (
+        done.stderr
+    )
     assert "Traceback" not in done.stderr and not (tmp_path / "s.zarr").exists()

@@ -116,7 +116,7 @@ def test_apptainer_job_script_generated_only_no_runtime_installed(tmp_path):
                 "--bind", f"{tls}:{tls}",
                 "--env", "MALLOC_MMAP_THRESHOLD_=16777216",
                 "--env", "OMP_NUM_THREADS=1",
-                "/images/esap-worker.sif", "python3",
+                "--", "/images/esap-worker.sif", "python3",
             ],
         )  # fmt: skip
     finally:
@@ -141,7 +141,7 @@ def test_docker_job_script_generated_only_no_runtime_installed(tmp_path):
                 "-v", f"{tls}:{tls}",
                 "-e", "MALLOC_MMAP_THRESHOLD_=16777216",
                 "-e", "OMP_NUM_THREADS=1",
-                "ghcr.io/esap/worker:1.0", "python3",
+                "--", "ghcr.io/esap/worker:1.0", "python3",
             ],
         )  # fmt: skip
     finally:

@@ -6,7 +6,7 @@ job script keeps dask-jobqueue's structure and its last line reads as a site
 admin would write it by hand::
 
     apptainer exec --cleanenv --bind /data:/data --env OMP_NUM_THREADS=1 \\
-        /images/esap.sif python -m distributed.cli.dask_worker tls://... --name ...
+        -- /images/esap.sif python -m distributed.cli.dask_worker tls://... --name ...
 
 Facility options (under ``container:``)::
 
@@ -18,7 +18,9 @@ Facility options (under ``container:``)::
       options: []                   # extra runtime options, verbatim
 
 The cluster's TLS credential directory is bound automatically, at the same
-path, so the worker finds its certificate inside the container. The variables of
+path, so the worker finds its certificate inside the container. ``--`` ends the runtime's
+options before the image, and an image that starts with ``-`` is refused, so an image is never
+read as an option. The variables of
 :data:`esap_dask.config.WORKER_ENVIRONMENT` are always passed (apptainer's
 ``--cleanenv`` drops the job's environment, docker and podman never pass it);
 a variable of ``env`` with the same name wins.
@@ -71,7 +73,7 @@ def container_python(
         Environment variables set inside the container, on top of
         :data:`esap_dask.config.WORKER_ENVIRONMENT` (a variable given here wins).
     options
-        Further runtime options, passed verbatim before the image.
+        Further runtime options, passed verbatim before ``--`` and the image.
 
     Returns
     -------
@@ -81,18 +83,18 @@ def container_python(
     Raises
     ------
     ValueError
-        For an unknown engine or a missing image.
+        For an unknown engine, a missing image, or an image starting with ``-``.
 
     Examples
     --------
     >>> container_python("apptainer", image="/img/esap.sif", binds=["/data"])
     ... # doctest: +NORMALIZE_WHITESPACE
     'apptainer exec --cleanenv --bind /data:/data --env MALLOC_MMAP_THRESHOLD_=16777216
-     /img/esap.sif python'
+     -- /img/esap.sif python'
     >>> container_python("docker", image="ghcr.io/esap/worker:1", env={"A": "1"})
     ... # doctest: +NORMALIZE_WHITESPACE
     'docker run --rm --network host --user "$(id -u):$(id -g)"
-     -e MALLOC_MMAP_THRESHOLD_=16777216 -e A=1 ghcr.io/esap/worker:1 python'
+     -e MALLOC_MMAP_THRESHOLD_=16777216 -e A=1 -- ghcr.io/esap/worker:1 python'
     """
     if engine not in CONTAINER_ENGINES:
         raise ValueError(
@@ -103,6 +105,11 @@ def container_python(
         raise ValueError(
             f"runtimeengine {engine!r} needs an image: add `container: {{image: ...}}` "
             "to the facility's options"
+        )
+    if image.startswith("-") or any(c.isspace() or ord(c) < 32 for c in image):
+        raise ValueError(
+            f"container image {image!r}: an image does not start with '-' nor hold blanks; "
+            "check `container: {image: ...}` in the facility's options"
         )
     words: list[str]
     environment = worker_environment(env)
@@ -120,7 +127,7 @@ def container_python(
         for key, value in environment.items():
             words += ["-e", shlex.quote(f"{key}={value}")]
     words += [str(o) for o in options]
-    words += [shlex.quote(image), python]
+    words += ["--", shlex.quote(image), python]
     return " ".join(words)
 
 
