@@ -288,7 +288,15 @@ def status(
 @click.option("--run", "run_id", help="Reproduce only this run (see `esap-dask status`).")
 @click.option("--facility", "-f", default="local", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
-def reproduce(store: str, new_store: str, run_id: str | None, facility: str, as_json: bool) -> None:
+@click.option(
+    "--allow-code",
+    is_flag=True,
+    help="Load the pipeline the store names even when it is a .py file, not a catalog "
+    "pipeline (its code runs here: only for stores you trust).",
+)
+def reproduce(
+    store: str, new_store: str, run_id: str | None, facility: str, as_json: bool, allow_code: bool
+) -> None:
     """Re-run STORE's recorded run into a new store and compare the products.
 
     Same pipeline and version, same parameters, inputs verified by checksum; exits 0 when
@@ -298,7 +306,11 @@ def reproduce(store: str, new_store: str, run_id: str | None, facility: str, as_
     from esap_dask.reproduce import reproduce as do_reproduce
 
     try:
-        outcome = _guarded(lambda: do_reproduce(store, new_store, run=run_id, facility=facility))
+        outcome = _guarded(
+            lambda: do_reproduce(
+                store, new_store, run=run_id, facility=facility, allow_code=allow_code
+            )
+        )
     except ReproductionError as e:
         _fail(str(e))
     if as_json:

@@ -11,6 +11,10 @@ the pipeline version and parameters — and then:
 
 Without ``--run`` every done observation is reproduced, provided they were all made with
 one version and one set of parameters; otherwise the message lists the runs to choose from.
+
+A store is data, possibly from someone else: the pipeline it names must be one of the
+catalog (``esap-dask pipelines``). A ``.py`` file named in its attrs is imported — its code
+run — only with ``allow_code=True`` (``esap-dask reproduce --allow-code``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from esap_dask.ledger import DONE
 from esap_dask.observations import Observation, sha256_file
 from esap_dask.store import StoreError, esap_attrs, open_store, read
-from esap_dask.workflows import get_pipeline
+from esap_dask.workflows import get_pipeline, list_pipelines
 
 __all__ = ["Reproduction", "ReproductionError", "reproduce"]
 
@@ -111,6 +115,17 @@ def _values_of(sources: np.ndarray, checksums: np.ndarray, ids: np.ndarray) -> l
     return out
 
 
+def _trusted_pipeline(name: str, allow_code: bool) -> str:
+    """``name`` when it is a catalog pipeline (or code is allowed); ReproductionError otherwise."""
+    if allow_code or name in {p.name for p in list_pipelines()}:
+        return name
+    raise ReproductionError(
+        f"the store names the pipeline {name!r}, which is not in the catalog (esap-dask "
+        "pipelines); loading it would run code the store points at. Pass --allow-code if "
+        "you trust this store and that file"
+    )
+
+
 def compare(old: Any, new: Any, variables: list[str], ids: np.ndarray) -> dict[str, list[str]]:
     """Observations whose products differ, per variable (empty when identical)."""
     new_rows = {str(i): k for k, i in enumerate(read(new, "obs"))}
@@ -134,8 +149,13 @@ def reproduce(
     run: str | None = None,
     client: Any = None,
     facility: str = "local",
+    allow_code: bool = False,
 ) -> Reproduction:
-    """Re-run ``store``'s recorded run into ``new_store`` and compare (see the module doc)."""
+    """Re-run ``store``'s recorded run into ``new_store`` and compare (see the module doc).
+
+    ``allow_code``: load the pipeline the store names even when it is not in the catalog
+    (a ``.py`` file: its code runs here). Without it such a store is refused.
+    """
     from esap_dask.mapper import map_observations
 
     if os.path.exists(new_store):
@@ -143,7 +163,7 @@ def reproduce(
     old = open_store(store, mode="r")
     meta = esap_attrs(old)
     rows, record = _select(old, meta, run)
-    pipeline = get_pipeline(meta["pipeline"])
+    pipeline = get_pipeline(_trusted_pipeline(str(meta.get("pipeline")), allow_code))
     if pipeline.version != record["version"]:
         raise ReproductionError(
             f"the store was made with {pipeline.name} {record['version']}, the installed "

@@ -33,7 +33,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     """The job service on loopback, with two users and a 5 s WAIT bound."""
     root = tmp_path_factory.mktemp("uws")
     tokens = write_tokens(root / "tokens", TOKENS)
-    with ServiceProcess(root / "data", tokens, extra=["--max-wait", "5"]) as svc:
+    # HESS is the data root; DESTRUCTION far ahead (2099) is allowed here, see test_uws_quotas
+    extra = ["--max-wait", "5", "--data-root", str(HESS), "--max-destruction-days", "40000"]
+    with ServiceProcess(root / "data", tokens, extra=extra) as svc:
         yield svc
 
 
@@ -277,8 +279,9 @@ def test_observation_forms(service: ServiceProcess) -> None:
     url = create(service, s, pipeline="helloworld", observations=str(index))
     assert s.get(f"{url}/phase").text == "PENDING"
     from esap_dask.service.params import observation_spec
+    from esap_dask.service.sandbox import Sandbox
 
-    events = observation_spec(str(index))
+    events = observation_spec(str(index), Sandbox.create([HESS]))
     assert len(events) == 105 and all(Path(p).is_file() for p in events)
     files = sorted((HESS / "data").glob("*.fits.gz"))[:2]
     url = create(

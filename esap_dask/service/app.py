@@ -160,4 +160,5 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.include_router(uws.make_router(service, user))
     app.include_router(catalog.make_router(user))
     app.include_router(web.make_router(service, user))
+    app.middleware("http")(web.security_headers)  # outermost: on every response
     return app

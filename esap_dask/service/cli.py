@@ -8,6 +8,7 @@ load when the command runs, and when they are missing it exits 2 naming the extr
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,56 @@ __all__ = ["serve"]
     "--concurrency", default=4, show_default=True, type=int, help="Jobs executing at the same time."
 )
 @click.option(
+    "--data-root",
+    "data_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A directory whose files jobs may read (observations, cards); repeatable. "
+    "Without one, jobs read no file: observations are run numbers or ranges.",
+)
+@click.option(
+    "--max-observations",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most observations one job may map.",
+)
+@click.option(
+    "--max-jobs-per-user",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Unfinished jobs one user may have (more: 429).",
+)
+@click.option(
+    "--max-queued-per-user",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Jobs one user may have queued or executing (more: 429).",
+)
+@click.option(
+    "--max-destruction-days",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Latest DESTRUCTION a client may ask for, in days ahead (later ones are moved).",
+)
+@click.option(
+    "--max-execution-duration",
+    default=7 * 86400,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Longest EXECUTIONDURATION, in seconds (longer ones, and 0, get this).",
+)
+@click.option(
+    "--max-parameter",
+    "max_parameters",
+    multiple=True,
+    metavar="[PIPELINE.]NAME=MAX",
+    help="Bound a numeric pipeline parameter, e.g. helloworld.sleep=10; repeatable.",
+)
+@click.option(
     "--max-wait",
     default=60.0,
     show_default=True,
@@ -111,6 +162,13 @@ def serve(
     trusted_proxies: tuple[str, ...],
     concurrency: int,
     max_wait: float,
+    data_roots: tuple[Path, ...],
+    max_observations: int,
+    max_jobs_per_user: int,
+    max_queued_per_user: int,
+    max_destruction_days: float,
+    max_execution_duration: int,
+    max_parameters: tuple[str, ...],
     store_root: str | None = None,
     store_options: str | None = None,
 ) -> None:
@@ -137,6 +195,7 @@ def serve(
         )
         sys.exit(2)
 
+    os.umask(0o077)  # the job stores, logs and database are each user's own
     if tokens is not None and not tokens.is_file():
         raise click.BadParameter(f"{tokens} does not exist", param_hint="--tokens")
     config = ServiceConfig(
@@ -151,6 +210,14 @@ def serve(
         trusted_proxies=tuple(trusted_proxies),
         concurrency=concurrency,
         max_wait=max_wait,
+        data_roots=list(data_roots),
+        max_observations=max_observations,
+        max_jobs_per_user=max_jobs_per_user,
+        max_queued_per_user=max_queued_per_user,
+        max_destruction_days=max_destruction_days,
+        max_execution_duration=max_execution_duration,
+        default_execution_duration=min(3600, max_execution_duration),
+        parameter_maxima=_maxima(max_parameters),
         store_root=store_root,
         store_options=_json_object(store_options, "--store-options"),
     )
@@ -215,6 +282,21 @@ def _tls_options(
         options["ssl_certfile"] = str(cert)
         options["ssl_context_factory"] = lambda *_: ctx
     return options
+
+
+def _maxima(items: tuple[str, ...]) -> dict[str, float]:
+    """``--max-parameter [PIPELINE.]NAME=MAX`` options as a dict, or a usage error."""
+    maxima: dict[str, float] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            maxima[name.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(
+                f"give [PIPELINE.]NAME=MAX, e.g. helloworld.sleep=10, not {item!r}",
+                param_hint="--max-parameter",
+            ) from None
+    return maxima
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from esap_dask.service.sandbox import Sandbox
 
 __all__ = ["ServiceConfig"]
 
@@ -54,6 +57,18 @@ class ServiceConfig:
         and destruction times (see :mod:`esap_dask.service.reaper`).
     cluster_options
         Keyword overrides for the service-wide ``local`` cluster (``open_cluster``).
+    data_roots
+        Directories whose regular files jobs may read (observations, steering cards);
+        none: jobs read no file (see :mod:`esap_dask.service.sandbox`).
+    max_observations
+        Most observations one job may map (globs, lists and ranges are counted first).
+    max_jobs_per_user, max_queued_per_user
+        Unfinished jobs a user may have, and how many of them may be queued or executing
+        (see :mod:`esap_dask.service.limits`).
+    max_destruction_days
+        Latest destruction instant a client may ask for, in days from its request.
+    parameter_maxima
+        ``{"pipeline.param" or "param": maximum}`` for numeric pipeline parameters.
     store_root
         Where every job's Zarr store goes, as ``<store_root>/<job id>/store.zarr``: a
         URL (``s3://bucket/prefix``) or a directory. Default: the job's directory.
@@ -82,6 +97,12 @@ class ServiceConfig:
     concurrency: int = 4
     reaper_interval: float = 0.5
     cluster_options: dict[str, object] = field(default_factory=dict)
+    data_roots: list[Path] = field(default_factory=list)
+    max_observations: int = 100_000
+    max_jobs_per_user: int = 100
+    max_queued_per_user: int = 8
+    max_destruction_days: float = 30.0
+    parameter_maxima: dict[str, float] = field(default_factory=dict)
     store_root: str | None = None
     store_options: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +122,16 @@ class ServiceConfig:
             raise ValueError(
                 f"store_options must be a mapping of fsspec options, not {self.store_options!r}"
             )
+
+    @cached_property
+    def sandbox(self) -> Sandbox:
+        """Where job inputs may come from, and how many (ValueError for a bad data root)."""
+        return Sandbox.create(
+            self.data_roots,
+            max_observations=self.max_observations,
+            parameter_maxima=self.parameter_maxima,
+            private={"data directory": self.data_dir, "token file": self.tokens_file},
+        )
 
     @property
     def database(self) -> str:
@@ -130,4 +161,6 @@ class ServiceConfig:
 
     def prepare(self) -> None:
         """Create the data directories."""
-        os.makedirs(self.jobs_dir, exist_ok=True)
+        os.makedirs(self.jobs_dir, mode=0o700, exist_ok=True)
+        for directory in (self.data_dir, self.jobs_dir):  # every user's stores and errors
+            os.chmod(directory, 0o700)

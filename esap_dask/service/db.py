@@ -3,10 +3,14 @@
 Every phase change goes through :meth:`JobDB.transition`, a single
 ``UPDATE ... WHERE phase IN (...)``: two requests racing on one job (RUN and
 ABORT, ABORT and completion) cannot both win, whatever the database.
+
+A SQLite database file is created with mode 0600 (and made so when it exists): it
+holds every user's parameters and errors.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +24,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     select,
     update,
 )
@@ -103,6 +108,8 @@ class JobDB:
             kwargs.update(pool_size=10, max_overflow=30)
         self.engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
+            _private_file(self.engine.url.database)
+        if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
@@ -154,6 +161,12 @@ class JobDB:
             q = q.order_by(JobRow.creation_time, JobRow.id)
         with self._session() as s:
             return list(s.scalars(q))
+
+    def count(self, owner: str, phases: Iterable[str]) -> int:
+        """How many jobs of ``owner`` are in one of ``phases``."""
+        q = select(func.count()).where(JobRow.owner == owner, JobRow.phase.in_(list(phases)))
+        with self._session() as s:
+            return int(s.execute(q).scalar_one())
 
     def in_phases(self, phases: Iterable[str]) -> list[JobRow]:
         """Every job (of any owner) in one of ``phases``, oldest first."""
@@ -222,6 +235,17 @@ class JobDB:
         with self._session.begin() as s:
             res = s.execute(delete(JobRow).where(JobRow.id == job_id))
         return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def _private_file(database: str | None) -> None:
+    """Create the SQLite file ``database`` with mode 0600, or make an existing one so."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    fd = os.open(database, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:

@@ -3,31 +3,47 @@
 Parameters arrive as UWS parameters (form fields of ``POST /uws/jobs`` or
 ``POST /uws/jobs/{id}/parameters``); names are case-insensitive, as in DALI.
 They are stored as given (strings, or lists for repeated ones) and turned into
-a :class:`JobSpec` — checked against the facility and pipeline catalogs and the
-pipeline's :class:`~esap_dask.Parameter` declarations — whenever they change.
+a :class:`JobSpec` — checked against the facility and pipeline catalogs, the
+pipeline's :class:`~esap_dask.Parameter` declarations and the service's
+:class:`~esap_dask.service.sandbox.Sandbox` — whenever they change, and again
+when the job runs (a file swapped meanwhile is caught then).
 
 ``observations`` may be
 
-- a glob (``/data/runs/*.fits.gz``) or a list file (``.txt``/``.lst``/``.list``);
-- an inclusive run-number range ``A..B``;
+- an inclusive run-number range ``A..B``, or integers (run numbers);
+- a path or a glob (``runs/*.fits.gz``) under the service's data roots;
+- ``list:PATH``: a list file under a data root, one path a line;
 - a list: the parameter repeated, or one value with items separated by commas or
-  new lines (items that are integers become run numbers);
-- a GADF obs-index file (``obs-index.fits[.gz]``): its ``OBS_ID`` rows, each mapped to its
-  events file through the ``hdu-index`` next to it (the run number when there is none).
+  new lines (items that are integers become run numbers, the others are paths);
+- a GADF obs-index file (``obs-index.fits[.gz]``) under a data root: its ``OBS_ID`` rows,
+  each mapped to its events file through the ``hdu-index`` next to it (the run number
+  when there is none).
+
+The mapper receives only run numbers and the real paths of regular files under the
+data roots (see :mod:`esap_dask.service.sandbox`).
 """
 
 from __future__ import annotations
 
+import glob as globmod
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from esap_dask.facilities import FacilityError, load_facility
-from esap_dask.observations import ObservationError, as_observations, parse_range
+from esap_dask.observations import Observation, parse_range
 from esap_dask.pipeline import ParameterError, Pipeline
+from esap_dask.service.sandbox import (
+    LIST_PREFIX,
+    MAX_RUNID_CHARS,
+    MAX_VALUE_CHARS,
+    JobParameterError,
+    Sandbox,
+    check_text,
+    show,
+)
 from esap_dask.workflows import get_pipeline, list_pipelines
 
 __all__ = [
@@ -35,6 +51,7 @@ __all__ = [
     "JobParameterError",
     "JobSpec",
     "catalog_pipeline",
+    "check_pairs",
     "merge_parameters",
     "parse_spec",
 ]
@@ -42,16 +59,9 @@ __all__ = [
 #: Job parameters of the service itself (the pipeline's own come on top).
 RESERVED = ("pipeline", "facility", "observations")
 _INT = re.compile(r"^-?\d+$")
-#: Most observations one job may map (a range is checked before it is expanded).
-MAX_OBSERVATIONS = 1_000_000
-
-
-class JobParameterError(ValueError):
-    """A job parameter is missing, unknown or invalid; the message names it."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"parameter {name!r}: {message}")
-        self.name = name
+_OBS_INDEX = re.compile(r"obs-index\.fits(\.gz)?$")
+#: The sandbox of a service configured with nothing: no file is read.
+_NO_FILES = Sandbox()
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,10 @@ def merge_parameters(current: Mapping[str, Any], new: Sequence[tuple[str, str]])
     return merged
 
 
-def parse_spec(parameters: Mapping[str, Any]) -> JobSpec:
+def parse_spec(parameters: Mapping[str, Any], sandbox: Sandbox | None = None) -> JobSpec:
     """Check stored job parameters and build the :class:`JobSpec`.
+
+    ``sandbox``: the service's data roots and bounds (default: no file is read).
 
     Raises
     ------
@@ -112,11 +124,8 @@ def parse_spec(parameters: Mapping[str, Any]) -> JobSpec:
             "observations",
             "required; give a glob, a list, an obs-index file or a run-number range like 1..10",
         )
-    observations = observation_spec(parameters["observations"])
-    try:
-        as_observations(observations)
-    except (ObservationError, OSError) as err:
-        raise JobParameterError("observations", str(err)) from None
+    sandbox = sandbox or _NO_FILES
+    observations = observation_spec(parameters["observations"], sandbox)
     own = {p.name.lower(): p.name for p in pipeline.parameters}
     given: dict[str, Any] = {}
     for key, value in parameters.items():
@@ -130,11 +139,17 @@ def parse_spec(parameters: Mapping[str, Any]) -> JobSpec:
                 f"service parameters: {', '.join(RESERVED)})",
             )
         given[own[key.lower()]] = _single(key, value)
+    for p in pipeline.parameters:
+        value = given.get(p.name)
+        # a file parameter (a steering card) names a file, or holds the text itself
+        if p.file and isinstance(value, str) and value.strip() and "\n" not in value:
+            given[p.name] = sandbox.file(p.name, value.strip())
     try:
         params = pipeline.resolve(given)
     except ParameterError as err:
         bad = next((n for n in given if repr(n) in str(err)), "parameters")
         raise JobParameterError(bad, str(err).split(": ", 1)[-1]) from None
+    sandbox.check_maxima(pipeline.name, params)
     return JobSpec(pipeline=pipeline, facility=facility, observations=observations, params=params)
 
 
@@ -147,53 +162,104 @@ def catalog_pipeline(name: str) -> Pipeline:
     return get_pipeline(catalog[name])
 
 
-def observation_spec(value: Any) -> Any:
-    """The ``observations`` parameter as something :func:`as_observations` accepts."""
+def observation_spec(value: Any, sandbox: Sandbox) -> list[Any] | range:
+    """The ``observations`` parameter as run numbers and confined real paths (module doc)."""
+    name = "observations"
     if isinstance(value, list):
-        items = [str(v).strip() for v in value]
-        return [int(v) if _INT.match(v) else v for v in items if v]
+        return _items([str(v).strip() for v in value], sandbox)
     text = str(value).strip()
     if not text:
-        raise JobParameterError("observations", "empty; give a glob, a list or a range")
-    if re.search(r"obs-index\.fits(\.gz)?$", text):
-        return obs_index(Path(text))
+        raise JobParameterError(name, "empty; give a range like 1..10, paths or a glob")
     bounds = parse_range(text)
-    if bounds and bounds[1] - bounds[0] >= MAX_OBSERVATIONS:
-        raise JobParameterError(
-            "observations",
-            f"the range {text} holds more than {MAX_OBSERVATIONS} observations; split it "
-            "into several jobs",
-        )
+    if bounds:
+        lo, hi = bounds
+        if hi < lo:
+            raise JobParameterError(name, f"the range {show(text)}: the end is before the start")
+        sandbox.count_ok(name, hi - lo + 1, f"the range {show(text)}")
+        return range(lo, hi + 1)
+    if text.startswith(LIST_PREFIX):
+        return _unique(sandbox.list_file(name, text[len(LIST_PREFIX) :].strip()))
     if "," in text or "\n" in text:
-        return observation_spec(re.split(r"[,\n]", text))
+        return _items(re.split(r"[,\n]", text), sandbox)
     if _INT.match(text):
         return [int(text)]
-    return text
+    if _OBS_INDEX.search(text):
+        return _unique(obs_index(sandbox.file(name, text), sandbox))
+    if globmod.has_magic(text):
+        return _unique(sandbox.glob(name, text))
+    return [sandbox.file(name, text)]
 
 
-def obs_index(path: Path) -> list[Any]:
-    """The observations of a GADF obs-index file: events files when the hdu-index says."""
+def _items(items: list[str], sandbox: Sandbox) -> list[Any]:
+    items = [i.strip() for i in items if i.strip()]
+    sandbox.count_ok("observations", len(items), "the list")
+    if not items:
+        raise JobParameterError("observations", "empty; give a range like 1..10, paths or a glob")
+    return _unique([int(i) if _INT.match(i) else sandbox.file("observations", i) for i in items])
+
+
+def _unique(items: list[Any]) -> list[Any]:
+    """``items``, or an error naming the first observation id (file name) given twice."""
+    seen: set[str] = set()
+    for item in items:
+        oid = Observation.of(item).id
+        if oid in seen:
+            raise JobParameterError(
+                "observations",
+                f"two observations share the id {show(oid)}; observation ids (file names) "
+                "must be unique within a job",
+            )
+        seen.add(oid)
+    return items
+
+
+def obs_index(path: str, sandbox: Sandbox) -> list[Any]:
+    """The observations of a GADF obs-index file: events files when the hdu-index says.
+
+    ``path`` is already confined; the hdu-index next to it and every events file it
+    names are confined the same way. Errors never quote the files' content.
+    """
     from astropy.table import Table
 
-    if not path.is_file():
-        raise JobParameterError("observations", f"obs-index file {path} does not exist")
+    name = "observations"
     try:
         obs_ids = [int(i) for i in Table.read(path, hdu=1, format="fits")["OBS_ID"]]
-    except Exception as err:  # astropy raises many kinds for a file that is not FITS
-        raise JobParameterError("observations", f"{path}: not a GADF obs-index ({err})") from None
-    name = path.name.replace("obs-index", "hdu-index")
-    hdu_path = path.with_name(name)
-    if not hdu_path.is_file():
+    except Exception:  # astropy raises many kinds for a file that is not FITS
+        raise JobParameterError(name, "the obs-index file is not a GADF obs-index") from None
+    sandbox.count_ok(name, len(obs_ids), "the obs-index file")
+    hdu_path = os.path.join(
+        os.path.dirname(path), os.path.basename(path).replace("obs-index", "hdu-index")
+    )
+    if not os.path.lexists(hdu_path):
         return obs_ids
+    hdu_path = sandbox.file(name, hdu_path, where="the hdu-index next to the obs-index")
     events: dict[int, str] = {}
     try:
-        for row in Table.read(hdu_path, hdu=1, format="fits"):
-            if str(row["HDU_CLASS"]).strip().lower() == "events":
-                events[int(row["OBS_ID"])] = os.path.normpath(
-                    path.parent / str(row["FILE_DIR"]).strip() / str(row["FILE_NAME"]).strip()
-                )
-    except Exception as err:  # not FITS, or not the GADF columns
-        raise JobParameterError(
-            "observations", f"{hdu_path}: not a GADF hdu-index ({err})"
-        ) from None
+        rows = [
+            (int(row["OBS_ID"]), str(row["FILE_DIR"]).strip(), str(row["FILE_NAME"]).strip())
+            for row in Table.read(hdu_path, hdu=1, format="fits")
+            if str(row["HDU_CLASS"]).strip().lower() == "events"
+        ]
+    except Exception:  # not FITS, or not the GADF columns
+        raise JobParameterError(name, "the hdu-index file is not a GADF hdu-index") from None
+    base = os.path.dirname(path)
+    for number, (obs_id, directory, file_name) in enumerate(rows, 1):
+        where = f"the events file of row {number} of the hdu-index"
+        target = os.path.normpath(os.path.join(base, directory, file_name))
+        events[obs_id] = sandbox.file(name, target, where=where)
     return [events.get(i, i) for i in obs_ids]
+
+
+def check_pairs(pairs: Sequence[tuple[str, str]]) -> None:
+    """Refuse names and values a UWS document cannot carry (control characters), or too long.
+
+    Raises
+    ------
+    JobParameterError
+        Naming the parameter (its name escaped) and the offending character.
+    """
+    for name, value in pairs:
+        check_text(name, name, limit=255)
+        check_text(
+            name, value, limit=MAX_RUNID_CHARS if name.upper() == "RUNID" else MAX_VALUE_CHARS
+        )

@@ -308,7 +308,7 @@ def make_router(service: JobService, user: Any) -> APIRouter:
         """One result: provenance (PROV-JSON), log, ledger or summary."""
         row = service.get(owner, job_id)
         if result_id == "provenance":
-            prov = service.store(row).provenance()
+            prov = service.limits.shown_provenance(row, service.store(row).provenance())
             if prov is not None:
                 return _stream(request, *prov, "application/json")
         path = service.result_path(row, result_id)

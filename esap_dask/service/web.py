@@ -5,14 +5,22 @@ Plain HTML from Jinja2 templates (autoescaped), no JavaScript and no build step.
 Authentication is the service's: the browser sends ``Authorization`` (HTTP Basic
 with the token as password, which browsers prompt for, or a bearer token set by
 a proxy); a job of another user is not found.
+
+:func:`security_headers` (a middleware of the whole application) forbids framing,
+MIME sniffing and referrers on every response, and gives every response but the
+OpenAPI browsers (``/docs``, ``/redoc``, which load their scripts) a Content-Security-Policy
+that allows nothing but this page's own style sheet (by its hash) and forms posted
+back to the service.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the local `User` alias.
 
+import base64
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
@@ -20,7 +28,7 @@ from esap_dask.facilities import list_facilities
 from esap_dask.service.jobs import JobService
 from esap_dask.workflows import list_pipelines
 
-__all__ = ["make_router"]
+__all__ = ["CONTENT_SECURITY_POLICY", "make_router", "security_headers"]
 
 _BASE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{% block title %}{% endblock %} · esap-dask</title>
@@ -30,6 +38,7 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 text-align:left}.phase{font-weight:bold}.COMPLETED{color:#070}.ERROR,.ABORTED{color:#a00}
 .EXECUTING,.QUEUED{color:#a60}pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}
 label{display:block;margin:.4em 0}input,select{min-width:20em;max-width:40em}
+form.inline{display:inline}
 </style></head><body>
 <p><a href="{{ root }}">jobs</a> · <a href="{{ root }}docs">API</a> · signed in as <b>{{ user }}</b></p>
 {% block body %}{% endblock %}</body></html>"""
@@ -67,9 +76,35 @@ _JOB = """{% extends "base" %}{% block title %}Job {{ job.id }}{% endblock %}{% 
 <h2>Results</h2><ul id="results">{% for r in results %}
 <li><a href="{{ r.href }}">{{ r.id }}</a> ({{ r.mime_type }})</li>{% else %}<li>none yet</li>{% endfor %}</ul>
 {% if job.error_message %}<h2>Error</h2><pre id="error">{{ job.error_message }}</pre>{% endif %}
-<p>{% if job.phase in ("PENDING", "QUEUED", "EXECUTING") %}<form method="post" action="{{ root }}web/jobs/{{ job.id }}/abort" style="display:inline"><button id="abort">Abort</button></form>{% endif %}
-<form method="post" action="{{ root }}web/jobs/{{ job.id }}/delete" style="display:inline"><button id="delete">Delete job and results</button></form></p>
+<p>{% if job.phase in ("PENDING", "QUEUED", "EXECUTING") %}<form method="post" action="{{ root }}web/jobs/{{ job.id }}/abort" class="inline"><button id="abort">Abort</button></form>{% endif %}
+<form method="post" action="{{ root }}web/jobs/{{ job.id }}/delete" class="inline"><button id="delete">Delete job and results</button></form></p>
 {% endblock %}"""
+
+_STYLE = _BASE.split("<style>", 1)[1].split("</style>", 1)[0]
+#: The page's policy: its one style sheet, forms to itself, nothing else (no script at all).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+#: The OpenAPI browsers load FastAPI's scripts and styles: no page policy there.
+_OPENAPI_PAGES = ("/docs", "/redoc")
+
+
+async def security_headers(request: Request, call_next: Any) -> Response:
+    """A middleware: the security headers above on every response."""
+    response: Response = await call_next(request)
+    for name, value in _HEADERS.items():
+        response.headers.setdefault(name, value)
+    if not request.url.path.startswith(_OPENAPI_PAGES):
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    return response
+
 
 _env = Environment(
     loader=DictLoader({"base": _BASE, "index": _INDEX, "job": _JOB}),
