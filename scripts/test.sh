@@ -11,6 +11,11 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    echo "== installing nginx-light (the X.509 reverse-proxy tests run it)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
 for service in slurm diracx postgres; do
     if [ -f "scripts/$service.sh" ]; then
         echo "== starting $service (scripts/$service.sh start)"
