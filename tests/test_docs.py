@@ -80,7 +80,7 @@ def allowed_options(facilitytype: str) -> set[str]:
         from distributed import LocalCluster, Nanny, Worker
 
         # LocalCluster passes the keywords it does not know on to each worker
-        return _COMMON | _params(LocalCluster.__init__, Worker.__init__, Nanny.__init__)
+        return _COMMON | {"tls"} | _params(LocalCluster.__init__, Worker.__init__, Nanny.__init__)
     if facilitytype == "ssh":
         from distributed import SSHCluster
 
