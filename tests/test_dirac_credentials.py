@@ -144,3 +144,76 @@ def test_two_processes_refreshing_at_once_both_keep_working(tmp_path: Path, roun
 
     asyncio.run(refresh_again())
     assert json.loads(creds.read_text())["refresh_token"] != after["refresh_token"]
+
+
+def test_the_grid_sandbox_carries_a_worker_certificate_only(tmp_path: Path) -> None:
+    """The sandbox, read back from DiracX's store: the worker's own key, not the scheduler's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from esap_dask.deploy.dirac import DiracCluster
+    from esap_dask.deploy.diracx_client import DiracXClient
+    from esap_dask.deploy.tls import security_directory
+
+    creds = STATE / "credentials.json"
+    if not creds.is_file():
+        pytest.fail(f"no DiracX credentials in {STATE}; run `{START}`")
+    cluster = DiracCluster(url=URL, credentials_path=str(creds), poll_interval=1)
+    try:
+        folder = security_directory(cluster.security)
+        assert folder is not None
+        scheduler_key = (folder / "member-key.pem").read_text()
+        assert cluster._grid is not None and cluster._grid.sandbox_pfn
+
+        async def download() -> bytes:
+            async with DiracXClient(URL, credentials_path=creds) as dx:
+                return await dx.download_sandbox(str(cluster._grid.sandbox_pfn))
+
+        import io
+        import tarfile
+
+        with tarfile.open(fileobj=io.BytesIO(asyncio.run(download())), mode="r:bz2") as tar:
+            files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}  # type: ignore[union-attr]
+    finally:
+        cluster.close()
+    assert sorted(files) == ["ca.pem", "worker-key.pem", "worker.pem"]
+    assert files["worker-key.pem"] != scheduler_key, "the scheduler's key stays home"
+    assert "PRIVATE KEY" not in files["ca.pem"] + files["worker.pem"], "no CA key"
+    ca = x509.load_pem_x509_certificate(files["ca.pem"].encode())
+    worker = x509.load_pem_x509_certificate(files["worker.pem"].encode())
+    worker.verify_directly_issued_by(ca)
+    key = serialization.load_pem_private_key(files["worker-key.pem"].encode(), None)
+    assert key.public_key() == worker.public_key()
+    ou = worker.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATIONAL_UNIT_NAME)
+    assert [a.value for a in ou] == ["worker"]
+    assert not folder.exists(), "close() removed the cluster's credentials"
+
+
+RUN_UNTIL_KILLED = [sys.executable, "-m", "esap_dask", "run", "helloworld", "-o", "1..200"]
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_cli_runs_credential_directory(tmp_path: Path) -> None:
+    """``esap-dask run`` on the local facility (TLS), killed with SIGTERM mid-run."""
+    import signal
+
+    env = {**os.environ, "HOME": str(tmp_path)}
+    tls_root = tmp_path / ".esap-dask" / "tls"
+    proc = subprocess.Popen(
+        [*RUN_UNTIL_KILLED, "-s", str(tmp_path / "s.zarr"), "-p", "sleep=0.5"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tls_root.glob("cluster-*/member-key.pem")):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the run made no credential directory"
+            time.sleep(0.1)
+        time.sleep(2)  # the cluster is up and working
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert list(tls_root.iterdir()) == [], "no credential directory is left behind"

@@ -56,7 +56,11 @@ from esap_dask.deploy.dirac_jobs import MAX_JOBS_PER_SUBMISSION, Grid
 from esap_dask.deploy.diracx_client import DiracXClient, DiracXError, format_jdl, sandbox_archive
 from esap_dask.deploy.environment import execution_environment
 from esap_dask.deploy.jobqueue import lifetime_arguments, parse_walltime, worker_lifetime
-from esap_dask.deploy.tls import new_cluster_security, remove_cluster_security
+from esap_dask.deploy.tls import (
+    grid_worker_security,
+    new_cluster_security,
+    remove_cluster_security,
+)
 from esap_dask.facilities import Facility, FacilityError
 
 __all__ = ["DiracCluster", "DiracJob", "open_dirac"]
@@ -261,7 +265,7 @@ class DiracCluster(SpecCluster):
 
     def _sandbox(self) -> bytes:
         """The input sandbox: the worker's TLS files (``ca.pem``, ``worker[-key].pem``)."""
-        cfg = self.security.get_tls_config_for_role("worker")
+        cfg = grid_worker_security(self.security).get_tls_config_for_role("worker")
         files = {name: cfg[key] for key, name in _SANDBOX_FILES.items() if cfg.get(key)}
         return sandbox_archive(
             {n: (v if "\n" in v else Path(v).read_text()).encode() for n, v in files.items()}

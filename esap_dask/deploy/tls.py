@@ -22,18 +22,24 @@ Examples
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
+from types import FrameType
 
 from distributed.security import Security
 
 __all__ = [
     "DEFAULT_TLS_ROOT",
+    "clean_credentials_on_sigterm",
+    "grid_worker_security",
     "new_cluster_security",
     "remove_cluster_security",
     "security_directory",
@@ -48,6 +54,10 @@ _CA_FILE = "ca.pem"
 _CERT_FILE = "member.pem"
 _KEY_FILE = "member-key.pem"
 _VALIDITY = datetime.timedelta(days=30)
+#: The grid workers' certificates and keys (PEM text, never on disk), by CA file path.
+_GRID_WORKERS: dict[str, dict[str, str]] = {}
+#: Credential directories of this process not yet removed (cleaned on SIGTERM and exit).
+_LIVE: set[Path] = set()
 
 
 def _private_directory(directory: Path | None) -> Path:
@@ -104,6 +114,8 @@ def new_cluster_security(directory: Path | None = None) -> Security:
         ) from err
 
     folder = _private_directory(directory)
+    _LIVE.add(folder)
+    clean_credentials_on_sigterm()
     now = datetime.datetime.now(datetime.UTC)
     tag = folder.name
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -120,7 +132,37 @@ def new_cluster_security(directory: Path | None = None) -> Security:
         .sign(ca_key, hashes.SHA256())
     )
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    def member(role: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+        # Every member is also a TLS server: workers serve each other, the scheduler
+        # and the client; so serverAuth and clientAuth for both roles.
+        return (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.COMMON_NAME, f"esap-dask {role}{tag}"),
+                        x509.NameAttribute(
+                            NameOID.ORGANIZATIONAL_UNIT_NAME, role.strip() or "member"
+                        ),
+                    ]
+                )
+            )
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+
     host = socket.gethostname()
     names: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
@@ -128,24 +170,10 @@ def new_cluster_security(directory: Path | None = None) -> Security:
         x509.DNSName("dask-internal"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
     ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"esap-dask {tag}")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = member("", key)
+    grid_key = ec.generate_private_key(ec.SECP256R1())
+    grid_cert = member("worker ", grid_key)
     pem = serialization.Encoding.PEM
     _write_private(folder / _CA_FILE, ca_cert.public_bytes(pem))
     _write_private(folder / _CERT_FILE, cert.public_bytes(pem))
@@ -154,6 +182,13 @@ def new_cluster_security(directory: Path | None = None) -> Security:
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
     ca, crt, k = (str(folder / n) for n in (_CA_FILE, _CERT_FILE, _KEY_FILE))
+    _GRID_WORKERS[ca] = {
+        "ca_file": ca_cert.public_bytes(pem).decode(),
+        "cert": grid_cert.public_bytes(pem).decode(),
+        "key": grid_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    }
     return Security(
         require_encryption=True,
         tls_ca_file=ca,
@@ -178,8 +213,42 @@ def security_directory(security: Security) -> Path | None:
 def remove_cluster_security(security: Security) -> None:
     """Delete the credential directory of ``security`` (call it when the cluster closes)."""
     folder = security_directory(security)
+    _GRID_WORKERS.pop(str(getattr(security, "tls_ca_file", "")), None)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+        _LIVE.discard(folder)
+
+
+def grid_worker_security(security: Security) -> Security:
+    """The credentials of a worker that shares nothing with the client (a grid job).
+
+    A certificate of its own, signed by the cluster's CA (whose key is gone), with
+    its key, all in memory (PEM text): it is what a grid job's input sandbox
+    carries. Neither the scheduler's and client's key nor the CA's key leaves the
+    submitting machine. The scheduler requires a certificate from the cluster's CA
+    of every peer (``ssl.CERT_REQUIRED``).
+
+    The limit: Dask authorizes no roles, so a process holding the worker's key can
+    still connect to the scheduler as a client would; what it cannot do is sign
+    other certificates or present the scheduler's identity (``OU=worker``).
+
+    Raises
+    ------
+    ValueError
+        When ``security`` was not made by :func:`new_cluster_security` in this process.
+    """
+    pems = _GRID_WORKERS.get(str(getattr(security, "tls_ca_file", "")))
+    if pems is None:
+        raise ValueError(
+            "grid_worker_security needs the Security of new_cluster_security() from this "
+            "process (the worker certificate is kept in memory only); open the cluster with tls"
+        )
+    return Security(
+        require_encryption=True,
+        tls_ca_file=pems["ca_file"],
+        tls_worker_cert=pems["cert"],
+        tls_worker_key=pems["key"],
+    )
 
 
 def worker_tls_arguments(security: Security) -> list[str]:
@@ -218,3 +287,41 @@ def worker_tls_environment(security: Security) -> dict[str, str]:
         "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": text(cfg.get("key")),
     }
     return {k: v for k, v in env.items() if v}
+
+
+def _remove_live() -> None:
+    for folder in list(_LIVE):
+        shutil.rmtree(folder, ignore_errors=True)
+        _LIVE.discard(folder)
+
+
+atexit.register(_remove_live)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def clean_credentials_on_sigterm() -> bool:
+    """Make SIGTERM remove this process's credential directories; ``True`` if installed.
+
+    An ``atexit`` handler removes every directory :func:`new_cluster_security`
+    made in this process and :func:`remove_cluster_security` did not; it runs on a
+    normal exit and on ``SystemExit``, not when a signal kills the process. So,
+    when SIGTERM still has its default action, this installs a handler that raises
+    ``SystemExit(143)`` in the main thread: ``with`` blocks close their clusters,
+    then ``atexit`` removes what is left. A handler already installed (the
+    application's own) is left alone; a server that restores the default action
+    and re-raises the signal after its graceful shutdown (uvicorn) should call this
+    before it starts. Only the main thread can install signal handlers: from
+    another thread this does nothing and returns ``False``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _terminate:
+        return True
+    if current is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _terminate)
+    return True
