@@ -188,7 +188,7 @@ def list_facilities() -> list[Facility]:
     return sorted(_catalog().values(), key=lambda f: f.name)
 
 
-def load_facility(name: str, **overrides: Any) -> Facility:
+def load_facility(name: str, /, **overrides: Any) -> Facility:
     """The facility called ``name``, its options merged with ``dask.config`` and ``overrides``.
 
     Raises
@@ -218,7 +218,7 @@ def load_facility(name: str, **overrides: Any) -> Facility:
     )
 
 
-def open_cluster(name: str = "local", **overrides: Any) -> Any:
+def open_cluster(name: str = "local", /, **overrides: Any) -> Any:
     """Start the Dask cluster of facility ``name`` and return its cluster manager.
 
     Parameters
