@@ -216,6 +216,7 @@ pipeline = Pipeline(
             str,
             "",
             "steering card: its text, or a file's path ('' = built-in)",
+            file=True,
             check=card_text,
         ),
         Parameter(

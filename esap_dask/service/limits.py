@@ -64,6 +64,13 @@ class Limits:
         self.db = db
         self.sandbox = config.sandbox
         self.redact = Redactor(self.sandbox.roots, config.data_dir)
+        # concordia reads a card named by a path with esap_dask.corsika.read_card, under
+        # these roots, never from a URL (the service process is the one that reads it)
+        import dask.config
+
+        dask.config.set(
+            {"esap.corsika.card-roots": list(self.sandbox.roots), "esap.corsika.card-urls": False}
+        )
 
     # -- requests --------------------------------------------------------------------------
 
