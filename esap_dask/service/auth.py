@@ -227,7 +227,12 @@ class KeySet:
             return
         # Before the first key set, requests wait for the one fetch (there is nothing to
         # check them against anyway); afterwards nobody waits for a refetch.
-        if not self._fetching.acquire(blocking=self._keys is None, timeout=30):
+        got = (
+            self._fetching.acquire(timeout=30)
+            if self._keys is None
+            else self._fetching.acquire(False)
+        )
+        if not got:
             return
         try:
             if not self._due():
