@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from esap_dask import __version__
@@ -27,7 +28,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     sys.exit(code)
 
 
@@ -102,10 +103,11 @@ def print_summary(summary: Any) -> None:
         table.add_row("why", ", ".join(f"{n} {r}" for r, n in sorted(summary.reasons.items())))
     out.print(table)
     for note in summary.notes:
-        out.print(f"[yellow]note:[/] {note}", highlight=False)
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for f in summary.failures[:20]:
         out.print(
-            f"[red]failed[/] {f['observation']}: {f['error_type']}: {f['message']}", highlight=False
+            "[red]failed[/] " + escape(f"{f['observation']}: {f['error_type']}: {f['message']}"),
+            highlight=False,
         )
     if len(summary.failures) > 20:
         out.print(f"… and {len(summary.failures) - 20} more: esap-dask status {summary.store}")
@@ -278,7 +280,8 @@ def status(
         )
     for f in report["failures"]:
         out.print(
-            f"[red]failed[/] {f['observation']}: {f['error_type']}: {f['message']}", highlight=False
+            "[red]failed[/] " + escape(f"{f['observation']}: {f['error_type']}: {f['message']}"),
+            highlight=False,
         )
 
 
@@ -338,7 +341,9 @@ def pipelines(as_json: bool) -> None:
 
     found = _guarded(list_pipelines)
     for where, why in broken_pipelines().items():
-        err.print(f"[yellow]warning:[/] {where} failed to load: {why}", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] {escape(f'{where} failed to load: {why}')}", highlight=False
+        )
     if as_json:
         click.echo(json.dumps([p.describe() for p in found], default=str))
         return

@@ -37,7 +37,7 @@ def local_keywords(options: dict[str, Any] | None = None) -> set[str]:
     names = keywords(LocalCluster.__init__, Worker.__init__, Nanny.__init__) | {"tls"}
     worker_class = (options or {}).get("worker_class")
     if isinstance(worker_class, type):
-        names |= keywords(worker_class.__init__)
+        names |= keywords(worker_class)
     return names
 
 
