@@ -8,6 +8,18 @@ Product arrays never travel back to the driver.
 An exception in one observation fails that observation only: its products keep
 their fill values, its ledger row says what went wrong, and the rest of the
 batch is written as usual.
+
+``ledger_attempts`` counts the times the pipeline started on an observation, no
+more: a task assigned to a worker that died before running it is not an attempt.
+Only the worker knows when a task starts, so a task tells the scheduler before it
+runs the pipeline (:class:`BatchStarts`, one round trip per batch) and learns how
+many times its key started already: a task the scheduler ran again after a worker
+loss (``distributed.scheduler.allowed-failures``, or a result that died with its
+worker before the driver fetched it) counts every start; the driver asks the same
+record whether a batch lost with its worker had started (:mod:`esap_dask.execute`).
+A task that finds its rows already committed by its run (its earlier start finished,
+and only the result was lost) returns their report from the ledger instead of
+running the pipeline again.
 """
 
 from __future__ import annotations
@@ -21,13 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from esap_dask.ledger import COLUMNS, DONE, FAILED
 from esap_dask.observations import Observation, sha256_file
 from esap_dask.pipeline import Pipeline, Schema
-from esap_dask.store import open_store, write_rows
+from esap_dask.store import array, open_store, write_rows
 
-__all__ = ["Batch", "BatchReport", "RunContext", "run_batch"]
+__all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "run_batch"]
 
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
@@ -48,11 +61,18 @@ class RunContext:
     #: rows of the store's write unit (chunk, or shard when sharding): products are flushed
     #: one unit at a time
     unit: int = 1
+    #: tasks report their start to the scheduler's :class:`BatchStarts` (the driver sets
+    #: it once the plugin is registered)
+    track_starts: bool = False
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Store rows and the observations to process into them (rows sorted ascending)."""
+    """Store rows and the observations to process into them (rows sorted ascending).
+
+    ``attempts`` are the starts recorded before this task: by earlier runs, and by
+    earlier tasks of this run for the same rows (a suspect retried alone).
+    """
 
     index: int
     rows: np.ndarray
@@ -77,6 +97,12 @@ class BatchReport:
     failures: list[tuple[str, str, str]]
     worker: str
     seconds: float
+    #: the workers that started this task, in order, this one last: more than one when
+    #: the scheduler ran it again after a worker was lost
+    started_on: tuple[str, ...] = ()
+    #: the rows were committed by an earlier start of this task, whose result was lost:
+    #: the report was read back from the ledger and the pipeline did not run again
+    from_ledger: bool = False
 
 
 def check_input(obs: Observation) -> None:
@@ -180,19 +206,132 @@ def _run_group(ctx: RunContext) -> Any:
     return group
 
 
+class BatchStarts(SchedulerPlugin):
+    """The scheduler's record of the workers that started each batch task, by task key.
+
+    The driver registers it (once per scheduler: it is idempotent); it adds three
+    handlers to the scheduler: ``esap_batch_started(key, worker)``, called by a task
+    before it runs the pipeline, records the start and returns the workers that started
+    ``key``, this one last; ``esap_batch_starts(keys)`` returns the record of ``keys``;
+    ``esap_batch_forget(prefix)`` drops the keys of a run that ended.
+    """
+
+    name = "esap-batch-starts"
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.starts: dict[str, list[str]] = {}
+
+    async def start(self, scheduler: Any) -> None:
+        """Add the handlers to ``scheduler``."""
+        scheduler.handlers["esap_batch_started"] = self.started
+        scheduler.handlers["esap_batch_starts"] = self.lookup
+        scheduler.handlers["esap_batch_forget"] = self.forget
+
+    def started(self, key: str, worker: str) -> list[str]:
+        """Record that ``worker`` starts ``key``; the workers that started it so far."""
+        self.starts.setdefault(key, []).append(worker)
+        return list(self.starts[key])
+
+    def lookup(self, keys: list[str]) -> dict[str, list[str]]:
+        """The workers that started each of ``keys`` (none for a key never started)."""
+        return {k: list(self.starts.get(k, ())) for k in keys}
+
+    def forget(self, prefix: str) -> int:
+        """Drop the record of every key starting with ``prefix``; how many were dropped."""
+        gone = [k for k in self.starts if k.startswith(prefix)]
+        for k in gone:
+            del self.starts[k]
+        return len(gone)
+
+
+def _record_start(ctx: RunContext, worker: str) -> tuple[str, ...]:
+    """Tell the scheduler that this task starts; the workers that started it, this one last.
+
+    Outside a run that tracks starts (or outside a Dask worker) the task counts as
+    started once, here.
+    """
+    if not ctx.track_starts:
+        return (worker,)
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        w = get_worker()
+        key = str(w.get_current_task())
+        started = sync(w.loop, w.scheduler.esap_batch_started, key=key, worker=worker)
+    except Exception:  # no worker, or no record on the scheduler: one start, this one
+        return (worker,)
+    return tuple(str(s) for s in started)
+
+
+#: Ledger columns read back to rebuild the report of a batch its run already committed.
+_COMMITTED = (
+    "ledger_run",
+    "ledger_fingerprint",
+    "ledger_status",
+    "ledger_worker",
+    "ledger_error_type",
+    "ledger_error",
+)
+
+
+def _committed_report(
+    group: Any, ctx: RunContext, batch: Batch, started_on: tuple[str, ...]
+) -> BatchReport | None:
+    """The report of ``batch`` read back from its ledger rows if this run committed them.
+
+    A task the scheduler runs again because its result died with its worker (the
+    driver had not fetched it yet) finds its rows committed: products first, then the
+    ledger rows, all of them with this run's id and the batch's fingerprints.
+    """
+    rows = np.asarray(batch.rows)
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    cols = {name: np.asarray(array(group, name)[lo:hi])[rows - lo] for name in _COMMITTED}
+    status = cols["ledger_status"]
+    if not (
+        (cols["ledger_run"] == ctx.run_id).all()
+        and (cols["ledger_fingerprint"] == np.asarray(batch.fingerprints, dtype=object)).all()
+        and np.isin(status, (DONE, FAILED)).all()
+    ):
+        return None
+    failures = [
+        (o.id, str(cols["ledger_error_type"][k]), str(cols["ledger_error"][k]))
+        for k, o in enumerate(batch.observations)
+        if status[k] == FAILED
+    ]
+    return BatchReport(
+        index=batch.index,
+        done=int((status == DONE).sum()),
+        failed=len(failures),
+        failures=failures,
+        worker=str(cols["ledger_worker"][0]),
+        seconds=0.0,
+        started_on=started_on,
+        from_ledger=True,
+    )
+
+
 def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     """Process ``batch`` and write its rows into ``ctx.store``; return its report.
 
     Products are written one write unit (``ctx.unit`` rows of the store) at a time, as
     soon as its observations are done, so a worker holds at most one unit of products;
-    the ledger rows of the whole batch are written last.
+    the ledger rows of the whole batch are written last. ``ledger_attempts`` adds the
+    starts of this task (usually one) to ``batch.attempts``; a task started again after
+    its run committed its rows returns their report without running the pipeline.
     """
     t0 = time.perf_counter()
     n = len(batch.rows)
     schema = ctx.schema
     group = _run_group(ctx)
-    ledger = {v.name: np.full(n, v.fill, dtype=v.numpy_dtype) for v in COLUMNS}
     worker = _worker_name()
+    started_on = _record_start(ctx, worker)
+    if len(started_on) > 1:
+        committed = _committed_report(group, ctx, batch, started_on)
+        if committed is not None:
+            return committed
+    ledger = {v.name: np.full(n, v.fill, dtype=v.numpy_dtype) for v in COLUMNS}
     failures: list[tuple[str, str, str]] = []
     units = np.asarray(batch.rows) // max(1, ctx.unit)
     bounds = [*np.flatnonzero(np.diff(units)).tolist(), n - 1]
@@ -213,7 +352,7 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     ledger["ledger_fingerprint"][:] = batch.fingerprints
     ledger["ledger_params"][:] = ctx.param_hash
     ledger["ledger_version"][:] = ctx.pipeline.version
-    ledger["ledger_attempts"][:] = np.asarray(batch.attempts) + 1
+    ledger["ledger_attempts"][:] = np.asarray(batch.attempts) + len(started_on)
     ledger["ledger_worker"][:] = worker
     ledger["ledger_run"][:] = ctx.run_id
     write_rows(group, batch.rows, ledger)  # the commit point: after every product
@@ -224,4 +363,5 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
         failures=failures,
         worker=worker,
         seconds=time.perf_counter() - t0,
+        started_on=started_on,
     )

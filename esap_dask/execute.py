@@ -4,6 +4,12 @@
 (:func:`make_batches`), submits one task per batch, and collects the small reports as
 they come. Batches killed with their worker are retried alone before being blamed; a
 cluster that reports its workers can never start (``cluster.error``) stops the run.
+
+Which batches a dead worker had started is asked of the scheduler's record of starts
+(:class:`esap_dask.batch.BatchStarts`), because distributed fails every task assigned
+to the worker, queued ones too: a batch it had not started is submitted again as it
+was (it is no attempt), and only the batches it was running count an attempt, are
+retried alone, and are named in the run's notes.
 """
 
 from __future__ import annotations
@@ -20,18 +26,31 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.batch import Batch, BatchReport, RunContext, run_batch
+from esap_dask.batch import Batch, BatchReport, BatchStarts, RunContext, run_batch
 from esap_dask.ledger import FAILED, Plan
 from esap_dask.progress import Progress
 from esap_dask.store import StoreLayout, write_rows
 
-__all__ = ["MAX_TASKS", "TASKS_PER_THREAD", "execute", "gc_paused", "make_batches", "nthreads"]
+__all__ = [
+    "MAX_REQUEUES",
+    "MAX_TASKS",
+    "TASKS_PER_THREAD",
+    "batch_starts",
+    "execute",
+    "gc_paused",
+    "make_batches",
+    "nthreads",
+]
 
 #: Automatic batches: each takes at least 1/(TASKS_PER_THREAD x threads) of the rows left
 #: (whole write units), so a run starts with about this many tasks a thread, then shrinks.
 TASKS_PER_THREAD = 4
 #: Never more tasks than this in one run (scheduler overhead).
 MAX_TASKS = 5000
+#: A batch lost with a worker before it started is submitted again this many times at
+#: most; then it is a suspect like the batches that were running (workers that die
+#: before they run anything must not keep a run going forever).
+MAX_REQUEUES = 3
 
 
 @contextlib.contextmanager
@@ -127,19 +146,33 @@ def execute(
                     attempts=[e[3] for e in chosen],
                 )
             )
+    tracked = _track_starts(client)
+    if tracked:
+        ctx = dataclasses.replace(ctx, track_starts=True)
+    prefix = f"esap-batch-{ctx.run_id}-"
     by_key: dict[str, Batch] = {}
-    futures = []
-    for b in batches:
-        fut = client.submit(run_batch, ctx, b, key=f"esap-batch-{ctx.run_id}-{b.index}", pure=False)
+    futures: list[Any] = []
+    requeues: dict[int, int] = {}  # batches lost with a worker before they started
+
+    def submit(b: Batch, alone: bool = False) -> Any:
+        key = f"{prefix}{b.index}" + ("-alone" if alone else "")
+        if requeues.get(b.index):
+            key += f"-requeue{requeues[b.index]}"
+        fut = client.submit(run_batch, ctx, b, key=key, pure=False)
         by_key[fut.key] = b
         futures.append(fut)
+        return fut
+
+    for b in batches:
+        submit(b)
     reports: list[BatchReport] = []
-    # A dying worker takes the blame for every task assigned to it, innocent ones too: a
-    # batch killed by KilledWorker is a suspect, retried alone (one suspect at a time);
-    # only one that kills its worker again is reported as the culprit.
+    # A dying worker takes the blame for every task assigned to it. Those it had not
+    # started are innocent: submitted again as they were (not an attempt). Those it was
+    # running are suspects, retried alone (one suspect at a time); only one that kills
+    # its worker again is reported as the culprit.
     suspects: list[Batch] = []
     isolated: set[int] = set()
-    running_alone = False
+    alone: int | None = None  # the suspect running alone now
     bar = Progress(
         total=n,
         description=f"{ctx.pipeline.name} → {os.path.basename(ctx.store)}",
@@ -155,38 +188,55 @@ def execute(
                 if fut.status == "cancelled":  # aborted: its rows stay pending, for next time
                     continue
                 report, error = None, None
+                started: tuple[str, ...] = ()
                 try:  # an error, or a result that died with its worker before it was fetched
                     report = fut.result()
                 except Exception as err:
                     error = err
                 fut.release()
-                if batch.index in isolated:
-                    running_alone = False
-                if type(error).__name__ == "KilledWorker" and batch.index not in isolated:
+                if error is not None:  # count the starts the task had before it failed
+                    started = _starts(client, fut.key, error, tracked)
+                    batch = dataclasses.replace(
+                        batch, attempts=[a + len(started) for a in batch.attempts]
+                    )
+                killed = type(error).__name__ == "KilledWorker"
+                if killed and not started and requeues.get(batch.index, 0) < MAX_REQUEUES:
+                    requeues[batch.index] = requeues.get(batch.index, 0) + 1
+                    pending.add(submit(batch, alone=batch.index == alone))
+                    continue
+                if report is not None and len(report.started_on) > 1:
+                    todo.notes.append(_restarted_note(batch, report))
+                if batch.index == alone:
+                    alone = None
+                if killed and batch.index not in isolated:
                     suspects.append(batch)
+                    where = (
+                        f"were running on worker {', '.join(started)} when it was lost"
+                        if started
+                        else f"were lost with {MAX_REQUEUES + 1} workers before they started"
+                    )
+                    todo.notes.append(
+                        f"observations {batch.describe()} {where}; they run again, alone"
+                    )
                 else:
                     if report is None:
-                        report = _batch_failed(group, ctx, batch, error or RuntimeError("lost"))
+                        report = _batch_failed(
+                            group, ctx, batch, error or RuntimeError("lost"), len(started)
+                        )
                     reports.append(report)
                     bar.advance(len(batch.rows), failed=report.failed)
-                if suspects and not running_alone:
-                    again = suspects.pop(0)  # it was processed once already: count it
-                    again = dataclasses.replace(again, attempts=[a + 1 for a in again.attempts])
+                if suspects and alone is None:
+                    again = suspects.pop(0)
                     isolated.add(again.index)
-                    running_alone = True
-                    retry = client.submit(
-                        run_batch,
-                        ctx,
-                        again,
-                        pure=False,
-                        key=f"esap-batch-{ctx.run_id}-{again.index}-alone",
-                    )
-                    by_key[retry.key] = again
-                    futures.append(retry)
-                    pending.add(retry)
+                    alone = again.index
+                    pending.add(submit(again, alone=True))
     except BaseException:
         client.cancel(futures)
         raise
+    finally:
+        if tracked:
+            with contextlib.suppress(Exception):
+                client.sync(client.scheduler.esap_batch_forget, prefix=prefix)
     if watch.failure is not None:
         from esap_dask.facilities import FacilityError
 
@@ -195,6 +245,60 @@ def execute(
             "unprocessed observations stay pending for the next run"
         ) from watch.failure
     return reports
+
+
+def _track_starts(client: Any) -> bool:
+    """Register :class:`BatchStarts` on the scheduler; False when it cannot load it.
+
+    Without the record (a scheduler whose Python lacks esap_dask) a batch lost with its
+    worker counts as started there, as every task assigned to a dying worker is blamed.
+    """
+    try:
+        client.register_plugin(BatchStarts())
+    except Exception:
+        return False
+    return True
+
+
+def _starts(client: Any, key: str, error: BaseException, tracked: bool) -> tuple[str, ...]:
+    """The workers that started the failed task ``key``, from the scheduler's record.
+
+    Without the record (not ``tracked``), a task that failed with ``error`` counts as
+    started once, on the worker KilledWorker names if it does.
+    """
+    if not tracked:
+        last = getattr(getattr(error, "last_worker", None), "name", None)
+        return (str(last if last is not None else "?"),)
+    try:
+        return batch_starts(client, [key])[key]
+    except Exception:
+        return ("?",)
+
+
+def batch_starts(client: Any, keys: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The workers that started each batch task of ``keys`` so far (by name, in order).
+
+    A task counts as started once it told the scheduler, right before it runs the
+    pipeline on its first observation; a key never started maps to ``()``. The record
+    of a run is dropped when :func:`execute` returns.
+    """
+    record = client.sync(client.scheduler.esap_batch_starts, keys=list(keys))
+    return {k: tuple(str(w) for w in record.get(k, ())) for k in keys}
+
+
+def _restarted_note(batch: Batch, report: BatchReport) -> str:
+    """What the summary says of a task the scheduler started again after a worker loss."""
+    lost = ", ".join(report.started_on[:-1])
+    if report.from_ledger:
+        return (
+            f"observations {batch.describe()} finished on worker {lost}, which was lost "
+            f"before their report was fetched; worker {report.started_on[-1]} read the "
+            "report back from the ledger (the pipeline did not run again)"
+        )
+    return (
+        f"observations {batch.describe()} were running on worker {lost} when it was lost; "
+        f"they ran again on worker {report.started_on[-1]}"
+    )
 
 
 class _ClusterWatch:
@@ -232,10 +336,22 @@ class _ClusterWatch:
             self._thread.join()
 
 
-def _batch_failed(group: Any, ctx: RunContext, batch: Batch, err: BaseException) -> BatchReport:
-    """Record a batch whose task itself failed (a killed worker, an unwritable store)."""
+def _batch_failed(
+    group: Any, ctx: RunContext, batch: Batch, err: BaseException, started: int
+) -> BatchReport:
+    """Record a batch whose task itself failed (a killed worker, an unwritable store).
+
+    ``batch.attempts`` counts every start already; ``started`` is how many of them the
+    failed task made (a task lost before it started has none).
+    """
     kind = type(err).__name__
-    if kind == "KilledWorker":
+    if kind == "KilledWorker" and not started:
+        message = (
+            f"the batch {batch.describe()} was assigned to {MAX_REQUEUES + 1} workers that "
+            "were all lost before it could start: the facility's workers die (see the run's "
+            "notes); it runs again next time"
+        )
+    elif kind == "KilledWorker":
         message = (
             f"the batch {batch.describe()} killed its worker again and again and was given up: "
             "one of its observations crashes the worker process (memory, segfault); run it "
@@ -250,7 +366,7 @@ def _batch_failed(group: Any, ctx: RunContext, batch: Batch, err: BaseException)
         "ledger_fingerprint": np.asarray(batch.fingerprints, dtype=object),
         "ledger_params": np.full(n, ctx.param_hash, dtype=object),
         "ledger_version": np.full(n, ctx.pipeline.version, dtype=object),
-        "ledger_attempts": np.asarray(batch.attempts, dtype="i4") + 1,
+        "ledger_attempts": np.asarray(batch.attempts, dtype="i4"),
         "ledger_error_type": np.full(n, kind, dtype=object),
         "ledger_error": np.full(n, message, dtype=object),
         "ledger_run": np.full(n, ctx.run_id, dtype=object),
