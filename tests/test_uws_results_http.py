@@ -56,7 +56,7 @@ def run_job(svc: ServiceProcess, **params: str) -> str:
     assert resp.status_code == 303, resp.text
     url = resp.headers["Location"]
     phase = wait_for_phase(s, url, {"COMPLETED", "ERROR", "ABORTED"})
-    assert phase == "COMPLETED", s.get(f"{url}/error").text
+    assert phase == "COMPLETED", (s.get(f"{url}/error").text, s.get(f"{url}/results/log").text)
     return url
 
 
@@ -252,3 +252,21 @@ def test_s3_store_root_opens_over_http_as_in_the_bucket(
             time.sleep(0.2)
             fs.invalidate_cache()
         assert fs.find(f"{name}/jobs/{job_id}") == [], "the job's S3 objects outlived it"
+
+
+def test_the_documented_example_prints_what_the_docs_show(service: ServiceProcess) -> None:
+    """docs/examples/uws_results_zarr.py (shown in docs/service.md) against this service."""
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "uws_results_zarr.py"
+    done = subprocess.run(
+        [sys.executable, str(example)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ESAP_DASK_SERVICE": service.url},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "COMPLETED",
+        "{'obs': 3}",
+        "['Hello, 1!', 'Hello, 2!', 'Hello, 3!']",
+    ]
