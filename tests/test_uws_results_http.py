@@ -270,3 +270,35 @@ def test_the_documented_example_prints_what_the_docs_show(service: ServiceProces
         "{'obs': 3}",
         "['Hello, 1!', 'Hello, 2!', 'Hello, 3!']",
     ]
+
+
+def test_where_job_stores_go(tmp_path: Path) -> None:
+    """The placement rule of esap_dask.service.stores.job_store, facility by facility."""
+    import dask.config
+
+    from esap_dask.service.config import ServiceConfig
+    from esap_dask.service.stores import StoreRootError
+
+    plain = ServiceConfig(data_dir=tmp_path / "data")
+    assert plain.job_store("j1", "local") == (str(tmp_path / "data/jobs/j1/store.zarr"), {})
+    with pytest.raises(StoreRootError, match="--store-root"):
+        plain.job_store("j1", "dirac")
+    on_disk = ServiceConfig(data_dir=tmp_path / "data", store_root=str(tmp_path / "shared"))
+    assert on_disk.job_store("j1", "slurm")[0] == str(tmp_path / "shared/j1/store.zarr")
+    with pytest.raises(StoreRootError, match="not a URL"):
+        on_disk.job_store("j1", "dirac")  # grid workers cannot reach a directory
+    s3 = ServiceConfig(
+        data_dir=tmp_path / "data",
+        store_root="s3://bucket/jobs/",
+        store_options={"key": "k", "secret": "s"},
+    )
+    url, options = s3.job_store("j1", "dirac")
+    assert url == "s3://bucket/jobs/j1/store.zarr"
+    assert options["key"] == "k" and options["secret"] == "s"
+    with (
+        dask.config.set({"esap.facilities.local.shared_filesystem": "false"}),
+        pytest.raises(StoreRootError, match="'local'"),
+    ):
+        plain.job_store("j1", "local")
+    with dask.config.set({"esap.facilities.dirac.shared_filesystem": True}):
+        assert plain.job_store("j1", "dirac")[0].endswith("jobs/j1/store.zarr")
