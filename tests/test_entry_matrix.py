@@ -14,9 +14,11 @@ Services: ``bash scripts/slurm.sh start``, ``bash scripts/sshd.sh start``,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +34,11 @@ import xarray as xr
 from pyvo.dal.tap import AsyncTAPJob
 
 from esap_dask import map_observations
+from esap_dask.deploy.diracx_client import DiracXClient
 from esap_dask.ledger import DONE
+from esap_dask.service.runner import job_label
 from esap_dask.service.testing import ServiceProcess, write_tokens
-from tests.conftest import ESAP_DASK, ROOT, SLURM_START
+from tests.conftest import ESAP_DASK, HESS, ROOT, SLURM_START
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.dirac]
 
@@ -116,8 +120,18 @@ def test_cli_run(
 ) -> None:
     store = store_for(facility, "cli", tmp_path, bucket)
     done = subprocess.run(
-        [*ESAP_DASK, "run", "helloworld", "-o", OBSERVATIONS, "--store", store]
-        + ["--facility", facility, "--json"],
+        [
+            *ESAP_DASK,
+            "run",
+            "helloworld",
+            "-o",
+            OBSERVATIONS,
+            "-s",
+            store,
+            "-f",
+            facility,
+            "--json",
+        ],
         capture_output=True,
         text=True,
         env={**cli_env, **services},
@@ -161,6 +175,7 @@ def service(
     root = tmp_path_factory.mktemp("matrix-uws")
     tokens = write_tokens(root / "tokens", TOKENS)
     extra = ["--store-root", f"s3://{bucket}/uws", "--store-options", json.dumps(S3_OPTIONS)]
+    extra += ["--data-root", str(HESS)]
     with ServiceProcess(root / "data", tokens, extra=extra, env=services) as svc:
         yield svc
 
@@ -188,3 +203,164 @@ def test_uws_job_driven_by_pyvo(facility: str, service: ServiceProcess) -> None:
     ledger = s.get(f"{url}/results/ledger").json()
     assert ledger["counts"] == {"pending": 0, "done": 6, "failed": 0}
     check_store(f"{url}/results/store", {"headers": dict(s.headers)})
+
+
+def wait_phase(s: requests.Session, url: str, phases: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while (phase := s.get(f"{url}/phase").text) not in phases:
+        assert time.monotonic() < deadline, f"{url} still {phase} after {timeout:.0f} s"
+        time.sleep(0.5)
+    return phase
+
+
+def same_products(remote: xr.Dataset, local: xr.Dataset) -> None:
+    """Every product of two stores equal, observation by observation."""
+    remote, local = remote.sortby("obs"), local.sortby("obs")
+    assert remote["obs"].values.tolist() == local["obs"].values.tolist()
+    names = [v for v in local.data_vars if not str(v).startswith("ledger_")]
+    assert names and sorted(names) == sorted(
+        v for v in remote.data_vars if not str(v).startswith("ledger_")
+    )
+    for name in names:
+        xr.testing.assert_equal(remote[name].load(), local[name].load())
+
+
+def test_dl3_products_over_the_hess_runs_through_the_service_on_slurm(
+    service: ServiceProcess, client: Any, tmp_path: Path
+) -> None:
+    """The 105 H.E.S.S. DR1 runs as a UWS job on SLURM: the products equal a local run's."""
+    s = session()
+    files = f"{HESS}/data/*.fits.gz"
+    url = submit(service, s, pipeline="dl3-products", observations=files, facility="slurm")
+    s.post(f"{url}/phase", data={"PHASE": "RUN"})
+    assert wait_phase(s, url, {"COMPLETED", "ERROR", "ABORTED"}, 600) == "COMPLETED", s.get(
+        f"{url}/error"
+    ).text
+    assert s.get(f"{url}/results/ledger").json()["counts"]["done"] == 105
+    local = tmp_path / "local.zarr"
+    assert map_observations("dl3-products", files, local, client=client).ok
+    remote = xr.open_zarr(f"{url}/results/store", storage_options={"headers": dict(s.headers)})
+    same_products(remote, xr.open_zarr(local))
+
+
+def test_concordia_through_the_service_on_dirac(
+    service: ServiceProcess, client: Any, tmp_path: Path
+) -> None:
+    """Air-shower runs as a UWS job on grid workers, stored on S3: the showers of a local run."""
+    s = session()
+    params = {"pipeline": "concordia", "observations": "1..4", "nshow": "5"}
+    url = submit(service, s, facility="dirac", **params)
+    s.post(f"{url}/phase", data={"PHASE": "RUN"})
+    assert wait_phase(s, url, {"COMPLETED", "ERROR", "ABORTED"}, 600) == "COMPLETED", s.get(
+        f"{url}/error"
+    ).text
+    local = tmp_path / "local.zarr"
+    assert map_observations("concordia", "1..4", local, client=client, params={"nshow": 5}).ok
+    remote = xr.open_zarr(f"{url}/results/store", storage_options={"headers": dict(s.headers)})
+    same_products(remote, xr.open_zarr(local))
+
+
+def slurm_jobs(name: str) -> list[str]:
+    """The SLURM jobs (array tasks included) called ``name`` that squeue still lists."""
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def dirac_jobs(group: str) -> dict[int, str]:
+    """DIRAC job id -> status of every job of a job group, as DiracX has them."""
+
+    async def search() -> list[dict[str, Any]]:
+        async with DiracXClient(
+            DIRACX_URL, credentials_path=DIRACX_STATE / "credentials.json"
+        ) as dx:
+            where = [{"parameter": "JobGroup", "operator": "eq", "value": group}]
+            return await dx.search(parameters=("JobID", "Status"), conditions=where)
+
+    return {int(r["JobID"]): str(r["Status"]) for r in asyncio.run(search())}
+
+
+@pytest.mark.parametrize("facility", ["slurm", "dirac"])
+def test_abort_ends_every_batch_or_grid_job_and_the_store_resumes(
+    facility: str,
+    service: ServiceProcess,
+    services: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ABORT on SLURM leaves none of the job's jobs in squeue; on DIRAC each ends Killed.
+
+    The store keeps what was done, and a run over it with the same pipeline and
+    parameters does only the rest.
+    """
+    s = session()
+    params = {"pipeline": "helloworld", "observations": "1..40", "sleep": "1"}
+    url = submit(service, s, facility=facility, **params)
+    label = job_label(url.rsplit("/", 1)[1])
+    s.post(f"{url}/phase", data={"PHASE": "RUN"})
+    wait_phase(s, url, {"EXECUTING"}, 60)
+    deadline = time.monotonic() + 180
+    if facility == "slurm":
+        while not slurm_jobs(label):
+            assert time.monotonic() < deadline, f"no SLURM job named {label}"
+            time.sleep(0.5)
+    else:
+        group = f"esap-dask-{label}"
+        while "Running" not in dirac_jobs(group).values():
+            assert time.monotonic() < deadline, f"no running DIRAC job of group {group}"
+            time.sleep(1)
+    store, opts = job_store_of(service, url)
+    while done_in(store, opts) < 1:  # some batches finish (the workers write the ledger)
+        assert time.monotonic() < deadline, "no observation done before the ABORT"
+        time.sleep(1)
+    assert s.post(f"{url}/phase", data={"PHASE": "ABORT"}).status_code in (200, 303)
+    assert wait_phase(s, url, {"ABORTED"}, 10) == "ABORTED"
+    deadline = time.monotonic() + 60
+    if facility == "slurm":
+        while left := slurm_jobs(label):
+            assert time.monotonic() < deadline, f"SLURM jobs {left} still queued after ABORT"
+            time.sleep(0.5)
+    else:
+        while set((jobs := dirac_jobs(group)).values()) != {"Killed"}:
+            assert time.monotonic() < deadline, f"DIRAC jobs after ABORT: {jobs}"
+            time.sleep(1)
+    while "ledger" not in s.get(f"{url}/results").text:
+        assert time.monotonic() < deadline, "no ledger result after ABORT"
+        time.sleep(0.5)
+    counts = s.get(f"{url}/results/ledger").json()["counts"]
+    assert 0 < counts["done"] < 40, counts
+    # the store resumes: the same run over it does exactly the observations left
+    for key, value in services.items():
+        if not key.startswith("DASK_"):
+            monkeypatch.setenv(key, value)
+    with dask.config.set({"esap.facilities.dirac.storage_options": S3_OPTIONS}):
+        summary = map_observations(
+            "helloworld",
+            "1..40",
+            store,
+            facility=facility,
+            params={"sleep": 1},
+            storage_options=opts,
+        )
+    assert (summary.skipped, summary.succeeded, summary.failed) == (
+        counts["done"],
+        40 - counts["done"],
+        0,
+    ), summary
+    ds = xr.open_zarr(store, storage_options=opts)
+    assert (ds["ledger_status"].values == DONE).all()
+    # an observation whose batch was running at the ABORT counts that start too
+    assert set(np.unique(ds["ledger_attempts"].values)) <= {1, 2}
+
+
+def done_in(store: str, opts: dict[str, Any]) -> int:
+    """Observations the store's ledger says are done (0 while it does not exist yet)."""
+    try:
+        ds = xr.open_zarr(store, storage_options=opts, consolidated=False)
+    except (FileNotFoundError, KeyError, ValueError):
+        return 0
+    return int((ds["ledger_status"].values == DONE).sum())
+
+
+def job_store_of(service: ServiceProcess, url: str) -> tuple[str, dict[str, Any]]:
+    """Where the service keeps a job's store: under its S3 store root."""
+    root = service.extra[service.extra.index("--store-root") + 1]
+    return f"{root}/{url.rsplit('/', 1)[1]}/store.zarr", S3_OPTIONS
