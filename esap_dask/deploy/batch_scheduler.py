@@ -20,10 +20,10 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from esap_dask.deploy.jobqueue_import import SLURMJob
 from distributed.deploy.spec import ProcessInterface
 from distributed.security import Security
 
+from esap_dask.deploy.jobqueue_import import SLURMJob
 from esap_dask.deploy.jobstate import WorkerJobError, query_slurm, stderr_tail
 
 __all__ = ["BatchScheduler"]

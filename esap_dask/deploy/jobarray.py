@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from esap_dask.deploy.jobqueue_import import SLURMJob
-
 from esap_dask.deploy.jobstate import WorkerJobError
 
 if TYPE_CHECKING:

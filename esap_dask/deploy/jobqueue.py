@@ -210,9 +210,9 @@ def jobqueue_keywords(facilitytype: str, array: bool = True) -> set[str]:
     Those of the cluster class and of its job class (and of their dask-jobqueue
     base classes: ``JobQueueCluster`` passes what it does not take to the job).
     """
+    cls = _cluster_class(facilitytype, array)  # imports dask-jobqueue the safe way first
     from dask_jobqueue.core import Job, JobQueueCluster
 
-    cls = _cluster_class(facilitytype, array)
     inits = [
         k.__dict__["__init__"]
         for base, top in ((cls, JobQueueCluster), (getattr(cls, "job_cls", Job), Job))

@@ -27,12 +27,10 @@ __all__ = ["SLURMCluster", "SLURMJob", "dask_jobqueue"]
 _lock = threading.Lock()
 
 
-def _import() -> Any:
+def _import() -> None:
     with _lock:
         if "dask_jobqueue.runner" in sys.modules:
-            import dask_jobqueue
-
-            return dask_jobqueue
+            return
         original: Callable[..., Any] = signal.signal
 
         def skip_sigint(signum: Any, handler: Any) -> Any:
@@ -42,13 +40,13 @@ def _import() -> Any:
 
         signal.signal = skip_sigint  # type: ignore[assignment]
         try:
-            import dask_jobqueue
-            import dask_jobqueue.runner
+            import dask_jobqueue.runner  # noqa: F401 - the module that installs the handler
         finally:
             signal.signal = original
-        return dask_jobqueue
 
 
-dask_jobqueue = _import()
-SLURMCluster = dask_jobqueue.SLURMCluster
-SLURMJob = dask_jobqueue.slurm.SLURMJob
+_import()
+
+import dask_jobqueue  # noqa: E402 - after the import above, which must come first
+from dask_jobqueue import SLURMCluster  # noqa: E402
+from dask_jobqueue.slurm import SLURMJob  # noqa: E402

@@ -245,21 +245,6 @@ def serve(
     Server(config_).run()
 
 
-def _json_object(text: str | None, option: str) -> dict[str, Any]:
-    """A JSON object given on the command line, or a usage error naming ``option``."""
-    import json
-
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise click.BadParameter(f"not JSON ({err}): {text!r}", param_hint=option) from None
-    if not isinstance(value, dict):
-        raise click.BadParameter(f"give a JSON object ({{...}}), not {text!r}", param_hint=option)
-    return value
-
-
 def _tls_options(
     cert: Path | None, key: Path | None, client_ca: Path | None, proxies: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -282,6 +267,21 @@ def _tls_options(
         options["ssl_certfile"] = str(cert)
         options["ssl_context_factory"] = lambda *_: ctx
     return options
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line, or a usage error naming ``option``."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"not JSON ({err}): {text!r}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"give a JSON object ({{...}}), not {text!r}", param_hint=option)
+    return value
 
 
 def _maxima(items: tuple[str, ...]) -> dict[str, float]:

@@ -30,7 +30,6 @@ from esap_dask.service.config import ServiceConfig
 from esap_dask.service.db import FINAL, JobDB, JobRow, now
 from esap_dask.service.events import PhaseEvents
 from esap_dask.service.limits import Limits
-from esap_dask.service.limits import Limits
 from esap_dask.service.params import JobParameterError, merge_parameters, parse_spec
 from esap_dask.service.runner import JobRunner
 from esap_dask.service.stores import JobStore, StoreRootError, open_job_store, require_store_root
@@ -72,12 +71,6 @@ class Forbidden(ServiceError):
     """An operation the job's phase does not allow (HTTP 403)."""
 
     status = 403
-
-
-class TooMany(ServiceError):
-    """A user quota is exhausted (HTTP 429; see :mod:`esap_dask.service.limits`)."""
-
-    status = 429
 
 
 class TooMany(ServiceError):
@@ -171,7 +164,6 @@ class JobService:
         self.config = config
         self.db = JobDB(config.database)
         self.limits = Limits(config, self.db)
-        self.limits = Limits(config, self.db)
         self.events = PhaseEvents()
         self.runner = JobRunner(config, self.db, self.events.notify)
 
@@ -215,7 +207,6 @@ class JobService:
 
     def create(self, owner: str, pairs: Sequence[tuple[str, str]]) -> JobRow:
         """A new job from UWS parameters; with ``PHASE=RUN`` it is queued at once."""
-        self.limits.check_pairs(pairs)
         self.limits.check_pairs(pairs)
         control = {k.upper(): v for k, v in pairs if k.upper() in CONTROL}
         rest = [(k, v) for k, v in pairs if k.upper() not in CONTROL]
