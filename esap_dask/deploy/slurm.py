@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from dask.utils import parse_timedelta
-from esap_dask.deploy.jobqueue_import import SLURMCluster, SLURMJob
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
 
 from esap_dask.deploy.jobarray import JobArray, index_ranges
+from esap_dask.deploy.jobqueue_import import SLURMCluster, SLURMJob
 from esap_dask.deploy.jobstate import JobState, WorkerJobError, query_slurm, stderr_tail
 
 __all__ = ["JobArray", "SLURMArrayCluster", "SLURMArrayJob", "index_ranges"]
