@@ -41,6 +41,7 @@ __all__ = [
     "clean_credentials_on_sigterm",
     "grid_worker_security",
     "new_cluster_security",
+    "remove_all_credentials",
     "remove_cluster_security",
     "security_directory",
     "worker_tls_arguments",
@@ -289,13 +290,23 @@ def worker_tls_environment(security: Security) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
-def _remove_live() -> None:
+def remove_all_credentials() -> int:
+    """Delete every credential directory this process made and has not removed; how many.
+
+    Runs at exit (``atexit``). A server whose shutdown ends with the signal that
+    stopped it (uvicorn re-raises SIGTERM with its default action, so ``atexit``
+    never runs) calls it at the end of its own shutdown, after its clusters closed.
+    """
+    removed = 0
     for folder in list(_LIVE):
         shutil.rmtree(folder, ignore_errors=True)
         _LIVE.discard(folder)
+        removed += 1
+    _GRID_WORKERS.clear()
+    return removed
 
 
-atexit.register(_remove_live)
+atexit.register(remove_all_credentials)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -312,9 +323,10 @@ def clean_credentials_on_sigterm() -> bool:
     ``SystemExit(143)`` in the main thread: ``with`` blocks close their clusters,
     then ``atexit`` removes what is left. A handler already installed (the
     application's own) is left alone; a server that restores the default action
-    and re-raises the signal after its graceful shutdown (uvicorn) should call this
-    before it starts. Only the main thread can install signal handlers: from
-    another thread this does nothing and returns ``False``.
+    and re-raises the signal after its graceful shutdown (uvicorn) calls
+    :func:`remove_all_credentials` at the end of that shutdown instead. Only the
+    main thread can install signal handlers: from another thread this does nothing
+    and returns ``False``.
     """
     if threading.current_thread() is not threading.main_thread():
         return False

@@ -67,7 +67,15 @@ def create_app(config: ServiceConfig) -> FastAPI:
         try:
             yield
         finally:
-            service.close()
+            try:
+                service.close()
+            finally:
+                # uvicorn ends a SIGTERM shutdown by re-raising the signal with its
+                # default action: no atexit handler runs, so the TLS credentials of
+                # the clusters this service opened (shared and per job) go here.
+                from esap_dask.deploy.tls import remove_all_credentials
+
+                remove_all_credentials()
 
     app = FastAPI(
         title="esap-dask job service",
