@@ -9,6 +9,7 @@ extra      what needs it                                          libraries
 service    ``esap-dask serve`` (the UWS job service)              fastapi, uvicorn, ...
 ssh        facilities of type ``ssh``                             asyncssh
 s3         stores and observations at ``s3://`` URLs              s3fs
+gammapy    the ``gammapy-spectrum`` pipeline, ``esap_dask.iact``  gammapy, regions
 =========  ====================================================  ======================
 
 Examples
@@ -44,6 +45,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     ),
     "ssh": ("asyncssh",),
     "s3": ("s3fs", "aiobotocore", "botocore"),
+    "gammapy": ("gammapy", "regions"),
 }
 
 #: facility type -> the extra its cluster manager needs.
