@@ -8,7 +8,11 @@ headers. Observations are 28-minute wobble runs, 0.5 deg from the target in
 turn north, south, east and west. The background follows a radially falling
 camera acceptance (a 2D Gaussian of ``bkg_sigma`` cut at ``fov_radius``) and a
 power law in energy; exactly ``source_counts`` events come from the point source,
-smeared by a Gaussian PSF. No IRFs are written (the products flag them missing).
+smeared by a Gaussian PSF. No IRFs are written (the products flag them missing), unless
+``point_like_irfs``: then each file also has point-like IRFs as MAGIC, LST-1 and VERITAS
+releases ship them (``HDUCLAS3 = POINT-LIKE``): an ``EFFECTIVE AREA`` (AEFF_2D), an
+``ENERGY DISPERSION`` (EDISP_2D) and an energy-dependent ``RAD_MAX`` (RAD_MAX_2D) HDU,
+written with astropy (see :func:`point_like_irf_hdus`).
 
 Files are written by a small FITS writer of our own (FITS is 2880-byte blocks of
 80-character header cards and big-endian binary rows), which is much faster
@@ -30,7 +34,7 @@ import numpy as np
 
 from esap_dask.dl3 import unproject
 
-__all__ = ["DEFAULT_TARGET", "EVENT_ROW_BYTES", "write_observations"]
+__all__ = ["DEFAULT_TARGET", "EVENT_ROW_BYTES", "point_like_irf_hdus", "write_observations"]
 
 #: Where the synthetic source sits (RA, Dec in degrees): the Crab Nebula's position.
 DEFAULT_TARGET = (83.6333, 22.0145)
@@ -44,6 +48,12 @@ _EVENT_DTYPE = np.dtype(
     [("EVENT_ID", ">i8"), ("TIME", ">f8"), ("RA", ">f4"), ("DEC", ">f4"), ("ENERGY", ">f4")]
 )
 _GTI_DTYPE = np.dtype([("START", ">f8"), ("STOP", ">f8")])
+#: hdu-index rows (HDU_TYPE, HDU_CLASS, HDU_NAME) of the point-like IRFs.
+_POINT_LIKE_HDUS = (
+    ("aeff", "aeff_2d", "EFFECTIVE AREA"),
+    ("edisp", "edisp_2d", "ENERGY DISPERSION"),
+    ("rad_max", "rad_max_2d", "RAD_MAX"),
+)
 
 
 def _value(value: Any) -> str:
@@ -151,6 +161,66 @@ def _events(
     return rows
 
 
+def point_like_irf_hdus(fov_radius: float = 2.5) -> bytes:
+    """Point-like IRF HDUs (AEFF_2D, EDISP_2D, RAD_MAX_2D; GADF 0.3), as FITS bytes to append.
+
+    The effective area rises from 0.02 TeV to a plateau of 2e5 m2 and falls off with offset
+    (a Gaussian of 2 deg); the energy dispersion is a Gaussian in migration (sigma 0.1 +
+    0.1 / sqrt(E/TeV)); the On radius RAD_MAX falls from 0.25 deg at 0.05 TeV to 0.08 deg
+    above 10 TeV. Offsets cover 0 to ``fov_radius`` in 0.25 deg bins.
+    """
+    import io
+
+    from astropy.io import fits
+    from astropy.table import Table
+
+    energy = np.geomspace(0.01, 300.0, 46)  # TeV, 10 bins per decade (true and reco)
+    e_lo, e_hi = energy[:-1], energy[1:]
+    e_c = np.sqrt(e_lo * e_hi)
+    theta = np.arange(0.0, fov_radius + 0.25, 0.25)
+    t_lo, t_hi = theta[:-1], theta[1:]
+    t_c = 0.5 * (t_lo + t_hi)
+    migra = np.linspace(0.2, 5.0, 97)
+    m_lo, m_hi = migra[:-1], migra[1:]
+    m_c = 0.5 * (m_lo + m_hi)
+    aeff = 2e5 * (1 - np.exp(-((e_c / 0.1) ** 1.5))) * np.exp(-(t_c[:, None] ** 2) / 8.0)
+    sigma = 0.1 + 0.1 / np.sqrt(e_c)
+    pdf = np.exp(-((m_c[:, None] - 1.0) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
+    matrix = np.repeat(pdf[None, :, :], len(t_c), axis=0)  # (theta, migra, energy)
+    rad_max = np.clip(0.25 * (e_c / 0.05) ** -0.2, 0.08, 0.25) * np.ones((len(t_c), 1))
+    common = {
+        "HDUCLASS": "GADF",
+        "HDUDOC": "https://gamma-astro-data-formats.readthedocs.io",
+        "HDUVERS": "0.3",
+        "HDUCLAS1": "RESPONSE",
+        "HDUCLAS3": "POINT-LIKE",
+    }
+
+    def table(name: str, clas2: str, clas4: str, columns: dict[str, Any]) -> Any:
+        units = {"ENERG": "TeV", "THETA": "deg", "EFFAREA": "m2", "RAD_MAX": "deg"}
+        t = Table({k: [v] for k, v in columns.items()})
+        for k in columns:
+            t[k].unit = units.get(k.split("_")[0] if k.startswith(("ENERG", "THETA")) else k)
+        t.meta.update(common, EXTNAME=name, HDUCLAS2=clas2, HDUCLAS4=clas4)
+        return fits.table_to_hdu(t)
+
+    e_axis = {"ENERG_LO": e_lo, "ENERG_HI": e_hi}
+    t_axis = {"THETA_LO": t_lo, "THETA_HI": t_hi}
+    hdus = [
+        table("EFFECTIVE AREA", "EFF_AREA", "AEFF_2D", {**e_axis, **t_axis, "EFFAREA": aeff}),
+        table(
+            "ENERGY DISPERSION",
+            "EDISP",
+            "EDISP_2D",
+            {**e_axis, "MIGRA_LO": m_lo, "MIGRA_HI": m_hi, **t_axis, "MATRIX": matrix},
+        ),
+        table("RAD_MAX", "RAD_MAX", "RAD_MAX_2D", {**e_axis, **t_axis, "RAD_MAX": rad_max}),
+    ]
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), *hdus]).writeto(buffer)
+    return buffer.getvalue()[_BLOCK:]  # without the (one-block) empty primary HDU
+
+
 def write_observations(
     directory: str | os.PathLike[str],
     n: int,
@@ -169,6 +239,7 @@ def write_observations(
     energy_min: float = 0.2,
     compress: bool = False,
     index: bool = False,
+    point_like_irfs: bool = False,
 ) -> list[Path]:
     """Write ``n`` synthetic GADF event files into ``directory``; return their paths.
 
@@ -201,6 +272,10 @@ def write_observations(
         gzip the files, as most data releases do (several times slower to write).
     index
         Also write ``obs-index.fits.gz`` and ``hdu-index.fits.gz`` (with astropy).
+    point_like_irfs
+        Also write point-like IRFs with a ``RAD_MAX`` HDU into each file (the same for
+        every file; see :func:`point_like_irf_hdus`), readable by
+        ``gammapy.data.Observation.read``.
 
     Returns
     -------
@@ -220,6 +295,7 @@ def write_observations(
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     records: list[dict[str, Any]] = []
+    irf_blob = point_like_irf_hdus(fov_radius) if point_like_irfs else b""
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         obs_id = first_obs_id + i
@@ -295,6 +371,7 @@ def write_observations(
             primary
             + _table("EVENTS", rows, units, ev_cards)
             + _table("GTI", gti, {"START": "s", "STOP": "s"}, [*common, ("HDUCLAS1", "GTI", "")])
+            + irf_blob
         )
         name = f"synthetic_obs_id_{obs_id:06d}.fits" + (".gz" if compress else "")
         path = out / name
@@ -304,6 +381,8 @@ def write_observations(
             path.write_bytes(blob)
         paths.append(path)
         records.append({**meta, "ZEN_PNT": zenith, "EVENT_COUNT": len(rows), "FILE_NAME": name})
+        if point_like_irfs:
+            records[-1]["IRF_HDUS"] = _POINT_LIKE_HDUS
     if index and records:
         _write_indexes(out, records)
     return paths
@@ -312,7 +391,7 @@ def write_observations(
 def _write_indexes(out: Path, records: list[dict[str, Any]]) -> None:
     from astropy.table import Table
 
-    columns = [k for k in records[0] if k != "FILE_NAME"]
+    columns = [k for k in records[0] if k not in ("FILE_NAME", "IRF_HDUS")]
     obs = Table({k: [r[k] for r in records] for k in columns})
     obs.meta.update(
         EXTNAME="OBS_INDEX",
@@ -327,6 +406,11 @@ def _write_indexes(out: Path, records: list[dict[str, Any]]) -> None:
         (r["OBS_ID"], kind, kind, ".", r["FILE_NAME"], kind.upper())
         for r in records
         for kind in ("events", "gti")
+    ]
+    hdu_rows += [
+        (r["OBS_ID"], kind, hdu_class, ".", r["FILE_NAME"], hdu_name)
+        for r in records
+        for kind, hdu_class, hdu_name in r.get("IRF_HDUS", ())
     ]
     hdu = Table(
         rows=hdu_rows,
