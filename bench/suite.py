@@ -1,6 +1,6 @@
 """The benchmark suite: every case, one command, figures in bench/results.json and docs/.
 
-``python -m bench.suite [--quick] [--cases overhead,write,batch,scaling,dl3,workers]``
+``python -m bench.suite [--quick] [--cases overhead,write,batch,scaling,dl3,workers,peers]``
 
 Writes ``bench/results.json`` (records: case, metric, unit, median value, min, max, runs,
 baseline median, ratio), ``docs/benchmarks/results.md`` (the same as a table) and PNG plots
@@ -8,7 +8,8 @@ in ``docs/benchmarks/`` (overhead, batch size, incremental reruns). Every figure
 median of repeated runs; every comparison is a ratio of two medians measured in the same
 run. ``--quick`` runs fewer repeats and sizes.
 Cases that need a service (``workers``: the local SLURM) say so and are left out when it is
-not running.
+not running. ``peers`` (``bench.peers``: esap-dask against batched ``client.map``,
+``dask.bag``, Parsl and a serial loop, 15-25 minutes) writes ``docs/benchmarks/peers.md`` too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from bench.common import RESULTS, ROOT, Record, report
 
 DOCS = ROOT / "docs" / "benchmarks"
-ALL_CASES = "overhead,write,batch,scaling,dl3,workers"
+ALL_CASES = "overhead,write,batch,scaling,dl3,workers,peers"
 
 
 def _pyplot() -> Any:
@@ -177,6 +178,9 @@ def main() -> None:
         run_module("bench.dl3_real", "--repeats", str(repeats + 2))
     if "workers" in cases and (ROOT / "bench" / "worker_start.py").exists():
         run_module("bench.worker_start", "--repeats", str(repeats))
+    if "peers" in cases:
+        run_module("bench.peers", *(["--quick"] if args.quick else []),
+                   "--repeats", str(3 if args.quick else 5))
     results = json.loads(RESULTS.read_text())
     DOCS.mkdir(parents=True, exist_ok=True)
     plot_overhead(results, DOCS / "overhead.png")
