@@ -61,6 +61,7 @@ from esap_dask.pipeline import Coordinate, Parameter, ParameterError, Schema, Va
 __all__ = [
     "DEFAULTS",
     "PARAMETERS",
+    "energy_axis",
     "energy_edges",
     "make_makers",
     "read_datasets",
@@ -334,13 +335,28 @@ def spectrum_schema(p: Mapping[str, Any]) -> Schema:
     return Schema(variables=variables, coords=coords)
 
 
-def _axes(reco: np.ndarray, true: np.ndarray) -> tuple[Any, Any]:
+def energy_axis(edges: Any, name: str) -> Any:
+    """gammapy's ``MapAxis`` of log-spaced ``edges`` (TeV), built as gammapy builds it.
+
+    ``MapAxis.from_energy_bounds(lo, hi, nbin=k, per_decade=True)`` is
+    ``MapAxis.from_bounds(lo, hi, nbin=ceil(log10(hi/lo) k), interp="log")``; the axis made
+    here from the first and last edge and the number of bins is that same call, so its
+    edges are gammapy's to the last bit (the stored edges, computed with numpy, may differ
+    from them by an ulp). Edges that are not log-spaced are taken as they are.
+    """
     from gammapy.maps import MapAxis
 
-    return (
-        MapAxis.from_energy_edges(reco, unit="TeV", name="energy"),
-        MapAxis.from_energy_edges(true, unit="TeV", name="energy_true"),
+    edges = np.asarray(edges, dtype=float)
+    axis = MapAxis.from_energy_bounds(
+        edges[0], edges[-1], nbin=len(edges) - 1, unit="TeV", name=name
     )
+    if np.allclose(axis.edges.to_value("TeV"), edges, rtol=1e-12, atol=0):
+        return axis
+    return MapAxis.from_energy_edges(edges, unit="TeV", name=name)
+
+
+def _axes(reco: np.ndarray, true: np.ndarray) -> tuple[Any, Any]:
+    return energy_axis(reco, "energy"), energy_axis(true, "energy_true")
 
 
 def make_makers(
@@ -552,7 +568,7 @@ def _check_axes(empty: Any, p: Mapping[str, Any]) -> None:
         )
         geom = empty.exposure.geom if name == "energy_true" else empty.counts.geom
         mine = geom.axes[name]
-        if not np.array_equal(axis.edges.to_value("TeV"), mine.edges.to_value("TeV")):
+        if not np.array_equal(axis.edges, mine.edges):
             raise RuntimeError(
                 f"the {name} edges of the schema differ from gammapy's MapAxis.from_energy_bounds; "
                 "report this as a bug of esap_dask.iact.spectrum"
