@@ -154,7 +154,7 @@ def batches(items: Sequence[Any], n: int) -> list[list[Any]]:
 
 def obs_id(item: Any) -> str:
     """The observation id esap-dask gives ``item`` (file name, or the value's text)."""
-    from esap_dask.observations import Observation
+    from esap_dask.engine.observations import Observation
 
     return Observation.of(item).id
 
@@ -406,7 +406,7 @@ def case_hess(work: Path, quick: bool) -> Case:
 
 def case_realistic(work: Path, quick: bool) -> Case:
     """2,000 (``--quick``: 200) synthetic GADF files of 20,000 events, as bench.scaling."""
-    from esap_dask.synthetic import write_observations
+    from esap_dask.iact.synthetic import write_observations
 
     n = 200 if quick else 2000
     files = [str(f) for f in write_observations(work / "gadf", n, seed=7, n_events=20_000)]

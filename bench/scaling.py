@@ -30,7 +30,7 @@ from distributed import Client, LocalCluster
 import esap_dask
 from bench.common import Record, report, summarize
 from bench.dl3_real import HANDWRITTEN, timed, to_dataset
-from esap_dask.synthetic import write_observations
+from esap_dask.iact.synthetic import write_observations
 
 PIPELINE = "dl3-products"
 

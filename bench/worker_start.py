@@ -31,7 +31,7 @@ from typing import Any
 
 import dask_jobqueue
 
-import esap_dask.facilities as facilities
+import esap_dask.catalogs.facilities as facilities
 from esap_dask.deploy.tls import new_cluster_security, remove_cluster_security
 
 RESOURCES = {"queue": "debug", "cores": 1, "memory": "512MiB", "walltime": "00:30:00"}

@@ -15,12 +15,15 @@ from importlib.metadata import version as _pkg_version
 from typing import TYPE_CHECKING, Any
 
 import esap_dask.config  # noqa: F401 - registers esap-dask's Dask defaults
+from esap_dask._moved import install as _install_moved
+
+_install_moved()  # old module paths (esap_dask.gadf, ...) import with a DeprecationWarning
 
 if TYPE_CHECKING:
-    from esap_dask.facilities import Facility, list_facilities, load_facility, open_cluster
-    from esap_dask.ledger import read_ledger
-    from esap_dask.mapper import RunSummary, map_observations
-    from esap_dask.observations import Observation, ObservationError, as_observations
+    from esap_dask.catalogs.facilities import Facility, list_facilities, load_facility, open_cluster
+    from esap_dask.engine.ledger import read_ledger
+    from esap_dask.engine.mapper import RunSummary, map_observations
+    from esap_dask.engine.observations import Observation, ObservationError, as_observations
     from esap_dask.pipeline import (
         Coordinate,
         Parameter,
@@ -30,25 +33,25 @@ if TYPE_CHECKING:
         SchemaError,
         Variable,
     )
-    from esap_dask.workflows import get_pipeline, list_pipelines
+    from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 
 #: public name -> the module defining it; imported on first use, so that ``esap-dask
 #: --version`` (and every command) loads only what it uses, not zarr and the mapper.
 _LAZY = {
     **dict.fromkeys(
-        ("Facility", "list_facilities", "load_facility", "open_cluster"), "esap_dask.facilities"
+        ("Facility", "list_facilities", "load_facility", "open_cluster"), "esap_dask.catalogs.facilities"
     ),
-    "read_ledger": "esap_dask.ledger",
-    **dict.fromkeys(("RunSummary", "map_observations"), "esap_dask.mapper"),
+    "read_ledger": "esap_dask.engine.ledger",
+    **dict.fromkeys(("RunSummary", "map_observations"), "esap_dask.engine.mapper"),
     **dict.fromkeys(
-        ("Observation", "ObservationError", "as_observations"), "esap_dask.observations"
+        ("Observation", "ObservationError", "as_observations"), "esap_dask.engine.observations"
     ),
     **dict.fromkeys(
         ("Coordinate", "Parameter", "ParameterError", "Pipeline", "Schema", "SchemaError"),
         "esap_dask.pipeline",
     ),
     "Variable": "esap_dask.pipeline",
-    **dict.fromkeys(("get_pipeline", "list_pipelines"), "esap_dask.workflows"),
+    **dict.fromkeys(("get_pipeline", "list_pipelines"), "esap_dask.catalogs.workflows"),
 }
 
 

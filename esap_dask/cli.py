@@ -33,11 +33,11 @@ def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
-    from esap_dask.facilities import FacilityError
-    from esap_dask.observations import ObservationError
+    from esap_dask.catalogs.facilities import FacilityError
+    from esap_dask.engine.observations import ObservationError
     from esap_dask.pipeline import ParameterError, SchemaError
     from esap_dask.store import StoreError
-    from esap_dask.workflows import PipelineNotFound
+    from esap_dask.catalogs.workflows import PipelineNotFound
 
     return (
         FacilityError,
@@ -59,7 +59,7 @@ def _with_extra(message: str, err: BaseException) -> str:
 
 def _guarded(action: Callable[[], Any]) -> Any:
     """Run ``action``, turning known errors into a one-line message and an exit code."""
-    from esap_dask.lock import LockHeld
+    from esap_dask.store.lock import LockHeld
 
     try:
         return action()
@@ -197,7 +197,7 @@ def run(
     Only new, changed, failed or unfinished observations are processed; running
     the same command again (from cron, say) does exactly the missing work.
     """
-    from esap_dask.mapper import map_observations
+    from esap_dask.engine.mapper import map_observations
 
     options = _parse_storage_options(storage_options)
     summary = _guarded(
@@ -252,13 +252,13 @@ def status(
     storage_options: str | None,
 ) -> None:
     """What STORE's ledger says: counts per status, runs, and failures with their messages."""
-    from esap_dask.facilities import storage_options_for
-    from esap_dask.status import store_status
+    from esap_dask.catalogs.facilities import storage_options_for
+    from esap_dask.engine.status import store_status
 
     opts = storage_options_for(store, facility, _parse_storage_options(storage_options))
     report = _guarded(lambda: store_status(store, max_failures=max_failures, storage_options=opts))
     if plot:
-        from esap_dask.report import plot_status
+        from esap_dask.engine.report import plot_status
 
         picture = _guarded(lambda: plot_status(store, plot, storage_options=opts))
         err.print(f"summary picture: {picture}")
@@ -305,8 +305,8 @@ def reproduce(
     Same pipeline and version, same parameters, inputs verified by checksum; exits 0 when
     every product is identical, 1 when some differ, 2 when the run cannot be reproduced.
     """
-    from esap_dask.reproduce import ReproductionError
-    from esap_dask.reproduce import reproduce as do_reproduce
+    from esap_dask.engine.reproduce import ReproductionError
+    from esap_dask.engine.reproduce import reproduce as do_reproduce
 
     try:
         outcome = _guarded(
@@ -337,7 +337,7 @@ def reproduce(
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
 def pipelines(as_json: bool) -> None:
     """The workflow catalog: pipelines, their versions and parameters."""
-    from esap_dask.workflows import broken_pipelines, list_pipelines
+    from esap_dask.catalogs.workflows import broken_pipelines, list_pipelines
 
     found = _guarded(list_pipelines)
     for where, why in broken_pipelines().items():
@@ -361,7 +361,7 @@ def pipelines(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
 def facilities(as_json: bool) -> None:
     """The facility catalog: where workers can run (options merged with dask.config)."""
-    from esap_dask.facilities import list_facilities, load_facility
+    from esap_dask.catalogs.facilities import list_facilities, load_facility
 
     found = _guarded(lambda: [load_facility(f.name) for f in list_facilities()])
     if as_json:
@@ -396,8 +396,8 @@ def facilities(as_json: bool) -> None:
 @click.option("--facility", "-f", default="local", show_default=True)
 def demo(directory: str, count: int, seed: int, facility: str) -> None:
     """Generate synthetic DL3 observations and run dl3-products on them."""
-    from esap_dask.mapper import map_observations
-    from esap_dask.synthetic import write_observations
+    from esap_dask.engine.mapper import map_observations
+    from esap_dask.iact.synthetic import write_observations
 
     root = Path(directory)
     inputs = root / "observations"

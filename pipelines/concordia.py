@@ -1,21 +1,21 @@
 """concordia: an air-shower Monte Carlo sweep over run numbers (the seed's CONCORDIA).
 
 Observations are run numbers (``--observations 1..20``). Each run simulates
-``NSHOW`` showers of the steering card (:mod:`esap_dask.corsika`) with seeds
+``NSHOW`` showers of the steering card (:mod:`esap_dask.iact.corsika`) with seeds
 derived from the card's ``SEED`` lines and the run number, so a run gives the
 same products on a laptop and on the grid. By default the showers come from the
-numpy model of :mod:`esap_dask.showers` (Heitler–Matthews development, Cherenkov
+numpy model of :mod:`esap_dask.iact.showers` (Heitler–Matthews development, Cherenkov
 light at the observation level); with ``corsika`` set to the name of a CORSIKA
 installation the administrator configured (Dask config ``esap.corsika.images``),
 each run executes that real CORSIKA instead (its ``.long`` profiles fill the
-products; see :func:`esap_dask.corsika.run_corsika`). A job never names an image
+products; see :func:`esap_dask.iact.corsika.run_corsika`). A job never names an image
 or a program itself.
 
 The card is its text (a value with new lines) or a file's path. It is read and
 checked when the parameters are resolved (on the machine that submits: the
 command line, or the job service at submission), and the parameter then holds
 the card's text, so workers never read it and its content is part of the
-parameter hash. A path is read by :func:`esap_dask.corsika.read_card`: under the
+parameter hash. A path is read by :func:`esap_dask.iact.corsika.read_card`: under the
 directories of the Dask config ``esap.corsika.card-roots`` when it is set (the
 job service sets it to its data roots), from a URL only with
 ``esap.corsika.card-urls: true``. ``nshow``, ``primary``, ``emin``, ``emax``,
@@ -36,7 +36,7 @@ import dask.config
 import numpy as np
 
 from esap_dask import Coordinate, Parameter, Pipeline, Schema, Variable
-from esap_dask.corsika import (
+from esap_dask.iact.corsika import (
     Card,
     corsika_image,
     parse_card,
@@ -44,7 +44,7 @@ from esap_dask.corsika import (
     run_corsika,
     run_seeds,
 )
-from esap_dask.showers import core_distances, depth_grid, simulate
+from esap_dask.iact.showers import core_distances, depth_grid, simulate
 
 DEFAULT_CARD = """\
 * concordia's default card: 10 proton showers a run, 1-100 TeV, E^-2.7, near vertical
@@ -72,7 +72,7 @@ def card_text(value: str) -> str:
     """The ``card`` parameter checked: its text, read from the path it names if it is one.
 
     ``''`` is the built-in card; a value with a new line is the card's text; anything
-    else is a path (or URL) read by :func:`esap_dask.corsika.read_card` with the roots
+    else is a path (or URL) read by :func:`esap_dask.iact.corsika.read_card` with the roots
     of the Dask config ``esap.corsika.card-roots``. The text is parsed, so a bad card
     is refused here, where parameters are resolved.
     """

@@ -4,12 +4,12 @@ For each event file: metadata (pointing, target, livetime, dead time, times,
 zenith, event count and rate), counts vs reconstructed energy, a counts map in a
 tangent-plane projection, On/Off counts with reflected Off regions, alpha,
 excess and Li & Ma significance, a light curve in time bins within the GTIs,
-and quality flags. The science lives in :mod:`esap_dask.dl3` and the reading in
-:mod:`esap_dask.gadf`; this module declares the parameters and the products::
+and quality flags. The science lives in :mod:`esap_dask.iact.dl3` and the reading in
+:mod:`esap_dask.iact.gadf`; this module declares the parameters and the products::
 
     esap-dask run dl3-products --observations 'data/*.fits.gz' --store dl3.zarr
     ds = xr.open_zarr("dl3.zarr")
-    esap_dask.dl3.stack(ds, ds.target == "Crab Nebula")
+    esap_dask.iact.dl3.stack(ds, ds.target == "Crab Nebula")
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from esap_dask import Coordinate, Parameter, ParameterError, Pipeline, Schema, Variable
-from esap_dask.dl3 import FLAGS, observation_products
-from esap_dask.gadf import IRF_TYPES, read_events
+from esap_dask.iact.dl3 import FLAGS, observation_products
+from esap_dask.iact.gadf import IRF_TYPES, read_events
 
 
 def dl3_products(path: str, *, target: str = "", **params: Any) -> dict[str, Any]:

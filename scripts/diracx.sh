@@ -16,7 +16,7 @@
 #                  uses diracx-testing's SQLite mock (diracx.testing.routers:create_app)
 #   moto           a moto S3 server on 127.0.0.1:$DIRACX_S3_PORT for the sandbox store
 #   uvicorn        DiracX on 127.0.0.1:$DIRACX_PORT
-#   site           the local site (esap_dask.deploy.dirac_site), playing a grid site's pilot
+#   site           the local site (esap_dask.testing.dirac_site), playing a grid site's pilot
 #   credentials.json        the user's tokens, in the file format the DiracX CLI writes
 #   pilot-credentials.json  the site's tokens
 #
@@ -216,7 +216,7 @@ start_site() {
     log "starting the local site (log: $STATE/site.log)"
     DIRACX_URL="$URL" DIRACX_CREDENTIALS_PATH="$STATE/pilot-credentials.json" \
         PATH="$(dirname "$PROJECT_PYTHON"):$PATH" \
-        nohup "$PROJECT_PYTHON" -m esap_dask.deploy.dirac_site \
+        nohup "$PROJECT_PYTHON" -m esap_dask.testing.dirac_site \
         --jobdb "$STATE/db/JobDB.db" --workdir "$STATE/site" \
         --site "${DIRACX_SITE_NAME:-LCG.Local.esap}" --tags "${DIRACX_SITE_TAGS:-esap}" \
         --slots "${DIRACX_SITE_SLOTS:-16}" >"$STATE/site.log" 2>&1 &

@@ -17,7 +17,7 @@ import xarray as xr
 import zarr
 from astropy.io import fits
 
-from esap_dask.ledger import DONE
+from esap_dask.engine.ledger import DONE
 from tests.conftest import ESAP_DASK
 
 FITS_ROWS = str(Path(__file__).parent / "pipelines" / "fits_rows.py")

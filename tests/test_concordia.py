@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from esap_dask import map_observations
-from esap_dask.corsika import (
+from esap_dask.iact.corsika import (
     CardError,
     CardLine,
     corsika_command,
@@ -19,8 +19,8 @@ from esap_dask.corsika import (
     parse_card,
     read_long,
 )
-from esap_dask.showers import elongation_rate
-from esap_dask.workflows import get_pipeline
+from esap_dask.iact.showers import elongation_rate
+from esap_dask.catalogs.workflows import get_pipeline
 from tests.conftest import ESAP_DASK
 
 CARD = """\

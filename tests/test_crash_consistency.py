@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from esap_dask.ledger import DONE
+from esap_dask.engine.ledger import DONE
 from tests.conftest import ESAP_DASK
 
 ARGS = ["helloworld", "-o", "1..60", "-p", "sleep=0.05", "--json"]

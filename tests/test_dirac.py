@@ -1,7 +1,7 @@
 """The dirac facility against a real DiracX server (``bash scripts/diracx.sh start``).
 
 The server, its moto S3 sandbox store and the local site (which plays a grid
-site's pilot, see :mod:`esap_dask.deploy.dirac_site`) run on loopback. Nothing
+site's pilot, see :mod:`esap_dask.testing.dirac_site`) run on loopback. Nothing
 of DiracX is mocked: job states are read back from the server, and the JDLs
 the site ran are those the server stored.
 """
@@ -21,10 +21,10 @@ import httpx
 import pytest
 from distributed import Client
 
-import esap_dask.facilities as facilities
-from esap_dask.deploy.dirac import DiracCluster
-from esap_dask.deploy.dirac_site import read_jdls
-from esap_dask.deploy.diracx_client import ENDPOINTS, DiracXAuthError, DiracXClient
+import esap_dask.catalogs.facilities as facilities
+from esap_dask.deploy.dirac.cluster import DiracCluster
+from esap_dask.testing.dirac_site import read_jdls
+from esap_dask.deploy.dirac.diracx_client import ENDPOINTS, DiracXAuthError, DiracXClient
 
 pytestmark = pytest.mark.dirac
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from esap_dask.deploy.diracx_client import DiracXClient
+from esap_dask.deploy.dirac.diracx_client import DiracXClient
 
 pytestmark = pytest.mark.dirac
 
@@ -32,7 +32,7 @@ START = "bash scripts/diracx.sh start"
 JOB = """
 import asyncio, json, sys, time
 from pathlib import Path
-from esap_dask.deploy.diracx_client import DiracXClient
+from esap_dask.deploy.dirac.diracx_client import DiracXClient
 url, creds, gate = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 while not gate.exists():
     time.sleep(0.001)
@@ -151,8 +151,8 @@ def test_the_grid_sandbox_carries_a_worker_certificate_only(tmp_path: Path) -> N
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from esap_dask.deploy.dirac import DiracCluster
-    from esap_dask.deploy.diracx_client import DiracXClient
+    from esap_dask.deploy.dirac.cluster import DiracCluster
+    from esap_dask.deploy.dirac.diracx_client import DiracXClient
     from esap_dask.deploy.tls import security_directory
 
     creds = STATE / "credentials.json"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 
-from esap_dask.dl3 import (
+from esap_dask.iact.dl3 import (
     FLAGS,
     angular_separation,
     li_ma_significance,
@@ -19,8 +19,8 @@ from esap_dask.dl3 import (
     stack,
     unproject,
 )
-from esap_dask.gadf import read_events
-from esap_dask.synthetic import write_observations
+from esap_dask.iact.gadf import read_events
+from esap_dask.iact.synthetic import write_observations
 
 RNG = np.random.default_rng(3)
 

@@ -86,7 +86,7 @@ def allowed_options(facilitytype: str) -> set[str]:
 
         return _SSH | _params(SSHCluster)
     if facilitytype == "dirac":
-        from esap_dask.deploy.dirac import DiracCluster
+        from esap_dask.deploy.dirac.cluster import DiracCluster
 
         return _COMMON | _params(DiracCluster.__init__)
     import dask_jobqueue
@@ -103,7 +103,7 @@ def allowed_options(facilitytype: str) -> set[str]:
     job_cls = getattr(getattr(dask_jobqueue, module), cls)
     names = _params(Job.__init__, job_cls.__init__, JobQueueCluster.__init__)
     if facilitytype == "slurm":
-        from esap_dask.deploy.slurm import SLURMArrayCluster
+        from esap_dask.deploy.slurm.cluster import SLURMArrayCluster
 
         return _SLURM | names | _params(SLURMArrayCluster.__init__)
     return _JOBQUEUE | names
@@ -194,7 +194,7 @@ def test_every_module_the_docs_run_with_python_m_exists() -> None:
 
 
 def test_every_facility_example_is_a_valid_facility(tmp_path: Path) -> None:
-    from esap_dask.facilities import list_facilities
+    from esap_dask.catalogs.facilities import list_facilities
 
     examples = facility_blocks()
     types = {yaml.safe_load(text)["facilitytype"] for _, _, text in examples}

@@ -34,10 +34,10 @@ import xarray as xr
 from pyvo.dal.tap import AsyncTAPJob
 
 from esap_dask import map_observations
-from esap_dask.deploy.diracx_client import DiracXClient
-from esap_dask.ledger import DONE
+from esap_dask.deploy.dirac.diracx_client import DiracXClient
+from esap_dask.engine.ledger import DONE
 from esap_dask.service.runner import job_label
-from esap_dask.service.testing import ServiceProcess, write_tokens
+from esap_dask.testing.service import ServiceProcess, write_tokens
 from tests.conftest import ESAP_DASK, HESS, ROOT, SLURM_START
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.dirac]

@@ -118,7 +118,7 @@ def test_version_loads_none_of_the_heavy_libraries(plain_env: dict[str, str], tm
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("esap-dask, version ")
     imported = {ln.rsplit("|", 1)[-1].strip() for ln in done.stderr.splitlines() if "|" in ln}
-    for heavy in ("zarr", "distributed", "xarray", "fastapi", "esap_dask.mapper"):
+    for heavy in ("zarr", "distributed", "xarray", "fastapi", "esap_dask.engine.mapper"):
         assert heavy not in imported, f"esap-dask --version imports {heavy}"
 
 
@@ -404,7 +404,7 @@ def test_after_over_http_with_a_creation_time_from_the_job_list(tmp_path: Path) 
     import requests
     from pyvo.io.uws import parse_job_list
 
-    from esap_dask.service.testing import ServiceProcess, write_tokens
+    from esap_dask.testing.service import ServiceProcess, write_tokens
 
     tokens = write_tokens(tmp_path / "tokens", {"tok-carol": "carol"})
     with ServiceProcess(tmp_path / "data", tokens) as svc:

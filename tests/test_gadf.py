@@ -10,8 +10,8 @@ import pytest
 from astropy.io import fits
 
 from esap_dask import Observation
-from esap_dask.gadf import GADFError, read_events, select_observations
-from esap_dask.synthetic import write_observations
+from esap_dask.iact.gadf import GADFError, read_events, select_observations
+from esap_dask.iact.synthetic import write_observations
 
 HESS = Path(__file__).parents[2] / "shared" / "data" / "hess-dl3-dr1"
 CRAB_RUN = HESS / "data" / "hess_dl3_dr1_obs_id_023523.fits.gz"

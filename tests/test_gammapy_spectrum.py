@@ -4,7 +4,7 @@ The reference everywhere is gammapy's own serial reduction, ``DatasetsMaker(make
 stack_datasets=False, n_jobs=1)``, with the same geometry and makers
 (:func:`esap_dask.iact.spectrum.make_makers`) on the same files. Data: the four H.E.S.S.
 DL3 DR1 Crab runs in ../shared/data/hess-dl3-dr1 (read in place), and synthetic
-point-like files with RAD_MAX written by :mod:`esap_dask.synthetic`.
+point-like files with RAD_MAX written by :mod:`esap_dask.iact.synthetic`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 import esap_dask
-from esap_dask.gadf import select_observations
+from esap_dask.iact.gadf import select_observations
 from esap_dask.iact import read_datasets
 from esap_dask.iact.spectrum import DEFAULTS, energy_axis, make_makers, spectrum_schema
-from esap_dask.synthetic import DEFAULT_TARGET, write_observations
-from esap_dask.workflows import get_pipeline
+from esap_dask.iact.synthetic import DEFAULT_TARGET, write_observations
+from esap_dask.catalogs.workflows import get_pipeline
 
 HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"
 RTOL = 1e-12
@@ -158,7 +158,7 @@ def test_bad_parameters_are_refused_naming_them() -> None:
 def test_catalog_lists_it_without_gammapy_and_the_run_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['gammapy'] = None\n"
-        "from esap_dask.workflows import get_pipeline\n"
+        "from esap_dask.catalogs.workflows import get_pipeline\n"
         "p = get_pipeline('gammapy-spectrum'); print(p.describe()['schema']['coords'])\n"
         "try:\n    p.function('run.fits')\n"
         "except ModuleNotFoundError as err:\n    print('ERROR', err)\n"

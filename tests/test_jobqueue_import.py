@@ -26,7 +26,7 @@ print("ok")
 
 FROM_THE_MAIN_THREAD = """
 import signal
-from esap_dask.deploy.jobqueue_import import SLURMCluster
+from esap_dask.deploy.slurm.jobqueue_import import SLURMCluster
 assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 print("ok")
 """

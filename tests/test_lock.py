@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from esap_dask.lock import LockHeld, StoreLock
+from esap_dask.store.lock import LockHeld, StoreLock
 
 
 def dead_pid() -> int:

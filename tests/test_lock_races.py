@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from esap_dask.lock import LockHeld, StoreLock, process_start
+from esap_dask.store.lock import LockHeld, StoreLock, process_start
 
 #: A contender: wait for the start file, try the lock, print the outcome, and hold a
 #: won lock until the release file appears (so every loser meets a live holder).
 CONTENDER = """
 import json, os, sys, time
 from pathlib import Path
-from esap_dask.lock import LockHeld, StoreLock
+from esap_dask.store.lock import LockHeld, StoreLock
 store, go, done = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)

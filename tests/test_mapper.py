@@ -16,7 +16,7 @@ import xarray as xr
 import zarr
 
 from esap_dask import ObservationError, map_observations, read_ledger
-from esap_dask.ledger import DONE, FAILED
+from esap_dask.engine.ledger import DONE, FAILED
 from esap_dask.store import open_store
 
 HERE = Path(__file__).parent
@@ -364,7 +364,7 @@ def test_globs_match_what_glob_matches(tmp_path, pattern):
     """The one-listing fast path for globs finds exactly what ``glob.glob`` finds, sorted."""
     import glob
 
-    from esap_dask.observations import as_observations
+    from esap_dask.engine.observations import as_observations
 
     for name in ("run_01.fits", "run_11.fits", "run_05.fits", ".hidden.fits", "notes.txt"):
         (tmp_path / name).write_text("x")
@@ -420,7 +420,7 @@ def test_provenance_written_in_pieces_is_one_document(monkeypatch, n_inputs):
 def test_batches_shrink_towards_the_end_and_keep_write_units_whole(n, unit):
     from itertools import pairwise
 
-    from esap_dask.execute import make_batches
+    from esap_dask.engine.execute import make_batches
 
     rows = list(range(n))
     batches = make_batches(rows, unit, 1, parts=8)

@@ -122,7 +122,7 @@ def test_uws_pyvo_notebook_uses_the_service_named_by_the_environment(
 ) -> None:
     from pyvo.io.uws import parse_job_list
 
-    from esap_dask.service.testing import ServiceProcess, write_tokens
+    from esap_dask.testing.service import ServiceProcess, write_tokens
 
     tokens = write_tokens(tmp_path / "tokens", {"tok-carol": "carol"})
     with ServiceProcess(tmp_path / "service", tokens) as service:

@@ -10,7 +10,7 @@ import requests
 from click.testing import CliRunner
 
 from esap_dask.service.cli import serve
-from esap_dask.service.testing import ServiceProcess, write_tokens
+from esap_dask.testing.service import ServiceProcess, write_tokens
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": "Bearer tok-esap"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from esap_dask.service.testing import ServiceProcess, wait_for_phase, write_tokens
+from esap_dask.testing.service import ServiceProcess, wait_for_phase, write_tokens
 
 pytestmark = pytest.mark.slow
 

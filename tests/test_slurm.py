@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-import esap_dask.facilities as facilities
-from esap_dask.deploy.jobstate import WorkerJobError
+import esap_dask.catalogs.facilities as facilities
+from esap_dask.deploy.slurm.jobstate import WorkerJobError
 
 pytestmark = pytest.mark.slurm
 

@@ -18,7 +18,7 @@ import pytest
 
 from esap_dask.deploy.containers import container_python
 from esap_dask.deploy.jobqueue import open_jobqueue
-from esap_dask.facilities import Facility
+from esap_dask.catalogs.facilities import Facility
 
 EXPORT = "export MALLOC_MMAP_THRESHOLD_=16777216"
 

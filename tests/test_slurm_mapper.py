@@ -15,7 +15,7 @@ import zarr
 from distributed import Client
 
 from esap_dask import map_observations, open_cluster
-from esap_dask.ledger import DONE
+from esap_dask.engine.ledger import DONE
 from tests.conftest import ESAP_DASK
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]

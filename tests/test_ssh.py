@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from distributed import Client
 
-import esap_dask.facilities as facilities
+import esap_dask.catalogs.facilities as facilities
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import xarray as xr
 from astropy.io import fits
 
 import esap_dask
-from esap_dask.dl3 import angular_separation, stack
-from esap_dask.gadf import read_events
-from esap_dask.synthetic import DEFAULT_TARGET, EVENT_ROW_BYTES, write_observations
+from esap_dask.iact.dl3 import angular_separation, stack
+from esap_dask.iact.gadf import read_events
+from esap_dask.iact.synthetic import DEFAULT_TARGET, EVENT_ROW_BYTES, write_observations
 
 
 @pytest.fixture(scope="module")

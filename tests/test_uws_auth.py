@@ -20,7 +20,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from esap_dask.service.testing import ServiceProcess, write_tokens
+from esap_dask.testing.service import ServiceProcess, write_tokens
 
 pytestmark = pytest.mark.slow
 

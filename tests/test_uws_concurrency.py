@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from esap_dask.service.testing import ServiceProcess, write_tokens
+from esap_dask.testing.service import ServiceProcess, write_tokens
 
 USERS = {f"tok-user{i}": f"user{i}" for i in range(4)}
 PER_USER = 50

@@ -19,7 +19,7 @@ from lxml import etree
 from pyvo.dal.tap import AsyncTAPJob
 from pyvo.io.uws import parse_job, parse_job_list
 
-from esap_dask.service.testing import ServiceProcess, uws_schema, write_tokens
+from esap_dask.testing.service import ServiceProcess, uws_schema, write_tokens
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
 HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"

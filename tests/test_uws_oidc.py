@@ -16,7 +16,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from esap_dask.service.testing import ServiceProcess
+from esap_dask.testing.service import ServiceProcess
 
 pytestmark = pytest.mark.slow
 

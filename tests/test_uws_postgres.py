@@ -14,7 +14,7 @@ import pytest
 import requests
 from pyvo.dal.tap import AsyncTAPJob
 
-from esap_dask.service.testing import ServiceProcess, wait_for_phase, write_tokens
+from esap_dask.testing.service import ServiceProcess, wait_for_phase, write_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "postgres.sh"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from esap_dask.service.testing import ServiceProcess, write_tokens
+from esap_dask.testing.service import ServiceProcess, write_tokens
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 import xarray as xr
 
-from esap_dask.service.testing import ServiceProcess, wait_for_phase, write_tokens
+from esap_dask.testing.service import ServiceProcess, wait_for_phase, write_tokens
 
 pytestmark = pytest.mark.slow
 PARAMS = {"pipeline": "helloworld", "observations": "1..40", "sleep": "0.25", "PHASE": "RUN"}

@@ -28,7 +28,7 @@ import requests
 import s3fs
 import xarray as xr
 
-from esap_dask.service.testing import ServiceProcess, wait_for_phase, write_tokens
+from esap_dask.testing.service import ServiceProcess, wait_for_phase, write_tokens
 
 pytestmark = pytest.mark.slow
 

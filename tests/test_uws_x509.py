@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from esap_dask.service.auth import PROXY_CERT_INFO
-from esap_dask.service.testing import ServiceProcess, free_port
+from esap_dask.testing.service import ServiceProcess, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -1,1 +1,1 @@
-"""Cluster managers, one module per facility type (see :mod:`esap_dask.facilities`)."""
+"""Cluster managers, one module per facility type (see :mod:`esap_dask.catalogs.facilities`)."""

@@ -1,7 +1,7 @@
 """Batch-system facilities (slurm, pbs, sge, htcondor, lsf): Dask workers as batch jobs.
 
 :func:`open_jobqueue` turns a facility of the catalog into a started
-dask-jobqueue cluster. SLURM facilities get :class:`~esap_dask.deploy.slurm.SLURMArrayCluster`
+dask-jobqueue cluster. SLURM facilities get :class:`~esap_dask.deploy.slurm.cluster.SLURMArrayCluster`
 (job arrays and job-state tracking); the other batch systems get dask-jobqueue's
 own one-job-per-worker clusters. On top of dask-jobqueue's options, every one gets:
 
@@ -63,7 +63,7 @@ from esap_dask.deploy.containers import facility_python
 from esap_dask.deploy.environment import job_script_prologue
 from esap_dask.deploy.options import check_options, keywords
 from esap_dask.deploy.tls import new_cluster_security, security_directory
-from esap_dask.facilities import Facility, FacilityError
+from esap_dask.catalogs.facilities import Facility, FacilityError
 
 __all__ = [
     "jobqueue_keywords",
@@ -195,10 +195,10 @@ def renew_after(lifetime: float, stagger: float) -> float:
 
 
 def _cluster_class(facilitytype: str, array: bool) -> type[Cluster]:
-    from esap_dask.deploy.jobqueue_import import dask_jobqueue
+    from esap_dask.deploy.slurm.jobqueue_import import dask_jobqueue
 
     if facilitytype == "slurm" and array:
-        from esap_dask.deploy.slurm import SLURMArrayCluster
+        from esap_dask.deploy.slurm.cluster import SLURMArrayCluster
 
         return SLURMArrayCluster
     return getattr(dask_jobqueue, _CLASSES[facilitytype])
@@ -244,7 +244,7 @@ def _scheduler_in_job(facility: Facility, opts: dict[str, Any], job: dict[str, A
         raise FacilityError(
             f"facility {facility.name!r}: scheduler_in_job is available on SLURM only"
         )
-    from esap_dask.deploy.batch_scheduler import BatchScheduler
+    from esap_dask.deploy.slurm.batch_scheduler import BatchScheduler
 
     name = opts.setdefault("job_name", f"esap-{uuid.uuid4().hex[:8]}")
     logs = Path(opts.get("log_directory") or "~/.esap-dask/logs").expanduser() / name

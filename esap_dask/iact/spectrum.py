@@ -649,7 +649,7 @@ def read_datasets(
     from gammapy.maps import MapAxis, RegionGeom, RegionNDMap
     from regions import CircleSkyRegion, PointSkyRegion
 
-    from esap_dask.ledger import DONE
+    from esap_dask.engine.ledger import DONE
 
     where = os.fspath(store)
     ds = xr.open_zarr(where, storage_options=dict(storage_options or {}) or None)

@@ -77,7 +77,7 @@ class ServiceConfig:
     store_options
         fsspec storage options of ``store_root`` (endpoint, credentials); for ``s3://``
         completed from ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
-        ``AWS_ENDPOINT_URL`` as :func:`esap_dask.facilities.storage_options_for` does.
+        ``AWS_ENDPOINT_URL`` as :func:`esap_dask.catalogs.facilities.storage_options_for` does.
     """
 
     data_dir: Path

@@ -50,7 +50,7 @@ def ledger_summary(group: Any) -> dict[str, Any]:
     """Counts per ledger status, and each failed observation with its error."""
     import numpy as np
 
-    from esap_dask.ledger import FAILED, read_ledger
+    from esap_dask.engine.ledger import FAILED, read_ledger
 
     ledger = read_ledger(group)
     failed = np.flatnonzero(np.asarray(ledger.status) == FAILED)

@@ -64,7 +64,7 @@ class Limits:
         self.db = db
         self.sandbox = config.sandbox
         self.redact = Redactor(self.sandbox.roots, config.data_dir)
-        # concordia reads a card named by a path with esap_dask.corsika.read_card, under
+        # concordia reads a card named by a path with esap_dask.iact.corsika.read_card, under
         # these roots, never from a URL (the service process is the one that reads it)
         import dask.config
 

@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from esap_dask.facilities import FacilityError, load_facility
-from esap_dask.observations import Observation, parse_range
+from esap_dask.catalogs.facilities import FacilityError, load_facility
+from esap_dask.engine.observations import Observation, parse_range
 from esap_dask.pipeline import ParameterError, Pipeline
 from esap_dask.service.sandbox import (
     LIST_PREFIX,
@@ -44,7 +44,7 @@ from esap_dask.service.sandbox import (
     check_text,
     show,
 )
-from esap_dask.workflows import get_pipeline, list_pipelines
+from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 
 __all__ = [
     "RESERVED",

@@ -256,7 +256,7 @@ class JobRunner:
     def _execute(
         self, job_id: str, parameters: dict[str, Any], owner: str, state: _Running
     ) -> tuple[str, dict[str, Any]]:
-        from esap_dask.mapper import map_observations
+        from esap_dask.engine.mapper import map_observations
 
         directory = self.job_dir(job_id)
         directory.mkdir(parents=True, exist_ok=True)
@@ -350,10 +350,10 @@ class JobRunner:
         cluster of their own (adaptive when the facility asks for no workers),
         closed with the client, which cancels its batch or grid jobs, and named
         :func:`job_label` so that an operator finds them (``squeue -n``). The client
-        comes from :func:`esap_dask.connect.facility_client`, as the CLI's and the
+        comes from :func:`esap_dask.engine.connect.facility_client`, as the CLI's and the
         Python API's do.
         """
-        from esap_dask.connect import facility_client
+        from esap_dask.engine.connect import facility_client
 
         shared = self._shared_cluster() if facility == "local" else None
         stack = contextlib.ExitStack()
@@ -375,7 +375,7 @@ class JobRunner:
             if cluster is not None:
                 with contextlib.suppress(Exception):
                     cluster.close()
-            from esap_dask.facilities import open_cluster
+            from esap_dask.catalogs.facilities import open_cluster
 
             self._cluster = None
             self._cluster = open_cluster("local", **self.config.cluster_options)

@@ -72,7 +72,7 @@ def shared_filesystem(facility: str) -> bool:
     ``dirac`` facilities share nothing and all other types share the service's disk.
     An unknown facility counts as sharing (the job's own checks reject it).
     """
-    from esap_dask.facilities import FacilityError, load_facility
+    from esap_dask.catalogs.facilities import FacilityError, load_facility
 
     try:
         fac = load_facility(facility)
@@ -292,7 +292,7 @@ def job_store(config: ServiceConfig, job_id: str, facility: str | None = None) -
         When ``facility`` shares no filesystem with the service and the service has
         no URL store root.
     """
-    from esap_dask.facilities import storage_options_for
+    from esap_dask.catalogs.facilities import storage_options_for
 
     if facility is not None:
         require_store_root(config, facility)

@@ -24,9 +24,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from esap_dask.facilities import list_facilities
+from esap_dask.catalogs.facilities import list_facilities
 from esap_dask.service.jobs import JobService
-from esap_dask.workflows import list_pipelines
+from esap_dask.catalogs.workflows import list_pipelines
 
 __all__ = ["CONTENT_SECURITY_POLICY", "make_router", "security_headers"]
 

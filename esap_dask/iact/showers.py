@@ -1,7 +1,7 @@
 """A light air-shower model in numpy: Heitler–Matthews development and Cherenkov light.
 
 For each shower of a run (energies, zenith and azimuth angles drawn from the
-steering card's ranges, :mod:`esap_dask.corsika`):
+steering card's ranges, :mod:`esap_dask.iact.corsika`):
 
 * **Depth of maximum** from the Heitler–Matthews model (Matthews 2005,
   Astropart. Phys. 22, 387). Electromagnetic primaries:
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.corsika import Card
+from esap_dask.iact.corsika import Card
 
 __all__ = [
     "Showers",

@@ -16,7 +16,7 @@ runs the pipeline (:class:`BatchStarts`, one round trip per batch) and learns ho
 many times its key started already: a task the scheduler ran again after a worker
 loss (``distributed.scheduler.allowed-failures``, or a result that died with its
 worker before the driver fetched it) counts every start; the driver asks the same
-record whether a batch lost with its worker had started (:mod:`esap_dask.execute`).
+record whether a batch lost with its worker had started (:mod:`esap_dask.engine.execute`).
 A task that finds its rows already committed by its run (its earlier start finished,
 and only the result was lost) returns their report from the ledger instead of
 running the pipeline again.
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from esap_dask.ledger import COLUMNS, DONE, FAILED
-from esap_dask.observations import Observation, sha256_file
+from esap_dask.engine.ledger import COLUMNS, DONE, FAILED
+from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.pipeline import Pipeline, Schema
 from esap_dask.store import array, open_store, write_rows
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.ledger import DONE, FAILED
+from esap_dask.engine.ledger import DONE, FAILED
 from esap_dask.store import esap_attrs, open_store, read
 
 __all__ = ["plot_status"]

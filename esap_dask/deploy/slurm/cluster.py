@@ -15,7 +15,7 @@ arrays:
   state (:attr:`SLURMArrayCluster.job_states`). A job that will never start, or
   that ends before its worker connected, stops the cluster from submitting more
   and is raised by :meth:`~SLURMArrayCluster.wait_for_workers` and ``scale`` as a
-  :class:`~esap_dask.deploy.jobstate.WorkerJobError` carrying SLURM's reason and
+  :class:`~esap_dask.deploy.slurm.jobstate.WorkerJobError` carrying SLURM's reason and
   the job's stderr tail. A job that ends after its worker connected (its
   ``--lifetime`` expired, walltime, node failure, a ``scancel`` from outside) is
   replaced by a new array task under a new name.
@@ -37,9 +37,9 @@ from dask.utils import parse_timedelta
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
 
-from esap_dask.deploy.jobarray import JobArray, index_ranges
-from esap_dask.deploy.jobqueue_import import SLURMCluster, SLURMJob
-from esap_dask.deploy.jobstate import JobState, WorkerJobError, query_slurm, stderr_tail
+from esap_dask.deploy.slurm.jobarray import JobArray, index_ranges
+from esap_dask.deploy.slurm.jobqueue_import import SLURMCluster, SLURMJob
+from esap_dask.deploy.slurm.jobstate import JobState, WorkerJobError, query_slurm, stderr_tail
 
 __all__ = ["JobArray", "SLURMArrayCluster", "SLURMArrayJob", "index_ranges"]
 

@@ -23,8 +23,8 @@ from typing import Any
 from distributed.deploy.spec import ProcessInterface
 from distributed.security import Security
 
-from esap_dask.deploy.jobqueue_import import SLURMJob
-from esap_dask.deploy.jobstate import WorkerJobError, query_slurm, stderr_tail
+from esap_dask.deploy.slurm.jobqueue_import import SLURMJob
+from esap_dask.deploy.slurm.jobstate import WorkerJobError, query_slurm, stderr_tail
 
 __all__ = ["BatchScheduler"]
 

@@ -1,4 +1,4 @@
-"""The DiracX side of a :class:`~esap_dask.deploy.dirac.DiracCluster`: its grid jobs.
+"""The DiracX side of a :class:`~esap_dask.deploy.dirac.cluster.DiracCluster`: its grid jobs.
 
 :class:`Grid` owns every call the cluster makes to DiracX about its jobs:
 
@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from esap_dask.deploy.diracx_client import DiracXClient, DiracXError
+from esap_dask.deploy.dirac.diracx_client import DiracXClient, DiracXError
 
 __all__ = ["FINAL_STATES", "MAX_JOBS_PER_SUBMISSION", "Grid", "JobSource"]
 

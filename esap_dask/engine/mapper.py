@@ -25,13 +25,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from esap_dask import provenance
-from esap_dask.batch import BatchReport, RunContext
-from esap_dask.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
-from esap_dask.facilities import storage_options_for
-from esap_dask.ledger import COLUMNS, Ledger, Plan, plan, read_ledger
-from esap_dask.lock import StoreLock
-from esap_dask.observations import as_observations, fingerprints
+from esap_dask.engine import provenance
+from esap_dask.engine.task import BatchReport, RunContext
+from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
+from esap_dask.catalogs.facilities import storage_options_for
+from esap_dask.engine.ledger import COLUMNS, Ledger, Plan, plan, read_ledger
+from esap_dask.store.lock import StoreLock
+from esap_dask.engine.observations import as_observations, fingerprints
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
 from esap_dask.store import (
     StoreError,
@@ -46,7 +46,7 @@ from esap_dask.store import (
     repair,
     store_layout,
 )
-from esap_dask.workflows import get_pipeline
+from esap_dask.catalogs.workflows import get_pipeline
 
 __all__ = ["RunSummary", "choose_layout", "map_observations"]
 
@@ -184,11 +184,11 @@ def _client_for(client: Any, facility: str, notes: list[str]) -> Iterator[Any]:
 
     Whichever it is becomes the current client of this thread for the run, and a
     cluster that asked for no workers adapts to the load (see
-    :func:`esap_dask.connect.ensure_workers`); ``notes`` receives what to say about it.
+    :func:`esap_dask.engine.connect.ensure_workers`); ``notes`` receives what to say about it.
     """
     from distributed import default_client
 
-    from esap_dask.connect import ensure_workers, facility_client
+    from esap_dask.engine.connect import ensure_workers, facility_client
 
     if client is None:
         try:
@@ -251,7 +251,7 @@ def map_observations(
         is inferred from its result on the first observation).
     observations
         A glob, a list file, an ``"A..B"`` range, or a sequence of paths, URLs or
-        values (see :func:`esap_dask.observations.as_observations`).
+        values (see :func:`esap_dask.engine.observations.as_observations`).
     store
         The Zarr store (a path or URL); created on the first run, extended after.
     client
@@ -273,7 +273,7 @@ def map_observations(
     storage_options
         fsspec options of a URL store (``s3://bucket/run.zarr``); default: the
         facility's ``storage_options`` option, for S3 completed from the
-        environment (see :func:`esap_dask.facilities.storage_options_for`).
+        environment (see :func:`esap_dask.catalogs.facilities.storage_options_for`).
 
     Returns
     -------

@@ -12,7 +12,7 @@ behaves the same from every entry point:
   run on such a cluster waits forever for workers nobody requested.
 
 Both work from any thread: the job service runs each job in a thread of its own
-(see :mod:`esap_dask.deploy.jobqueue_import` for the dask-jobqueue import that
+(see :mod:`esap_dask.deploy.slurm.jobqueue_import` for the dask-jobqueue import that
 used to make that impossible on SLURM).
 """
 
@@ -99,7 +99,7 @@ def facility_client(
     """
     from distributed import Client
 
-    from esap_dask.facilities import open_cluster
+    from esap_dask.catalogs.facilities import open_cluster
 
     own = cluster is None
     if own:
@@ -119,7 +119,7 @@ def facility_client(
 
 def _label_options(facility: str, label: str) -> dict[str, Any]:
     """The cluster option that names a facility's jobs ``label``, by facility type."""
-    from esap_dask.facilities import load_facility
+    from esap_dask.catalogs.facilities import load_facility
 
     ftype = load_facility(facility).facilitytype
     if ftype == "dirac":

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.ledger import DONE
-from esap_dask.observations import Observation, sha256_file
+from esap_dask.engine.ledger import DONE
+from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.store import StoreError, esap_attrs, open_store, read
-from esap_dask.workflows import get_pipeline, list_pipelines
+from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 
 __all__ = ["Reproduction", "ReproductionError", "reproduce"]
 
@@ -156,7 +156,7 @@ def reproduce(
     ``allow_code``: load the pipeline the store names even when it is not in the catalog
     (a ``.py`` file: its code runs here). Without it such a store is refused.
     """
-    from esap_dask.mapper import map_observations
+    from esap_dask.engine.mapper import map_observations
 
     if os.path.exists(new_store):
         raise StoreError(f"{new_store}: already exists; give a new --store to reproduce into")

@@ -6,7 +6,7 @@ they come. Batches killed with their worker are retried alone before being blame
 cluster that reports its workers can never start (``cluster.error``) stops the run.
 
 Which batches a dead worker had started is asked of the scheduler's record of starts
-(:class:`esap_dask.batch.BatchStarts`), because distributed fails every task assigned
+(:class:`esap_dask.engine.task.BatchStarts`), because distributed fails every task assigned
 to the worker, queued ones too: a batch it had not started is submitted again as it
 was (it is no attempt), and only the batches it was running count an attempt, are
 retried alone, and are named in the run's notes.
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.batch import Batch, BatchReport, BatchStarts, RunContext, run_batch
-from esap_dask.ledger import FAILED, Plan
-from esap_dask.progress import Progress
+from esap_dask.engine.task import Batch, BatchReport, BatchStarts, RunContext, run_batch
+from esap_dask.engine.ledger import FAILED, Plan
+from esap_dask.engine.progress import Progress
 from esap_dask.store import StoreLayout, write_rows
 
 __all__ = [
@@ -238,7 +238,7 @@ def execute(
             with contextlib.suppress(Exception):
                 client.sync(client.scheduler.esap_batch_forget, prefix=prefix)
     if watch.failure is not None:
-        from esap_dask.facilities import FacilityError
+        from esap_dask.catalogs.facilities import FacilityError
 
         raise FacilityError(
             f"the facility's workers cannot run: {watch.failure}; the run stopped, and its "

@@ -47,7 +47,7 @@ class PipelineNotFound(LookupError):
 
 def pipeline_dirs() -> list[Path]:
     """The directories searched for pipeline modules, in order."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     dirs = [here.parent / "pipelines", Path(sys.prefix) / "share" / "esap-dask" / "pipelines"]
     extra = dask.config.get("esap.pipelines-path", default=None) or []
     if isinstance(extra, str):

@@ -35,9 +35,9 @@ from esap_dask.store import esap_attrs, read
 if TYPE_CHECKING:
     import zarr
 
-    from esap_dask.batch import RunContext
-    from esap_dask.mapper import RunSummary
-    from esap_dask.observations import Observation
+    from esap_dask.engine.task import RunContext
+    from esap_dask.engine.mapper import RunSummary
+    from esap_dask.engine.observations import Observation
 
 __all__ = ["PREFIXES", "build_document", "encode_document", "record_run", "software_versions"]
 
@@ -235,7 +235,7 @@ def record_run(
 ) -> str:
     """Write the run's PROV-JSON next to the store and list it in the store's attrs.
 
-    ``todo`` holds the run's planned rows (:attr:`esap_dask.ledger.Plan.todo`); those
+    ``todo`` holds the run's planned rows (:attr:`esap_dask.engine.ledger.Plan.todo`); those
     whose ledger row names this run are its inputs. Returns the document's path
     (``<store>.provenance/<run id>.json``).
     """

@@ -17,7 +17,7 @@ written with astropy (see :func:`point_like_irf_hdus`).
 Files are written by a small FITS writer of our own (FITS is 2880-byte blocks of
 80-character header cards and big-endian binary rows), which is much faster
 than building astropy HDUs: 10,000 files of 1,000 events take about 4 s of CPU here.
-Every file reads back with :func:`astropy.io.fits.open` and :func:`esap_dask.gadf.read_events`.
+Every file reads back with :func:`astropy.io.fits.open` and :func:`esap_dask.iact.gadf.read_events`.
 
 >>> paths = write_observations("synthetic", 3, seed=1)  # doctest: +SKIP
 """
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.dl3 import unproject
+from esap_dask.iact.dl3 import unproject
 
 __all__ = ["DEFAULT_TARGET", "EVENT_ROW_BYTES", "point_like_irf_hdus", "write_observations"]
 
@@ -360,7 +360,7 @@ def write_observations(
             ("ALTITUDE", 1835.0, ""),
             ("EUNIT", "TeV", ""),
             ("SRC_NEVT", source_counts, "injected source events"),
-            ("SEED", seed, "esap_dask.synthetic seed"),
+            ("SEED", seed, "esap_dask.iact.synthetic seed"),
         ]
         gti = np.array([(tstart, tstop)], dtype=_GTI_DTYPE)
         primary = _header(

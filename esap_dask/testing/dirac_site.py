@@ -28,7 +28,7 @@ What the REST API of DiracX 0.7.0 lacks, and what this site does instead:
   (the file is given with ``--jobdb``). This is the one step that does not go
   through the REST API, and the reason the site must run next to the server.
 
-Run it with ``python -m esap_dask.deploy.dirac_site --jobdb .diracx/db/JobDB.db``
+Run it with ``python -m esap_dask.testing.dirac_site --jobdb .diracx/db/JobDB.db``
 and ``DIRACX_URL`` / ``DIRACX_CREDENTIALS_PATH`` set; ``scripts/diracx.sh start``
 does so.
 """
@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from esap_dask.deploy.diracx_client import DiracXClient, DiracXError
+from esap_dask.deploy.dirac.diracx_client import DiracXClient, DiracXError
 
 __all__ = ["LocalSite", "job_environment", "main", "parse_jdl", "read_jdls"]
 
@@ -349,7 +349,7 @@ def _step(status: str, minor: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m esap_dask.deploy.dirac_site --jobdb PATH``."""
+    """Command line: ``python -m esap_dask.testing.dirac_site --jobdb PATH``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobdb", type=Path, required=True, help="the server's SQLite JobDB file")
     p.add_argument("--workdir", type=Path, default=Path("dirac-site"), help="job directories")

@@ -14,11 +14,11 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from esap_dask.deploy.jobqueue_import import SLURMJob
-from esap_dask.deploy.jobstate import WorkerJobError
+from esap_dask.deploy.slurm.jobqueue_import import SLURMJob
+from esap_dask.deploy.slurm.jobstate import WorkerJobError
 
 if TYPE_CHECKING:
-    from esap_dask.deploy.slurm import SLURMArrayJob
+    from esap_dask.deploy.slurm.cluster import SLURMArrayJob
 
 __all__ = ["JobArray", "index_ranges"]
 

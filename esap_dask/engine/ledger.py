@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from esap_dask.observations import Observation
+from esap_dask.engine.observations import Observation
 from esap_dask.pipeline import Variable
 from esap_dask.store import TIME_UNITS, read
 

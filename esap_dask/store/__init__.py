@@ -5,7 +5,7 @@ Layout of a store (Zarr v3, one group)::
     obs                 (obs)        str      observation id: the dimension coordinate
     <product>           (obs, ...)   declared dtype, units and description in attrs
     <coordinate>        (dim)        coordinates of the products' other dimensions
-    ledger_<column>     (obs)        one row per observation (see esap_dask.ledger)
+    ledger_<column>     (obs)        one row per observation (see esap_dask.engine.ledger)
     attrs["esap"]       pipeline, version, schema, layout, and the runs so far
 
 Every array is chunked along ``obs`` on one grid (``chunk`` observations a

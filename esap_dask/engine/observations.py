@@ -125,7 +125,7 @@ def _expand(spec: str) -> list[Any]:
     if path.is_file() and path.suffix in LIST_SUFFIXES:
         return list(_read_list(path))
     if path.is_file() and path.name.startswith("obs-index") and ".fits" in path.name:
-        from esap_dask.gadf import select_observations  # GADF: the observations it lists
+        from esap_dask.iact.gadf import select_observations  # GADF: the observations it lists
 
         return list(select_observations(path))
     if globmod.has_magic(spec):
@@ -174,7 +174,7 @@ def as_observations(spec: Any) -> list[Observation]:
     ``spec`` may be a glob (``"runs/*.fits.gz"``), a list file (``.txt``/``.lst``/``.list``,
     one path or URL a line, ``#`` comments, relative paths taken from the list's
     directory), a GADF ``obs-index.fits[.gz]`` (the observations it lists, see
-    :func:`esap_dask.gadf.select_observations` for selections), an inclusive integer range
+    :func:`esap_dask.iact.gadf.select_observations` for selections), an inclusive integer range
     ``"1..100"``, a ``range``, or a sequence of
     paths, URLs, values and :class:`Observation` objects.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.ledger import FAILED, read_ledger
+from esap_dask.engine.ledger import FAILED, read_ledger
 from esap_dask.store import esap_attrs, open_store, read
 
 __all__ = ["store_status"]

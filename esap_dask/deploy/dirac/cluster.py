@@ -11,7 +11,7 @@ retire, then read the status back (DiracX ignores invalid transitions silently).
 A background task polls the jobs and logs every job that ends unasked, with
 DiracX's status and minor status; :meth:`DiracCluster.job_status` returns them,
 and :meth:`DiracCluster.run_notes` words them for a run's summary. The DiracX
-side (batching, kill read-back, polling) lives in :mod:`esap_dask.deploy.dirac_jobs`.
+side (batching, kill read-back, polling) lives in :mod:`esap_dask.deploy.dirac.jobs`.
 
 A job runs ``python -m distributed.cli.dask_worker``, inside apptainer or
 singularity when the facility's ``runtimeengine`` says so, with ``CPUTime`` from
@@ -52,8 +52,8 @@ from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.security import Security
 
 from esap_dask.deploy.containers import container_python
-from esap_dask.deploy.dirac_jobs import MAX_JOBS_PER_SUBMISSION, Grid
-from esap_dask.deploy.diracx_client import DiracXClient, DiracXError, format_jdl, sandbox_archive
+from esap_dask.deploy.dirac.jobs import MAX_JOBS_PER_SUBMISSION, Grid
+from esap_dask.deploy.dirac.diracx_client import DiracXClient, DiracXError, format_jdl, sandbox_archive
 from esap_dask.deploy.environment import execution_environment
 from esap_dask.deploy.jobqueue import lifetime_arguments, parse_walltime, worker_lifetime
 from esap_dask.deploy.tls import (
@@ -61,7 +61,7 @@ from esap_dask.deploy.tls import (
     new_cluster_security,
     remove_cluster_security,
 )
-from esap_dask.facilities import Facility, FacilityError
+from esap_dask.catalogs.facilities import Facility, FacilityError
 
 __all__ = ["DiracCluster", "DiracJob", "open_dirac"]
 

@@ -16,7 +16,7 @@ symmetrically around the position opposite the target. Significance is Li & Ma
 
 Examples
 --------
->>> from esap_dask.gadf import read_events
+>>> from esap_dask.iact.gadf import read_events
 >>> events = read_events("hess_dl3_dr1_obs_id_023523.fits.gz")  # doctest: +SKIP
 >>> products = observation_products(events)                     # doctest: +SKIP
 >>> products["significance"]                                    # doctest: +SKIP
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.gadf import EventList
-from esap_dask.ledger import DONE
+from esap_dask.iact.gadf import EventList
+from esap_dask.engine.ledger import DONE
 
 __all__ = [
     "FLAGS",

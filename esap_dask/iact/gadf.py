@@ -13,7 +13,7 @@ HDUs and columns, IRFs in separate files, and optional header keywords missing
 parent directory). What is genuinely missing raises :class:`GADFError` naming
 the file and the item::
 
-    from esap_dask.gadf import read_events, select_observations
+    from esap_dask.iact.gadf import read_events, select_observations
 
     events = read_events("data/hess_dl3_dr1_obs_id_023523.fits.gz")
     events.livetime, events.ra_pnt, len(events.time)
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from esap_dask.observations import Observation
+from esap_dask.engine.observations import Observation
 
 __all__ = [
     "IRF_TYPES",

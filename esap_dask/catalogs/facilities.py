@@ -68,7 +68,7 @@ MANAGERS: dict[str, str] = {
     "htcondor": "esap_dask.deploy.jobqueue:open_jobqueue",
     "lsf": "esap_dask.deploy.jobqueue:open_jobqueue",
     "ssh": "esap_dask.deploy.ssh:open_ssh",
-    "dirac": "esap_dask.deploy.dirac:open_dirac",
+    "dirac": "esap_dask.deploy.dirac.cluster:open_dirac",
 }
 
 _REQUIRED = ("name", "facilitytype")
@@ -118,7 +118,7 @@ class Facility:
 
 def catalog_dirs() -> list[Path]:
     """The catalog directories, in search order (later ones override earlier ones)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     dirs = [
         here.parent / "clusters",  # a source checkout or editable install
         Path(sys.prefix) / "share" / "esap-dask" / "clusters",  # a wheel install
