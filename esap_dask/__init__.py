@@ -21,9 +21,11 @@ _install_moved()  # old module paths (esap_dask.gadf, ...) import with a Depreca
 
 if TYPE_CHECKING:
     from esap_dask.catalogs.facilities import Facility, list_facilities, load_facility, open_cluster
+    from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
     from esap_dask.engine.ledger import read_ledger
-    from esap_dask.engine.mapper import RunSummary, map_observations
+    from esap_dask.engine.mapper import map_observations
     from esap_dask.engine.observations import Observation, ObservationError, as_observations
+    from esap_dask.engine.summary import RunSummary
     from esap_dask.pipeline import (
         Coordinate,
         Parameter,
@@ -33,16 +35,17 @@ if TYPE_CHECKING:
         SchemaError,
         Variable,
     )
-    from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 
 #: public name -> the module defining it; imported on first use, so that ``esap-dask
 #: --version`` (and every command) loads only what it uses, not zarr and the mapper.
 _LAZY = {
     **dict.fromkeys(
-        ("Facility", "list_facilities", "load_facility", "open_cluster"), "esap_dask.catalogs.facilities"
+        ("Facility", "list_facilities", "load_facility", "open_cluster"),
+        "esap_dask.catalogs.facilities",
     ),
     "read_ledger": "esap_dask.engine.ledger",
-    **dict.fromkeys(("RunSummary", "map_observations"), "esap_dask.engine.mapper"),
+    "RunSummary": "esap_dask.engine.summary",
+    "map_observations": "esap_dask.engine.mapper",
     **dict.fromkeys(
         ("Observation", "ObservationError", "as_observations"), "esap_dask.engine.observations"
     ),

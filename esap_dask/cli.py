@@ -34,10 +34,10 @@ def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
 
 def _input_errors() -> tuple[type[Exception], ...]:
     from esap_dask.catalogs.facilities import FacilityError
+    from esap_dask.catalogs.workflows import PipelineNotFound
     from esap_dask.engine.observations import ObservationError
     from esap_dask.pipeline import ParameterError, SchemaError
     from esap_dask.store import StoreError
-    from esap_dask.catalogs.workflows import PipelineNotFound
 
     return (
         FacilityError,
@@ -252,8 +252,8 @@ def status(
     storage_options: str | None,
 ) -> None:
     """What STORE's ledger says: counts per status, runs, and failures with their messages."""
-    from esap_dask.catalogs.facilities import storage_options_for
     from esap_dask.engine.status import store_status
+    from esap_dask.store.options import storage_options_for
 
     opts = storage_options_for(store, facility, _parse_storage_options(storage_options))
     report = _guarded(lambda: store_status(store, max_failures=max_failures, storage_options=opts))

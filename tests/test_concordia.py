@@ -11,6 +11,7 @@ import pytest
 import xarray as xr
 
 from esap_dask import map_observations
+from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.iact.corsika import (
     CardError,
     CardLine,
@@ -20,7 +21,6 @@ from esap_dask.iact.corsika import (
     read_long,
 )
 from esap_dask.iact.showers import elongation_rate
-from esap_dask.catalogs.workflows import get_pipeline
 from tests.conftest import ESAP_DASK
 
 CARD = """\

@@ -31,6 +31,8 @@ import numpy as np
 import pytest
 import requests
 
+from esap_dask.catalogs.workflows import get_pipeline
+from esap_dask.deploy.containers import container_python
 from esap_dask.iact.corsika import (
     MAX_CARD_BYTES,
     RUNTIME_ENVIRONMENT,
@@ -42,10 +44,8 @@ from esap_dask.iact.corsika import (
     parse_card,
     read_card,
 )
-from esap_dask.deploy.containers import container_python
 from esap_dask.pipeline import ParameterError
 from esap_dask.testing.service import ServiceProcess, wait_for_phase, write_tokens
-from esap_dask.catalogs.workflows import get_pipeline
 
 HERE = Path(__file__).resolve().parent
 concordia = get_pipeline("concordia")

@@ -23,8 +23,8 @@ from distributed import Client
 
 import esap_dask.catalogs.facilities as facilities
 from esap_dask.deploy.dirac.cluster import DiracCluster
-from esap_dask.testing.dirac_site import read_jdls
 from esap_dask.deploy.dirac.diracx_client import ENDPOINTS, DiracXAuthError, DiracXClient
+from esap_dask.testing.dirac_site import read_jdls
 
 pytestmark = pytest.mark.dirac
 

@@ -31,10 +31,10 @@ from distributed import Client
 
 import esap_dask.catalogs.facilities as facilities
 from esap_dask import map_observations
+from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.engine.execute import batch_starts
 from esap_dask.engine.ledger import DONE
 from esap_dask.store.lock import LockHeld, StoreLock
-from esap_dask.catalogs.workflows import get_pipeline
 from tests.conftest import ESAP_DASK
 from tests.test_dirac import START, dirac_env, diracx, dx_jobs, submissions, wait_until
 

@@ -16,9 +16,9 @@ import pytest
 import xarray as xr
 
 import esap_dask
+from esap_dask.engine.ledger import DONE, FAILED
 from esap_dask.iact.dl3 import li_ma_significance, reflected_regions, stack
 from esap_dask.iact.gadf import select_observations
-from esap_dask.engine.ledger import DONE, FAILED
 
 HESS = Path(__file__).parents[2] / "shared" / "data" / "hess-dl3-dr1"
 ON_RADIUS = 0.11

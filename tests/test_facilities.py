@@ -12,8 +12,8 @@ import pytest
 from distributed import Client
 
 from esap_dask import list_facilities, load_facility, open_cluster
-from esap_dask.deploy.tls import security_directory
 from esap_dask.catalogs.facilities import FacilityError
+from esap_dask.deploy.tls import security_directory
 from tests.conftest import ESAP_DASK
 
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 import esap_dask
-from esap_dask.iact.gadf import select_observations
+from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.iact import read_datasets
+from esap_dask.iact.gadf import select_observations
 from esap_dask.iact.spectrum import DEFAULTS, energy_axis, make_makers, spectrum_schema
 from esap_dask.iact.synthetic import DEFAULT_TARGET, write_observations
-from esap_dask.catalogs.workflows import get_pipeline
 
 HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"
 RTOL = 1e-12

@@ -22,12 +22,12 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 from esap_dask import map_observations
-from esap_dask.engine.task import Batch, BatchStarts, RunContext, run_batch
+from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.engine.execute import batch_starts
 from esap_dask.engine.ledger import DONE
 from esap_dask.engine.observations import Observation
+from esap_dask.engine.task import Batch, BatchStarts, RunContext, run_batch
 from esap_dask.store import open_store, store_layout
-from esap_dask.catalogs.workflows import get_pipeline
 from tests.test_dirac import wait_until
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ from pathlib import Path
 import dask.config
 import pytest
 
+from esap_dask.catalogs.facilities import Facility
 from esap_dask.deploy.containers import container_python
 from esap_dask.deploy.jobqueue import open_jobqueue
-from esap_dask.catalogs.facilities import Facility
 
 EXPORT = "export MALLOC_MMAP_THRESHOLD_=16777216"
 

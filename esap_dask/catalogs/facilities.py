@@ -33,14 +33,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dask.config
 import yaml
 
+from esap_dask.deploy.facility import FACILITY_TYPES, RUNTIME_ENGINES, Facility, FacilityError
 from esap_dask.extras import FACILITY_EXTRAS, MissingExtra, require
 
 __all__ = [
@@ -53,11 +52,7 @@ __all__ = [
     "list_facilities",
     "load_facility",
     "open_cluster",
-    "storage_options_for",
 ]
-
-FACILITY_TYPES = ("local", "slurm", "pbs", "sge", "htcondor", "lsf", "ssh", "dirac")
-RUNTIME_ENGINES = ("none", "apptainer", "singularity", "docker", "podman")
 
 #: facility type -> "module:function" of its cluster manager factory.
 MANAGERS: dict[str, str] = {
@@ -73,47 +68,6 @@ MANAGERS: dict[str, str] = {
 
 _REQUIRED = ("name", "facilitytype")
 _KNOWN_KEYS = {"name", "description", "url", "facilitytype", "runtimeengine", "options"}
-
-
-class FacilityError(ValueError):
-    """A facility is unknown or its YAML file is invalid."""
-
-
-@dataclass(frozen=True)
-class Facility:
-    """One entry of the facility catalog.
-
-    Attributes
-    ----------
-    name
-        The catalog name, as given to :func:`open_cluster` and ``--facility``.
-    facilitytype
-        One of :data:`FACILITY_TYPES`; selects the cluster manager.
-    runtimeengine
-        One of :data:`RUNTIME_ENGINES`; how workers are wrapped in a container.
-    options
-        Cluster-manager options, already merged with ``dask.config``.
-    path
-        The YAML file it came from (``None`` for facilities built in code).
-    """
-
-    name: str
-    facilitytype: str
-    description: str = ""
-    url: str = ""
-    runtimeengine: str = "none"
-    options: Mapping[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-    def as_record(self) -> dict[str, Any]:
-        """The ESAP ``batch.facility`` record: name, description, url, type, runtime."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "url": self.url,
-            "facilitytype": self.facilitytype,
-            "runtimeengine": self.runtimeengine,
-        }
 
 
 def catalog_dirs() -> list[Path]:
@@ -251,39 +205,3 @@ def open_cluster(name: str = "local", /, **overrides: Any) -> Any:
     # Options of the store and of the job service, not of the cluster manager:
     store_keys = ("storage_options", "shared_filesystem")
     return factory(fac, {k: v for k, v in fac.options.items() if k not in store_keys})
-
-
-def storage_options_for(
-    store: str, facility: str = "local", given: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The fsspec ``storage_options`` a run uses for ``store`` (a path or a URL).
-
-    For a URL store: ``given`` when not None, else the facility's option
-    ``storage_options`` (``esap.facilities.<name>.storage_options`` in
-    ``dask.config`` works too); for ``s3://`` stores completed from the
-    environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-    ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``), so
-    that workers which share no environment with the driver (grid jobs) receive
-    them with the run, over the cluster's (TLS) connection. A local store: ``given``.
-    """
-    if "://" not in store or store.startswith("file://"):
-        return dict(given or {})
-    if given is not None:
-        opts = dict(given)
-    else:
-        try:
-            opts = dict(load_facility(facility).options.get("storage_options") or {})
-        except FacilityError:
-            opts = {}
-    if store.startswith(("s3://", "s3a://")):
-        env = os.environ
-        own = {"key", "secret", "anon", "profile"} & set(opts)
-        if not own and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-            opts["key"], opts["secret"] = env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
-            if env.get("AWS_SESSION_TOKEN"):
-                opts["token"] = env["AWS_SESSION_TOKEN"]
-        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-        client_kwargs = dict(opts.get("client_kwargs") or {})
-        if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in opts:
-            opts["client_kwargs"] = {**client_kwargs, "endpoint_url": endpoint}
-    return opts

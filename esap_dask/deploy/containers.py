@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from esap_dask.deploy.environment import worker_environment
-from esap_dask.catalogs.facilities import Facility, FacilityError
+from esap_dask.deploy.facility import Facility, FacilityError
 
 __all__ = ["CONTAINER_ENGINES", "container_python", "facility_python"]
 

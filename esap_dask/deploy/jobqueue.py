@@ -1,7 +1,8 @@
 """Batch-system facilities (slurm, pbs, sge, htcondor, lsf): Dask workers as batch jobs.
 
 :func:`open_jobqueue` turns a facility of the catalog into a started
-dask-jobqueue cluster. SLURM facilities get :class:`~esap_dask.deploy.slurm.cluster.SLURMArrayCluster`
+dask-jobqueue cluster. SLURM facilities get
+:class:`~esap_dask.deploy.slurm.cluster.SLURMArrayCluster`
 (job arrays and job-state tracking); the other batch systems get dask-jobqueue's
 own one-job-per-worker clusters. On top of dask-jobqueue's options, every one gets:
 
@@ -61,9 +62,9 @@ from distributed.deploy import Cluster
 
 from esap_dask.deploy.containers import facility_python
 from esap_dask.deploy.environment import job_script_prologue
+from esap_dask.deploy.facility import Facility, FacilityError
 from esap_dask.deploy.options import check_options, keywords
 from esap_dask.deploy.tls import new_cluster_security, security_directory
-from esap_dask.catalogs.facilities import Facility, FacilityError
 
 __all__ = [
     "jobqueue_keywords",

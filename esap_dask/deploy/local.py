@@ -15,9 +15,9 @@ from typing import Any
 
 from distributed import LocalCluster, Nanny, Worker
 
+from esap_dask.deploy.facility import Facility
 from esap_dask.deploy.options import check_options, keywords
 from esap_dask.deploy.tls import new_cluster_security, security_directory
-from esap_dask.catalogs.facilities import Facility
 
 __all__ = ["PlainTCPWarning", "local_keywords", "open_local"]
 

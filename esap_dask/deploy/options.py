@@ -3,17 +3,17 @@
 A misspelt option (``n_worker: 2``) would otherwise travel to a worker process
 and fail there, minutes later on a batch system, as a long traceback ("Nanny
 failed to start"). :func:`check_options` refuses it up front with a
-:class:`~esap_dask.catalogs.facilities.FacilityError` that names the option, the closest
+:class:`~esap_dask.deploy.facility.FacilityError` that names the option, the closest
 accepted name, and where the option was set: the facility file, a Dask
 configuration key or environment variable, or the ``open_cluster`` call.
 
 Examples
 --------
->>> from esap_dask.catalogs.facilities import Facility
+>>> from esap_dask.deploy.facility import Facility
 >>> check_options(Facility("local", "local"), {"n_worker": 2}, {"n_workers"}, "LocalCluster's")
 Traceback (most recent call last):
 ...
-esap_dask.catalogs.facilities.FacilityError: facility 'local': unknown option 'n_worker' (did you mean \
+esap_dask.deploy.facility.FacilityError: facility 'local': unknown option 'n_worker' (did you mean \
 'n_workers'?), set in the open_cluster() call; the options are LocalCluster's keywords and \
 esap-dask's (see docs/facilities/local.md)
 """
@@ -29,7 +29,7 @@ from typing import Any
 import dask.config
 import yaml
 
-from esap_dask.catalogs.facilities import Facility, FacilityError
+from esap_dask.deploy.facility import Facility, FacilityError
 
 __all__ = ["check_options", "keywords", "option_source"]
 

@@ -42,8 +42,8 @@ import dask.config
 from distributed.deploy.spec import SpecCluster
 
 from esap_dask.deploy.containers import facility_python
+from esap_dask.deploy.facility import Facility, FacilityError
 from esap_dask.deploy.tls import new_cluster_security, security_directory
-from esap_dask.catalogs.facilities import Facility, FacilityError
 
 __all__ = ["open_ssh"]
 

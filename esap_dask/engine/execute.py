@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.engine.task import Batch, BatchReport, BatchStarts, RunContext, run_batch
 from esap_dask.engine.ledger import FAILED, Plan
 from esap_dask.engine.progress import Progress
+from esap_dask.engine.task import Batch, BatchReport, BatchStarts, RunContext, run_batch
 from esap_dask.store import StoreLayout, write_rows
 
 __all__ = [

@@ -21,17 +21,16 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.engine import provenance
-from esap_dask.engine.task import BatchReport, RunContext
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
-from esap_dask.catalogs.facilities import storage_options_for
-from esap_dask.engine.ledger import COLUMNS, Ledger, Plan, plan, read_ledger
-from esap_dask.store.lock import StoreLock
+from esap_dask.engine.ledger import COLUMNS, Ledger, plan, read_ledger
 from esap_dask.engine.observations import as_observations, fingerprints
+from esap_dask.engine.summary import RunSummary, summarise
+from esap_dask.engine.task import RunContext
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
 from esap_dask.store import (
     StoreError,
@@ -46,43 +45,13 @@ from esap_dask.store import (
     repair,
     store_layout,
 )
-from esap_dask.catalogs.workflows import get_pipeline
+from esap_dask.store.lock import StoreLock
+from esap_dask.store.options import storage_options_for
 
 __all__ = ["RunSummary", "choose_layout", "map_observations"]
 
 #: Target uncompressed size of one chunk, in bytes.
 CHUNK_BYTES = 8 * 2**20
-
-
-@dataclass
-class RunSummary:
-    """What a run did; ``to_dict()`` is the CLI's ``--json`` output."""
-
-    store: str
-    run_id: str
-    pipeline: str
-    version: str
-    facility: str
-    total: int
-    processed: int
-    skipped: int
-    succeeded: int
-    failed: int
-    seconds: float
-    reasons: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    provenance: str | None = None
-    dashboard: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every observation of the run ended done."""
-        return self.failed == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 def choose_layout(
@@ -335,7 +304,7 @@ def map_observations(
                 f"{held.get('host')}, pid {held.get('pid')}, run {held.get('run')})",
             )
         if group is not None and not todo.todo:  # nothing to do: no cluster started
-            return _summary(store, run_id, name, version, facility, obs_list, todo, [], t0)
+            return summarise(store, run_id, name, version, facility, obs_list, todo, [], t0)
         client_notes: list[str] = []
         with _client_for(client, facility, client_notes) as cl:
             if pipe is None:
@@ -375,7 +344,7 @@ def map_observations(
             reports = execute(cl, ctx, group, todo, layout, batch_size, progress)
             cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
             dashboard = getattr(cl, "dashboard_link", None)
-        summary = _summary(
+        summary = summarise(
             store, run_id, pipe.name, pipe.version, facility, obs_list, todo, reports, t0
         )
         summary.notes += client_notes + cluster_notes
@@ -394,38 +363,3 @@ def map_observations(
         consolidate(group.store)
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
-
-
-def _summary(
-    store: str,
-    run_id: str,
-    name: str,
-    version: str,
-    facility: str,
-    obs_list: Sequence[Any],
-    todo: Plan,
-    reports: Sequence[BatchReport],
-    t0: float,
-) -> RunSummary:
-    failed = sum(r.failed for r in reports)
-    processed = len(todo.todo)
-    return RunSummary(
-        store=store,
-        run_id=run_id,
-        pipeline=name,
-        version=version,
-        facility=facility,
-        total=len(obs_list),
-        processed=processed,
-        skipped=todo.skipped,
-        succeeded=sum(r.done for r in reports),
-        failed=failed,
-        seconds=round(time.perf_counter() - t0, 3),
-        reasons=dict(todo.reasons),
-        notes=list(todo.notes),
-        failures=[
-            {"observation": oid, "error_type": kind, "message": msg}
-            for r in reports
-            for oid, kind, msg in r.failures
-        ],
-    )

@@ -12,21 +12,27 @@ from __future__ import annotations
 import fnmatch
 import glob as globmod
 import hashlib
+import importlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import entry_points
 from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import dask.config
 
 __all__ = [
     "LIST_SUFFIXES",
     "Observation",
     "ObservationError",
+    "ObservationIndex",
     "as_observations",
     "fingerprint",
     "fingerprints",
+    "observation_indexes",
     "parse_range",
     "sha256_file",
 ]
@@ -66,6 +72,46 @@ class Observation(NamedTuple):
             path = text if text.startswith("/") and "/." not in text else os.path.abspath(text)
             return cls(id=path.rpartition("/")[2], value=path, kind="file")
         return cls(id=str(item), value=item, kind="value")
+
+
+class ObservationIndex(NamedTuple):
+    """A reader of index files that list observations, registered by a science package.
+
+    Register one in the entry point group ``esap_dask.observation_indexes`` (as
+    ``esap_dask.iact.gadf:OBSERVATION_INDEX`` is, in esap-dask's ``pyproject.toml``), or
+    name it, as ``"module:attribute"``, in the Dask configuration key
+    ``esap.observation-indexes`` (a mapping of names to targets).
+    """
+
+    #: The format's name, for messages ("GADF").
+    format: str
+    #: File names of such an index inside a data directory (suggested for a directory).
+    names: tuple[str, ...]
+    #: The suffix of the files an index lists (suggested in a glob).
+    members: str
+    #: Whether ``path`` is an index of this format (by its name; cheap).
+    matches: Callable[[Path], bool]
+    #: The observations an index lists (paths, URLs or :class:`Observation` objects).
+    read: Callable[[Path], Iterable[Any]]
+
+
+def observation_indexes() -> list[ObservationIndex]:
+    """The registered observation-index readers: entry points, then ``esap.observation-indexes``.
+
+    A reader whose module fails to import is left out (its entry point names it in
+    ``importlib.metadata``); the engine itself names no format.
+    """
+    targets = {ep.name: ep.value for ep in entry_points(group="esap_dask.observation_indexes")}
+    targets.update(dask.config.get("esap.observation-indexes", default=None) or {})
+    readers = []
+    for target in dict.fromkeys(targets.values()):
+        module, _, attribute = target.partition(":")
+        try:
+            reader = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError):
+            continue
+        readers.append(reader)
+    return readers
 
 
 def _read_list(path: Path) -> list[str]:
@@ -124,10 +170,10 @@ def _expand(spec: str) -> list[Any]:
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix in LIST_SUFFIXES:
         return list(_read_list(path))
-    if path.is_file() and path.name.startswith("obs-index") and ".fits" in path.name:
-        from esap_dask.iact.gadf import select_observations  # GADF: the observations it lists
-
-        return list(select_observations(path))
+    if path.is_file():
+        for index in observation_indexes():
+            if index.matches(path):
+                return list(index.read(path))
     if globmod.has_magic(spec):
         matches = _glob(os.path.abspath(path))
         if not matches:
@@ -143,13 +189,14 @@ def _expand(spec: str) -> list[Any]:
 def _directory_hint(spec: str, path: Path) -> str:
     """What to give instead of the directory ``spec``: its obs-index, or a glob of its files."""
     base = spec.rstrip("/") or "/"
-    for name in ("obs-index.fits.gz", "obs-index.fits"):
-        if (path / name).is_file():
-            return (
-                f"observations {spec!r} is a directory; give its GADF index "
-                f"'{base}/{name}' (the observations it lists), or a glob such as "
-                f"'{base}/*.fits.gz'"
-            )
+    for index in observation_indexes():
+        for name in index.names:
+            if (path / name).is_file():
+                return (
+                    f"observations {spec!r} is a directory; give its {index.format} index "
+                    f"'{base}/{name}' (the observations it lists), or a glob such as "
+                    f"'{base}/*{index.members}'"
+                )
     suffixes: dict[str, int] = {}
     with os.scandir(path) as entries:
         for entry in entries:
@@ -173,10 +220,10 @@ def as_observations(spec: Any) -> list[Observation]:
 
     ``spec`` may be a glob (``"runs/*.fits.gz"``), a list file (``.txt``/``.lst``/``.list``,
     one path or URL a line, ``#`` comments, relative paths taken from the list's
-    directory), a GADF ``obs-index.fits[.gz]`` (the observations it lists, see
-    :func:`esap_dask.iact.gadf.select_observations` for selections), an inclusive integer range
-    ``"1..100"``, a ``range``, or a sequence of
-    paths, URLs, values and :class:`Observation` objects.
+    directory), an observation index of a registered format (the observations it lists,
+    see :func:`observation_indexes`; e.g. a GADF ``obs-index.fits[.gz]``), an inclusive
+    integer range ``"1..100"``, a ``range``, or a sequence of paths, URLs, values and
+    :class:`Observation` objects.
 
     Raises
     ------

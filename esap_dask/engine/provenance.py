@@ -35,9 +35,9 @@ from esap_dask.store import esap_attrs, read
 if TYPE_CHECKING:
     import zarr
 
-    from esap_dask.engine.task import RunContext
-    from esap_dask.engine.mapper import RunSummary
     from esap_dask.engine.observations import Observation
+    from esap_dask.engine.summary import RunSummary
+    from esap_dask.engine.task import RunContext
 
 __all__ = ["PREFIXES", "build_document", "encode_document", "record_run", "software_versions"]
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 from esap_dask.engine.ledger import DONE
 from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.store import StoreError, esap_attrs, open_store, read
-from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 
 __all__ = ["Reproduction", "ReproductionError", "reproduce"]
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.iact.gadf import EventList
 from esap_dask.engine.ledger import DONE
+from esap_dask.iact.gadf import EventList
 
 __all__ = [
     "FLAGS",

@@ -36,10 +36,11 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from esap_dask.engine.observations import Observation
+from esap_dask.engine.observations import Observation, ObservationIndex
 
 __all__ = [
     "IRF_TYPES",
+    "OBSERVATION_INDEX",
     "EventList",
     "GADFError",
     "find_index",
@@ -496,3 +497,18 @@ def select_observations(
         Observation(id=os.path.basename(files[int(o)]), value=files[int(o)], kind="file")
         for o in chosen
     ]
+
+
+def _is_obs_index(path: Path) -> bool:
+    return path.name.startswith("obs-index") and ".fits" in path.name
+
+
+#: GADF's obs-index as an observation list (``esap-dask run --observations obs-index.fits.gz``),
+#: registered in the entry point group ``esap_dask.observation_indexes``.
+OBSERVATION_INDEX = ObservationIndex(
+    format="GADF",
+    names=("obs-index.fits.gz", "obs-index.fits"),
+    members=".fits.gz",
+    matches=_is_obs_index,
+    read=select_observations,
+)

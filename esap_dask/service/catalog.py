@@ -13,9 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from esap_dask.catalogs.facilities import list_facilities
+from esap_dask.catalogs.workflows import list_pipelines
 from esap_dask.service.jobs import NotFound
 from esap_dask.service.params import RESERVED, JobParameterError, catalog_pipeline
-from esap_dask.catalogs.workflows import list_pipelines
 
 __all__ = ["make_router", "workflow_record"]
 

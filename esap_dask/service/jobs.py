@@ -28,6 +28,7 @@ from typing import Any
 
 from esap_dask.service.config import ServiceConfig
 from esap_dask.service.db import FINAL, JobDB, JobRow, now
+from esap_dask.service.errors import BadRequest, Forbidden, NotFound, ServiceError, TooMany
 from esap_dask.service.events import PhaseEvents
 from esap_dask.service.limits import Limits
 from esap_dask.service.params import JobParameterError, merge_parameters, parse_spec
@@ -53,36 +54,6 @@ RESULT_FILES = {
     "ledger": ("ledger.json", "application/json"),
     "summary": ("summary.json", "application/json"),
 }
-
-
-class ServiceError(Exception):
-    """An error with its HTTP status; the message says what to do."""
-
-    status = 500
-
-
-class BadRequest(ServiceError):
-    """An invalid value (HTTP 400)."""
-
-    status = 400
-
-
-class Forbidden(ServiceError):
-    """An operation the job's phase does not allow (HTTP 403)."""
-
-    status = 403
-
-
-class TooMany(ServiceError):
-    """A user quota is exhausted (HTTP 429; see :mod:`esap_dask.service.limits`)."""
-
-    status = 429
-
-
-class NotFound(ServiceError):
-    """No such job for this owner, or no such result (HTTP 404)."""
-
-    status = 404
 
 
 #: A reduced-precision date: a year, or a year and a month (``2015``, ``2015-10``).

@@ -32,6 +32,7 @@ from typing import Any
 
 from esap_dask.service.config import ServiceConfig
 from esap_dask.service.db import JobDB, JobRow, now
+from esap_dask.service.errors import BadRequest, TooMany
 from esap_dask.service.params import check_pairs
 from esap_dask.service.sandbox import XML_INVALID, JobParameterError, Redactor
 
@@ -76,8 +77,6 @@ class Limits:
 
     def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         """BadRequest for names or values a UWS document cannot carry."""
-        from esap_dask.service.jobs import BadRequest
-
         try:
             check_pairs(pairs)
         except JobParameterError as err:
@@ -85,8 +84,6 @@ class Limits:
 
     def admitted(self, row: JobRow) -> None:
         """Undo the just-inserted ``row`` when its owner is now over ``max_jobs_per_user``."""
-        from esap_dask.service.jobs import TooMany
-
         cap = self.config.max_jobs_per_user
         if self.db.count(row.owner, UNFINISHED) <= cap:
             return
@@ -99,8 +96,6 @@ class Limits:
 
     def may_queue(self, owner: str) -> None:
         """TooMany when ``owner`` already has ``max_queued_per_user`` queued or executing jobs."""
-        from esap_dask.service.jobs import TooMany
-
         cap = self.config.max_queued_per_user
         if self.db.count(owner, RUNNING) >= cap:
             raise TooMany(

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esap_dask.catalogs.facilities import FacilityError, load_facility
+from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 from esap_dask.engine.observations import Observation, parse_range
 from esap_dask.pipeline import ParameterError, Pipeline
 from esap_dask.service.sandbox import (
@@ -44,7 +45,6 @@ from esap_dask.service.sandbox import (
     check_text,
     show,
 )
-from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 
 __all__ = [
     "RESERVED",

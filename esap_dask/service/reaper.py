@@ -26,16 +26,30 @@ import socket
 import threading
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from esap_dask.service.db import JobRow, now, utc
-
-if TYPE_CHECKING:
-    from esap_dask.service.runner import JobRunner
+from esap_dask.service.config import ServiceConfig
+from esap_dask.service.db import JobDB, JobRow, now, utc
 
 __all__ = ["Reaper", "instance_name", "runner_alive"]
 
 log = logging.getLogger("esap_dask.service")
+
+
+class JobRunner(Protocol):
+    """What the reaper drives of :class:`esap_dask.service.runner.JobRunner`."""
+
+    config: ServiceConfig
+    db: JobDB
+    instance: str
+
+    def running(self) -> list[str]: ...
+    def forget(self, job_id: str) -> None: ...
+    def stop_work(self, job_id: str, reason: str) -> None: ...
+    def abort(self, job_id: str, reason: str | None = None) -> bool: ...
+    def log(self, job_id: str, message: str) -> None: ...
+    def destroy(self, job_id: str) -> None: ...
+    def submit(self, job_id: str) -> None: ...
 
 
 def instance_name() -> str:

@@ -28,10 +28,21 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from esap_dask.service.config import ServiceConfig
+
+class ServiceConfig(Protocol):
+    """What the stores read of :class:`esap_dask.service.config.ServiceConfig`.
+
+    (A protocol, so that the configuration may offer ``job_store`` without a cycle.)
+    """
+
+    @property
+    def store_root(self) -> str | None: ...
+    @property
+    def store_options(self) -> Mapping[str, Any]: ...
+    def job_dir(self, job_id: str) -> Path: ...
+
 
 __all__ = [
     "BLOCK",
@@ -292,7 +303,7 @@ def job_store(config: ServiceConfig, job_id: str, facility: str | None = None) -
         When ``facility`` shares no filesystem with the service and the service has
         no URL store root.
     """
-    from esap_dask.catalogs.facilities import storage_options_for
+    from esap_dask.store.options import storage_options_for
 
     if facility is not None:
         require_store_root(config, facility)

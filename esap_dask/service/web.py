@@ -25,8 +25,8 @@ from jinja2 import DictLoader, Environment, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from esap_dask.catalogs.facilities import list_facilities
-from esap_dask.service.jobs import JobService
 from esap_dask.catalogs.workflows import list_pipelines
+from esap_dask.service.jobs import JobService
 
 __all__ = ["CONTENT_SECURITY_POLICY", "make_router", "security_headers"]
 

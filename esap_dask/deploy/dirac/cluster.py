@@ -52,16 +52,21 @@ from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.security import Security
 
 from esap_dask.deploy.containers import container_python
+from esap_dask.deploy.dirac.diracx_client import (
+    DiracXClient,
+    DiracXError,
+    format_jdl,
+    sandbox_archive,
+)
 from esap_dask.deploy.dirac.jobs import MAX_JOBS_PER_SUBMISSION, Grid
-from esap_dask.deploy.dirac.diracx_client import DiracXClient, DiracXError, format_jdl, sandbox_archive
 from esap_dask.deploy.environment import execution_environment
+from esap_dask.deploy.facility import Facility, FacilityError
 from esap_dask.deploy.jobqueue import lifetime_arguments, parse_walltime, worker_lifetime
 from esap_dask.deploy.tls import (
     grid_worker_security,
     new_cluster_security,
     remove_cluster_security,
 )
-from esap_dask.catalogs.facilities import Facility, FacilityError
 
 __all__ = ["DiracCluster", "DiracJob", "open_dirac"]
 

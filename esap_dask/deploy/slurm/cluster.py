@@ -79,7 +79,7 @@ class SLURMArrayJob(SLURMJob):
 
     async def start(self) -> None:
         """Submit with the other workers of this reconciliation, as one array."""
-        self.job_id = await self.array.submit(self)
+        self.job_id = await self.array.submit(self, self.array_index)
         await ProcessInterface.start(self)
 
     async def close(self) -> None:

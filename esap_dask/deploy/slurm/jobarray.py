@@ -12,13 +12,9 @@ import logging
 import shlex
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from esap_dask.deploy.slurm.jobqueue_import import SLURMJob
 from esap_dask.deploy.slurm.jobstate import WorkerJobError
-
-if TYPE_CHECKING:
-    from esap_dask.deploy.slurm.cluster import SLURMArrayJob
 
 __all__ = ["JobArray", "index_ranges"]
 
@@ -62,7 +58,7 @@ class JobArray:
         self.tasks_submitted = 0
         #: The error of the first ``sbatch`` that failed, if any.
         self.error: WorkerJobError | None = None
-        self._to_submit: dict[int, tuple[SLURMArrayJob, asyncio.Future[str]]] = {}
+        self._to_submit: dict[int, tuple[SLURMJob, asyncio.Future[str]]] = {}
         self._to_cancel: dict[str, asyncio.Future[None]] = {}
         self._submitting: asyncio.Future[None] | None = None
         self._cancelling: asyncio.Future[None] | None = None
@@ -71,10 +67,13 @@ class JobArray:
         """The stderr file of array task ``job_id`` (``"<array>_<index>"``)."""
         return self.log_directory / f"{self.job_name}-{job_id}.err"
 
-    async def submit(self, job: SLURMArrayJob) -> str:
-        """Queue ``job`` for the next ``sbatch --array`` and return its ``<array>_<index>`` id."""
+    async def submit(self, job: SLURMJob, index: int) -> str:
+        """Queue ``job`` as task ``index`` of the next ``sbatch --array``; its ``<array>_<index>``.
+
+        Every job of one array shares its script: the first one queued writes it.
+        """
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._to_submit[job.array_index] = (job, fut)
+        self._to_submit[index] = (job, fut)
         if self._submitting is None:
             self._submitting = asyncio.ensure_future(self._flush_submit())
         return await fut
