@@ -14,8 +14,8 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
-from collections.abc import Sequence
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
 
 __all__ = ["MOVED", "install"]
