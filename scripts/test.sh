@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the tests need, then all the tests: the project's virtual environment with the
 # test extras, a headless browser, the local services (SLURM, DiracX, PostgreSQL), lint,
-# types, the documentation build (inside pytest) and pytest.
+# types, the import layers and cycles, the documentation build (inside pytest) and pytest.
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k mapper`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +27,8 @@ echo "== ruff"
 .venv/bin/ruff format --check esap_dask pipelines
 echo "== mypy"
 .venv/bin/mypy esap_dask
+echo "== import layers (lint-imports, pyproject.toml [tool.importlinter]) and cycles"
+.venv/bin/lint-imports
+.venv/bin/python scripts/import_cycles.py
 echo "== pytest"
 .venv/bin/python -m pytest -ra "$@"
