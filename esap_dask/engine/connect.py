@@ -24,6 +24,8 @@ from typing import Any
 
 import dask.config
 
+from esap_dask.deploy.protocol import scaling_of
+
 __all__ = ["ensure_workers", "facility_client", "max_workers"]
 
 
@@ -46,7 +48,7 @@ def ensure_workers(cluster: Any) -> str | None:
     """
     if cluster is None or not callable(getattr(cluster, "adapt", None)):
         return None
-    if getattr(cluster, "worker_spec", None) or getattr(cluster, "_adaptive", None) is not None:
+    if getattr(cluster, "worker_spec", None) or scaling_of(cluster).adaptive:
         return None
     if getattr(cluster, "workers", None):  # a cluster with workers it manages itself
         return None

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
 from esap_dask.engine.ledger import FAILED, Plan
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import Batch, BatchReport, BatchStarts, RunContext, run_batch
@@ -108,12 +109,12 @@ def nthreads(client: Any) -> int:
     with contextlib.suppress(Exception):
         connected = client.nthreads()
     per_worker = max(1, round(sum(connected.values()) / max(1, len(connected))))
-    cluster = getattr(client, "cluster", None)
-    adaptive = getattr(cluster, "_adaptive", None)
-    if adaptive is not None and math.isfinite(getattr(adaptive, "maximum", math.inf)):
-        planned = int(adaptive.maximum)
+    jobs = worker_jobs(getattr(client, "cluster", None))
+    scaling = jobs.scaling() if jobs is not None else None
+    if scaling is not None and scaling.adaptive and math.isfinite(scaling.maximum):
+        planned = int(scaling.maximum)
     else:
-        planned = len(getattr(cluster, "worker_spec", None) or {})
+        planned = scaling.planned if scaling is not None else 0
     return max(1, sum(connected.values()), planned * per_worker)
 
 
@@ -304,13 +305,15 @@ def _restarted_note(batch: Batch, report: BatchReport) -> str:
 class _ClusterWatch:
     """Cancel a run's tasks when its cluster reports that workers can never start.
 
-    A cluster manager that knows its batch jobs (SLURM) sets ``cluster.error`` when a
-    job cannot start (unknown partition, impossible memory); without this watch the run
+    A cluster manager that knows its batch jobs (SLURM) declares
+    :class:`~esap_dask.deploy.protocol.WorkerJobs` and sets its ``error`` when a job
+    cannot start (unknown partition, impossible memory); without this watch the run
     would wait for workers forever.
     """
 
     def __init__(self, client: Any, futures: list[Any], interval: float = 1.0) -> None:
-        self.cluster = getattr(client, "cluster", None)
+        cluster = getattr(client, "cluster", None)
+        self.cluster: WorkerJobs | None = cluster if isinstance(cluster, WorkerJobs) else None
         self.client, self.futures, self.interval = client, futures, interval
         self.failure: BaseException | None = None
         self._stop = threading.Event()
@@ -318,14 +321,14 @@ class _ClusterWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            error = getattr(self.cluster, "error", None)
-            if isinstance(error, BaseException):
+            error = self.cluster.error if self.cluster is not None else None
+            if error is not None:
                 self.failure = error
                 self.client.cancel(self.futures)
                 return
 
     def __enter__(self) -> _ClusterWatch:
-        if self.cluster is not None and hasattr(self.cluster, "error"):
+        if self.cluster is not None:
             self._thread = threading.Thread(target=self._run, daemon=True, name="esap-watch")
             self._thread.start()
         return self

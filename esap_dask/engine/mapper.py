@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from esap_dask.catalogs.workflows import get_pipeline
+from esap_dask.deploy.protocol import worker_jobs
 from esap_dask.engine import provenance
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
 from esap_dask.engine.ledger import COLUMNS, Ledger, plan, read_ledger
@@ -177,11 +178,11 @@ def _client_for(client: Any, facility: str, notes: list[str]) -> Iterator[Any]:
 
 def _cluster_notes(client: Any) -> list[str]:
     """What the client's cluster manager reports (e.g. grid jobs that failed), if it can."""
-    notes = getattr(getattr(client, "cluster", None), "run_notes", None)
-    if not callable(notes):
+    jobs = worker_jobs(getattr(client, "cluster", None))
+    if jobs is None:
         return []
     try:
-        return [str(n) for n in notes()]
+        return [str(n) for n in jobs.run_notes()]
     except Exception:
         return []
 

@@ -62,6 +62,7 @@ from esap_dask.deploy.dirac.jobs import MAX_JOBS_PER_SUBMISSION, Grid
 from esap_dask.deploy.environment import execution_environment
 from esap_dask.deploy.facility import Facility, FacilityError
 from esap_dask.deploy.jobqueue import lifetime_arguments, parse_walltime, worker_lifetime
+from esap_dask.deploy.protocol import WorkerJobsMixin
 from esap_dask.deploy.tls import (
     grid_worker_security,
     new_cluster_security,
@@ -140,7 +141,7 @@ class DiracJob(ProcessInterface):
         return f"<DiracJob {self.name!r} job_id={self.job_id} status={self.status.name}>"
 
 
-class DiracCluster(SpecCluster):
+class DiracCluster(SpecCluster, WorkerJobsMixin):
     """A Dask cluster whose workers are DIRAC grid jobs submitted through DiracX.
 
     Parameters

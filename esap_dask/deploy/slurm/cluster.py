@@ -37,6 +37,7 @@ from dask.utils import parse_timedelta
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
 
+from esap_dask.deploy.protocol import WorkerJobsMixin
 from esap_dask.deploy.slurm.jobarray import JobArray, index_ranges
 from esap_dask.deploy.slurm.jobqueue_import import SLURMCluster, SLURMJob
 from esap_dask.deploy.slurm.jobstate import JobState, WorkerJobError, query_slurm, stderr_tail
@@ -89,7 +90,7 @@ class SLURMArrayJob(SLURMJob):
         await ProcessInterface.close(self)
 
 
-class SLURMArrayCluster(SLURMCluster):
+class SLURMArrayCluster(SLURMCluster, WorkerJobsMixin):
     """A dask-jobqueue SLURMCluster whose workers are job-array tasks, with job-state tracking.
 
     Parameters
