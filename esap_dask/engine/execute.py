@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -130,8 +131,8 @@ def execute(
     from distributed import as_completed
 
     with gc_paused():
-        entries = sorted(todo.todo, key=lambda e: e[0])
-        rows = [e[0] for e in entries]
+        entries = sorted(todo.todo, key=attrgetter("row"))
+        rows = [e.row for e in entries]
         n = len(rows)
         parts = 0 if batch_size else TASKS_PER_THREAD * nthreads(client)
         target = batch_size or max(math.ceil(n / MAX_TASKS), 1)
@@ -141,10 +142,10 @@ def execute(
             batches.append(
                 Batch(
                     index=i,
-                    rows=np.asarray([e[0] for e in chosen], dtype=np.int64),
-                    observations=[e[1] for e in chosen],
-                    fingerprints=[e[2] for e in chosen],
-                    attempts=[e[3] for e in chosen],
+                    rows=np.asarray([e.row for e in chosen], dtype=np.int64),
+                    observations=[e.observation for e in chosen],
+                    fingerprints=[e.fingerprint for e in chosen],
+                    attempts=[e.attempts for e in chosen],
                 )
             )
     tracked = _track_starts(client)

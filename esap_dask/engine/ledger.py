@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import zarr
@@ -37,7 +38,17 @@ from esap_dask.engine.observations import Observation
 from esap_dask.pipeline import Variable
 from esap_dask.store import TIME_UNITS, read
 
-__all__ = ["COLUMNS", "DONE", "FAILED", "PENDING", "Ledger", "Plan", "plan", "read_ledger"]
+__all__ = [
+    "COLUMNS",
+    "DONE",
+    "FAILED",
+    "PENDING",
+    "Ledger",
+    "Plan",
+    "PlannedRow",
+    "plan",
+    "read_ledger",
+]
 
 PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
@@ -93,12 +104,24 @@ def read_ledger(group: zarr.Group) -> Ledger:
     return Ledger(ids.astype(object), status, fingerprint, params, version, attempts)
 
 
+class PlannedRow(NamedTuple):
+    """One observation a run must process, at its row of the store."""
+
+    #: The store row (along ``obs``) its products and ledger entry go to.
+    row: int
+    observation: Observation
+    #: Its fingerprint now (size and mtime, or content hash), written to the ledger.
+    fingerprint: str
+    #: Attempts so far (0 for a new observation).
+    attempts: int
+
+
 @dataclass
 class Plan:
     """What a run must do: store rows to (re)process, and why."""
 
-    #: (row, observation, fingerprint, attempts so far) for each observation to run.
-    todo: list[tuple[int, Observation, str, int]] = field(default_factory=list)
+    #: Each observation to run, with its row, fingerprint and attempts so far.
+    todo: list[PlannedRow] = field(default_factory=list)
     #: observations not yet in the store, to append (in order).
     new: list[Observation] = field(default_factory=list)
     skipped: int = 0
@@ -156,12 +179,14 @@ def plan(
     for i in np.flatnonzero(~known | (reasons != "")).tolist():
         obs = observations[i]
         if rows[i] < 0:
-            result.todo.append((next_row, obs, fingerprints[i], 0))
+            result.todo.append(PlannedRow(next_row, obs, fingerprints[i], 0))
             result.new.append(obs)
             result.reasons["new"] += 1
             next_row += 1
         else:
-            result.todo.append((int(rows[i]), obs, fingerprints[i], int(attempts[rows[i]])))
+            result.todo.append(
+                PlannedRow(int(rows[i]), obs, fingerprints[i], int(attempts[rows[i]]))
+            )
             result.reasons[str(reasons[i])] += 1
     result.skipped = n - len(result.todo)
     if result.reasons["version"]:

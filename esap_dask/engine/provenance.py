@@ -35,7 +35,7 @@ from esap_dask.store import esap_attrs, read
 if TYPE_CHECKING:
     import zarr
 
-    from esap_dask.engine.observations import Observation
+    from esap_dask.engine.ledger import PlannedRow
     from esap_dask.engine.summary import RunSummary
     from esap_dask.engine.task import RunContext
 
@@ -227,7 +227,7 @@ def record_run(
     store: str,
     summary: RunSummary,
     ctx: RunContext,
-    todo: Sequence[tuple[int, Observation, str, int]],
+    todo: Sequence[PlannedRow],
     *,
     started: datetime,
     user: str | None = None,
@@ -239,13 +239,13 @@ def record_run(
     whose ledger row names this run are its inputs. Returns the document's path
     (``<store>.provenance/<run id>.json``).
     """
-    rows = np.fromiter((entry[0] for entry in todo), dtype=np.int64, count=len(todo))
+    rows = np.fromiter((entry.row for entry in todo), dtype=np.int64, count=len(todo))
     ran = np.flatnonzero(read(group, "ledger_run")[rows] == summary.run_id)  # not cancelled
     done = [todo[k] for k in ran.tolist()]
     inputs = {  # what the driver knows; the checksums were computed by the workers
-        "id": np.asarray([obs.id for _, obs, _, _ in done], dtype=object),
-        "source": np.asarray([str(obs.value) for _, obs, _, _ in done], dtype=object),
-        "fingerprint": np.asarray([fp for _, _, fp, _ in done], dtype=object),
+        "id": np.asarray([entry.observation.id for entry in done], dtype=object),
+        "source": np.asarray([str(entry.observation.value) for entry in done], dtype=object),
+        "fingerprint": np.asarray([entry.fingerprint for entry in done], dtype=object),
         "checksum": read(group, "ledger_checksum")[rows[ran]].astype(object),
     }
     ended = datetime.now(UTC)
