@@ -10,7 +10,8 @@ import dask_jobqueue
 import pytest
 
 from esap_dask.catalogs.facilities import Facility, FacilityError
-from esap_dask.deploy.jobqueue import open_jobqueue, parse_walltime
+from esap_dask.deploy.jobqueue import open_jobqueue
+from esap_dask.deploy.walltime import parse_walltime
 
 CASES = {
     "pbs": (dask_jobqueue.PBSCluster, {"walltime": "01:00:00"}, "#PBS -l walltime=01:00:00"),

@@ -61,13 +61,13 @@ from esap_dask.deploy.dirac.diracx_client import (
 from esap_dask.deploy.dirac.jobs import MAX_JOBS_PER_SUBMISSION, Grid
 from esap_dask.deploy.environment import execution_environment
 from esap_dask.deploy.facility import Facility, FacilityError
-from esap_dask.deploy.jobqueue import lifetime_arguments, parse_walltime, worker_lifetime
 from esap_dask.deploy.protocol import WorkerJobsMixin
 from esap_dask.deploy.tls import (
     grid_worker_security,
     new_cluster_security,
     remove_cluster_security,
 )
+from esap_dask.deploy.walltime import lifetime_arguments, parse_walltime, worker_lifetime
 
 __all__ = ["DiracCluster", "DiracJob", "open_dirac"]
 
