@@ -1,5 +1,11 @@
 """esap-dask's defaults in Dask's configuration (the user's own configuration wins).
 
+All of them are in one YAML file, ``esap_dask/esap.yaml``, loaded here once (as
+dask-jobqueue loads its ``jobqueue.yaml``): the ``esap.*`` keys (catalog paths,
+per-facility options, observation-index readers, ``max-workers``, CORSIKA images) and
+the worker environment below. Code reads them with ``dask.config.get(key)``, without
+inline fall-backs.
+
 ``distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_``: distributed starts every
 worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which, as a side effect, switches off
 glibc's dynamic mmap threshold: every allocation above 128 KiB (a numpy temporary over
@@ -23,14 +29,18 @@ configuration the nanny reads (the nanny applies it last, just before the worker
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import dask.config
+import yaml
 
-__all__ = ["MMAP_THRESHOLD", "WORKER_ENVIRONMENT"]
+__all__ = ["DEFAULTS", "MMAP_THRESHOLD", "WORKER_ENVIRONMENT"]
 
-MMAP_THRESHOLD = 16 * 2**20
+#: The contents of ``esap.yaml``: esap-dask's Dask configuration defaults.
+DEFAULTS: dict[str, Any] = yaml.safe_load((Path(__file__).parent / "esap.yaml").read_text())
 #: Environment variables every esap-dask worker starts with.
-WORKER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+WORKER_ENVIRONMENT: dict[str, str] = dict(DEFAULTS["distributed"]["nanny"]["pre-spawn-environ"])
+MMAP_THRESHOLD = int(WORKER_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"])
 
-dask.config.update_defaults(
-    {"distributed": {"nanny": {"pre-spawn-environ": dict(WORKER_ENVIRONMENT)}}}
-)
+dask.config.update_defaults(DEFAULTS)

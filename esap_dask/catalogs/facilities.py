@@ -77,7 +77,7 @@ def catalog_dirs() -> list[Path]:
         here.parent / "clusters",  # a source checkout or editable install
         Path(sys.prefix) / "share" / "esap-dask" / "clusters",  # a wheel install
     ]
-    extra = dask.config.get("esap.facilities-path", default=None) or []
+    extra = dask.config.get("esap.facilities-path") or []
     if isinstance(extra, str):
         extra = extra.split(os.pathsep)
     dirs += [Path(p).expanduser() for p in extra]

@@ -49,7 +49,7 @@ def pipeline_dirs() -> list[Path]:
     """The directories searched for pipeline modules, in order."""
     here = Path(__file__).resolve().parent.parent
     dirs = [here.parent / "pipelines", Path(sys.prefix) / "share" / "esap-dask" / "pipelines"]
-    extra = dask.config.get("esap.pipelines-path", default=None) or []
+    extra = dask.config.get("esap.pipelines-path") or []
     if isinstance(extra, str):
         extra = extra.split(os.pathsep)
     dirs += [Path(p).expanduser() for p in extra]

@@ -31,7 +31,7 @@ __all__ = ["ensure_workers", "facility_client", "max_workers"]
 
 def max_workers() -> int:
     """Most workers an adaptive facility cluster asks for (Dask config ``esap.max-workers``)."""
-    return int(dask.config.get("esap.max-workers", 8))
+    return int(dask.config.get("esap.max-workers"))
 
 
 def ensure_workers(cluster: Any) -> str | None:

@@ -102,7 +102,7 @@ def observation_indexes() -> list[ObservationIndex]:
     ``importlib.metadata``); the engine itself names no format.
     """
     targets = {ep.name: ep.value for ep in entry_points(group="esap_dask.observation_indexes")}
-    targets.update(dask.config.get("esap.observation-indexes", default=None) or {})
+    targets.update(dask.config.get("esap.observation-indexes") or {})
     readers = []
     for target in dict.fromkeys(targets.values()):
         module, _, attribute = target.partition(":")

@@ -647,7 +647,7 @@ def corsika_images() -> dict[str, CorsikaImage]:
     """The CORSIKA installations of the Dask config ``esap.corsika.images``, by name."""
     import dask.config
 
-    entries = dask.config.get("esap.corsika.images", default=None) or {}
+    entries = dask.config.get("esap.corsika.images") or {}
     if not isinstance(entries, Mapping):
         raise CardError("Dask config esap.corsika.images: a mapping of names to images")
     fields = {f.name for f in dataclasses.fields(CorsikaImage)} - {"name"}
