@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from esap_dask import __version__
+from esap_dask.errors import for_cli
 from esap_dask.extras import extra_of, install_hint
 
 EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -66,7 +67,7 @@ def _guarded(action: Callable[[], Any]) -> Any:
     except LockHeld as e:
         _fail(str(e), EXIT_LOCKED)
     except _input_errors() as e:
-        _fail(_with_extra(str(e), e))
+        _fail(_with_extra(for_cli(e), e))
     except ImportError as e:
         found = extra_of(e)
         if found is None:
@@ -315,7 +316,7 @@ def reproduce(
             )
         )
     except ReproductionError as e:
-        _fail(str(e))
+        _fail(for_cli(e))
     if as_json:
         click.echo(json.dumps(outcome.to_dict()))
     elif outcome.identical:

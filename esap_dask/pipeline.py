@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from esap_dask.errors import Worded
+
 __all__ = [
     "Coordinate",
     "Parameter",
@@ -60,7 +62,7 @@ class ParameterError(ValueError):
     """A pipeline parameter is unknown or its value is invalid."""
 
 
-class SchemaError(ValueError):
+class SchemaError(Worded, ValueError):
     """A pipeline's output schema, or a product it returned, is inconsistent."""
 
 

@@ -34,6 +34,7 @@ from esap_dask.engine.summary import RunSummary, summarise
 from esap_dask.engine.task import RunContext
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
 from esap_dask.store import (
+    ANOTHER_STORE,
     StoreError,
     StoreLayout,
     append_observations,
@@ -282,8 +283,8 @@ def map_observations(
             meta = esap_attrs(group)
             if meta.get("pipeline") != name:
                 raise SchemaError(
-                    f"{store}: holds products of pipeline {meta.get('pipeline')!r}, not "
-                    f"{name!r}; give another --store"
+                    f"{store}: holds products of pipeline {meta.get('pipeline')!r}, not {name!r}",
+                    ANOTHER_STORE,
                 )
         else:
             ledger = Ledger.empty()

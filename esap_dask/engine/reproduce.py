@@ -29,12 +29,13 @@ import numpy as np
 from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 from esap_dask.engine.ledger import DONE
 from esap_dask.engine.observations import Observation, sha256_file
+from esap_dask.errors import Remedy, Worded
 from esap_dask.store import StoreError, esap_attrs, open_store, read
 
 __all__ = ["Reproduction", "ReproductionError", "reproduce"]
 
 
-class ReproductionError(RuntimeError):
+class ReproductionError(Worded, RuntimeError):
     """The recorded run cannot be reproduced as it was (inputs or software changed)."""
 
 
@@ -78,8 +79,11 @@ def _select(group: Any, meta: Mapping[str, Any], run: str | None) -> tuple[np.nd
     }
     if len(keys) > 1:
         raise ReproductionError(
-            "the store's observations were made with different versions or parameters; "
-            f"choose one run with --run (runs: {', '.join(runs)})"
+            "the store's observations were made with different versions or parameters",
+            Remedy(
+                f"choose one run with run= (runs: {', '.join(runs)})",
+                f"choose one run with --run (runs: {', '.join(runs)})",
+            ),
         )
     if not len(rows):
         raise ReproductionError("the store has no done observation to reproduce")
@@ -121,8 +125,11 @@ def _trusted_pipeline(name: str, allow_code: bool) -> str:
         return name
     raise ReproductionError(
         f"the store names the pipeline {name!r}, which is not in the catalog (esap-dask "
-        "pipelines); loading it would run code the store points at. Pass --allow-code if "
-        "you trust this store and that file"
+        "pipelines); loading it would run code the store points at",
+        Remedy(
+            "pass allow_code=True if you trust this store and that file",
+            "Pass --allow-code if you trust this store and that file",
+        ),
     )
 
 
@@ -159,7 +166,10 @@ def reproduce(
     from esap_dask.engine.mapper import map_observations
 
     if os.path.exists(new_store):
-        raise StoreError(f"{new_store}: already exists; give a new --store to reproduce into")
+        raise StoreError(
+            f"{new_store}: already exists",
+            Remedy("give a new store to reproduce into", "give a new --store to reproduce into"),
+        )
     old = open_store(store, mode="r")
     meta = esap_attrs(old)
     rows, record = _select(old, meta, run)

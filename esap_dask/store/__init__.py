@@ -33,6 +33,7 @@ import zarr
 import zarr.errors
 from zarr.core.sync import sync as zarr_sync
 
+from esap_dask.errors import Remedy, Worded
 from esap_dask.pipeline import Schema, SchemaError, Variable
 
 __all__ = [
@@ -52,7 +53,12 @@ __all__ = [
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
 
 
-class StoreError(RuntimeError):
+#: What to do about a store that cannot take the run, in each caller's words.
+ANOTHER_STORE = Remedy("give another store", "give another --store")
+NEW_STORE = Remedy("write to a new store", "write to a new --store")
+
+
+class StoreError(Worded, RuntimeError):
     """A store cannot be opened, or does not hold what the run expects."""
 
 
@@ -94,9 +100,7 @@ def esap_attrs(group: zarr.Group) -> dict[str, Any]:
     """The store's ``esap`` attrs (pipeline, version, schema, layout, runs)."""
     meta = group.attrs.get("esap")
     if not isinstance(meta, dict):
-        raise StoreError(
-            f"{group.store}: not an esap-dask store (no 'esap' attrs); give another --store"
-        )
+        raise StoreError(f"{group.store}: not an esap-dask store (no 'esap' attrs)", ANOTHER_STORE)
     return dict(meta)
 
 
@@ -143,9 +147,7 @@ def check_writable(store: str, storage_options: Mapping[str, Any] | None = None)
         return
     path = Path(store.removeprefix("file://")).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise StoreError(
-            f"{store}: is a file, not a Zarr store (a directory); give another --store"
-        )
+        raise StoreError(f"{store}: is a file, not a Zarr store (a directory)", ANOTHER_STORE)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -160,7 +162,11 @@ def check_writable(store: str, storage_options: Mapping[str, Any] | None = None)
         what = "the store" if directory == path else f"its directory {directory}"
         raise StoreError(
             f"{store}: cannot write {what} ({why}; the store and its lock file "
-            f"{path.name}.lock need it); give a --store in a directory you can write"
+            f"{path.name}.lock need it)",
+            Remedy(
+                "give a store in a directory you can write",
+                "give a --store in a directory you can write",
+            ),
         )
 
 
@@ -282,8 +288,8 @@ def check_schema(group: zarr.Group, schema: Schema) -> None:
     for var in schema.variables:
         if var.name not in group:
             raise SchemaError(
-                f"{group.store}: has no variable {var.name!r}; the pipeline's products changed, "
-                "write to a new --store"
+                f"{group.store}: has no variable {var.name!r}; the pipeline's products changed",
+                NEW_STORE,
             )
         arr = array(group, var.name)
         want = schema.shape(var)
@@ -291,7 +297,8 @@ def check_schema(group: zarr.Group, schema: Schema) -> None:
             raise SchemaError(
                 f"{group.store}: variable {var.name!r} has per-observation shape "
                 f"{tuple(arr.shape[1:])}, the pipeline now gives {want} (a parameter changed a "
-                "shape); write to a new --store"
+                "shape)",
+                NEW_STORE,
             )
     _check_coords(group, schema)
 
@@ -303,7 +310,8 @@ def _check_coords(group: zarr.Group, schema: Schema) -> None:
         if have is None or have.shape != want.shape or not np.array_equal(have, want):
             raise SchemaError(
                 f"{group.store}: coordinate {coord.name!r} differs from what the pipeline "
-                "gives now (a parameter changed it); write to a new --store"
+                "gives now (a parameter changed it)",
+                NEW_STORE,
             )
 
 
