@@ -35,20 +35,12 @@ from esap_dask.engine.task import RunContext
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
 from esap_dask.store import (
     ANOTHER_STORE,
-    StoreError,
     StoreLayout,
     append_observations,
     check_schema,
-    check_writable,
-    consolidate,
-    create_store,
-    esap_attrs,
-    open_store,
     repair,
-    store_layout,
 )
-from esap_dask.store.lock import StoreLock
-from esap_dask.store.options import storage_options_for
+from esap_dask.store.run import RunStore
 
 __all__ = ["RunSummary", "choose_layout", "map_observations"]
 
@@ -188,13 +180,6 @@ def _cluster_notes(client: Any) -> list[str]:
         return []
 
 
-def _open_or_none(store: str, storage_options: Mapping[str, Any]) -> Any:
-    try:
-        return open_store(store, storage_options=storage_options)
-    except StoreError:
-        return None
-
-
 def map_observations(
     pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
     observations: Any,
@@ -258,15 +243,15 @@ def map_observations(
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC)
-    store = os.fspath(store)
-    opts = storage_options_for(store, facility, storage_options)
-    check_writable(store, opts)
+    run_store = RunStore.resolve(store, facility=facility, storage_options=storage_options)
+    store, opts = run_store.url, run_store.storage_options
+    run_store.check_writable()
     with gc_paused():
         obs_list = as_observations(observations)
         fps = fingerprints(obs_list, content=content_hash)
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
-    with StoreLock(store, run_id, storage_options=opts) as lock:
-        group = _open_or_none(store, opts)
+    with run_store.lock(run_id) as lock:
+        group = run_store.open_existing()
         named = isinstance(pipeline, (Pipeline, str, os.PathLike))
         pipe = _as_pipeline(pipeline, None, []) if named else None
         if pipe is not None:
@@ -280,7 +265,7 @@ def map_observations(
         if group is not None:
             repair(group)
             ledger = read_ledger(group)
-            meta = esap_attrs(group)
+            meta = run_store.attrs
             if meta.get("pipeline") != name:
                 raise SchemaError(
                     f"{store}: holds products of pipeline {meta.get('pipeline')!r}, not {name!r}",
@@ -317,19 +302,10 @@ def map_observations(
                 layout = choose_layout(
                     schema, len(obs_list), nthreads(cl), chunk=chunk, shard=shard
                 )
-                attrs = {
-                    "pipeline": pipe.name,
-                    "version": pipe.version,
-                    "description": pipe.description,
-                    "schema": schema.describe(),
-                    "layout": {"chunk": layout.chunk, "shard": layout.shard},
-                    "created": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
-                    "runs": [],
-                }
-                group = create_store(store, schema, layout, COLUMNS, attrs, storage_options=opts)
+                group = run_store.create(schema, layout, COLUMNS, pipeline=pipe, created=started)
             else:
                 check_schema(group, schema)
-                layout = store_layout(group)
+                layout = run_store.layout
             if todo.new:
                 append_observations(group, [o.id for o in todo.new])
             ctx = RunContext(
@@ -353,15 +329,13 @@ def map_observations(
         summary.dashboard = dashboard
         with gc_paused():
             summary.provenance = provenance.record_run(
-                group,
-                store,
+                run_store,
                 summary,
                 ctx,
                 todo.todo,
                 started=started,
                 user=user,
-                storage_options=opts,
             )
-        consolidate(group.store)
+        run_store.consolidate()
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary

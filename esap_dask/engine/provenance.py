@@ -30,14 +30,13 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 
-from esap_dask.store import esap_attrs, read
+from esap_dask.store import read
 
 if TYPE_CHECKING:
-    import zarr
-
     from esap_dask.engine.ledger import PlannedRow
     from esap_dask.engine.summary import RunSummary
     from esap_dask.engine.task import RunContext
+    from esap_dask.store.run import RunStore
 
 __all__ = ["PREFIXES", "build_document", "encode_document", "record_run", "software_versions"]
 
@@ -223,15 +222,13 @@ def _input_members(key: str, run: str, inputs: Mapping[str, np.ndarray], lo: int
 
 
 def record_run(
-    group: zarr.Group,
-    store: str,
+    run_store: RunStore,
     summary: RunSummary,
     ctx: RunContext,
     todo: Sequence[PlannedRow],
     *,
     started: datetime,
     user: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Write the run's PROV-JSON next to the store and list it in the store's attrs.
 
@@ -239,6 +236,7 @@ def record_run(
     whose ledger row names this run are its inputs. Returns the document's path
     (``<store>.provenance/<run id>.json``).
     """
+    group, store, storage_options = run_store.group, run_store.url, run_store.storage_options
     rows = np.fromiter((entry.row for entry in todo), dtype=np.int64, count=len(todo))
     ran = np.flatnonzero(read(group, "ledger_run")[rows] == summary.run_id)  # not cancelled
     done = [todo[k] for k in ran.tolist()]
@@ -272,9 +270,7 @@ def record_run(
     with fs.open(fs_path, "wb") as f:
         for piece in encode_document(doc, summary.run_id, inputs):
             f.write(piece.encode())
-    meta = esap_attrs(group)
-    meta["runs"] = [
-        *meta.get("runs", []),
+    run_store.add_run(
         {
             "run": summary.run_id,
             "started": _iso(started),
@@ -285,7 +281,6 @@ def record_run(
             "version": ctx.pipeline.version,
             "provenance": path,
             **counts,
-        },
-    ]
-    group.attrs["esap"] = meta
+        }
+    )
     return path

@@ -1,0 +1,163 @@
+"""A run's store as one object: :class:`RunStore` owns its URL, options, group and attrs.
+
+Before a run the engine resolves where its products go
+(:meth:`RunStore.resolve`: a path or URL and the fsspec options for it, completed from
+the facility and the environment); then it checks the store can be written, locks it,
+opens or creates its group, and records the run in its attrs, all through this object.
+The layout on disk (arrays along ``obs``, the ledger, ``attrs["esap"]``) is described in
+:mod:`esap_dask.store`; workers open the store from :attr:`RunStore.url` and
+:attr:`RunStore.storage_options`, which travel with the run.
+
+Examples
+--------
+>>> rs = RunStore.resolve("crab.zarr")
+>>> rs.url, rs.storage_options
+('crab.zarr', {})
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import zarr
+
+from esap_dask.pipeline import Schema, Variable
+from esap_dask.store import (
+    StoreError,
+    StoreLayout,
+    check_writable,
+    consolidate,
+    create_store,
+    esap_attrs,
+    open_store,
+    store_layout,
+)
+from esap_dask.store.lock import StoreLock
+from esap_dask.store.options import storage_options_for
+
+__all__ = ["RunStore"]
+
+
+class RunStore:
+    """One store of esap-dask runs: where it is, how to reach it, and its group once open.
+
+    Parameters
+    ----------
+    url
+        A local path or an fsspec URL (``s3://bucket/run.zarr``).
+    storage_options
+        The fsspec options of ``url`` (see :meth:`resolve` for the defaults).
+    """
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self._group: zarr.Group | None = None
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.url!r})"
+
+    @classmethod
+    def resolve(
+        cls,
+        store: str | os.PathLike[str],
+        *,
+        facility: str = "local",
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> RunStore:
+        """The store at ``store`` with the options a run of ``facility`` uses for it.
+
+        ``storage_options`` when given, else the facility's, completed from the
+        environment for ``s3://`` (see :func:`esap_dask.store.options.storage_options_for`).
+        """
+        url = os.fspath(store)
+        return cls(url, storage_options_for(url, facility, storage_options))
+
+    # -- before the run ------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """StoreError when a run cannot write the store and its lock; nothing is written."""
+        check_writable(self.url, self.storage_options)
+
+    def lock(self, run_id: str) -> StoreLock:
+        """The store's lock for run ``run_id`` (a context manager)."""
+        return StoreLock(self.url, run_id, storage_options=self.storage_options)
+
+    # -- the group -----------------------------------------------------------------------
+
+    def open(self, *, mode: str = "r+", consolidated: bool = False) -> zarr.Group:
+        """Open the existing store (StoreError when there is none) and keep its group."""
+        self._group = open_store(
+            self.url,
+            storage_options=self.storage_options,
+            mode="r" if mode == "r" else "r+",
+            consolidated=consolidated,
+        )
+        return self._group
+
+    def open_existing(self) -> zarr.Group | None:
+        """The store's group when it exists, else None (a new store)."""
+        try:
+            return self.open()
+        except StoreError:
+            return None
+
+    def create(
+        self,
+        schema: Schema,
+        layout: StoreLayout,
+        ledger: Sequence[Variable],
+        *,
+        pipeline: Any,
+        created: datetime,
+    ) -> zarr.Group:
+        """Create the store for ``pipeline``'s ``schema`` and the ``ledger`` columns.
+
+        Its ``esap`` attrs record the pipeline (name, version, description), the schema,
+        the layout, when it was created, and no runs yet.
+        """
+        attrs = {
+            "pipeline": pipeline.name,
+            "version": pipeline.version,
+            "description": pipeline.description,
+            "schema": schema.describe(),
+            "layout": {"chunk": layout.chunk, "shard": layout.shard},
+            "created": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "runs": [],
+        }
+        self._group = create_store(
+            self.url, schema, layout, ledger, attrs, storage_options=self.storage_options
+        )
+        return self._group
+
+    @property
+    def group(self) -> zarr.Group:
+        """The open group (after :meth:`open` or :meth:`create`)."""
+        if self._group is None:
+            raise StoreError(f"{self.url}: not opened yet (RunStore.open or RunStore.create)")
+        return self._group
+
+    # -- attrs ---------------------------------------------------------------------------
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The store's ``esap`` attrs (pipeline, version, schema, layout, runs); a copy."""
+        return esap_attrs(self.group)
+
+    @property
+    def layout(self) -> StoreLayout:
+        """The chunk and shard grid recorded in the attrs."""
+        return store_layout(self.group)
+
+    def add_run(self, entry: Mapping[str, Any]) -> None:
+        """Append one run's record to ``attrs["esap"]["runs"]`` (the one writer of runs)."""
+        meta = esap_attrs(self.group)
+        meta["runs"] = [*meta.get("runs", []), dict(entry)]
+        self.group.attrs["esap"] = meta
+
+    def consolidate(self) -> None:
+        """Rewrite the consolidated metadata (after shapes or attrs changed)."""
+        consolidate(self.group.store)
