@@ -29,7 +29,7 @@ from esap_dask import provenance
 from esap_dask.batch import BatchReport, RunContext
 from esap_dask.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
 from esap_dask.facilities import storage_options_for
-from esap_dask.ledger import COLUMNS, Ledger, Plan, plan, read_ledger
+from esap_dask.ledger import COLUMNS, Ledger, Plan, plan, read_ledger, reopen
 from esap_dask.lock import StoreLock
 from esap_dask.observations import as_observations, fingerprints
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
@@ -41,8 +41,9 @@ from esap_dask.store import (
     check_writable,
     consolidate,
     create_store,
+    disk_errors,
     esap_attrs,
-    open_store,
+    open_for_run,
     repair,
     store_layout,
 )
@@ -218,10 +219,7 @@ def _cluster_notes(client: Any) -> list[str]:
 
 
 def _open_or_none(store: str, storage_options: Mapping[str, Any]) -> Any:
-    try:
-        return open_store(store, storage_options=storage_options)
-    except StoreError:
-        return None
+    return open_for_run(store, storage_options)
 
 
 def map_observations(
@@ -361,6 +359,7 @@ def map_observations(
                 layout = store_layout(group)
             if todo.new:
                 append_observations(group, [o.id for o in todo.new])
+            reopen(group, todo, ledger)  # done rows to redo: pending until rewritten
             ctx = RunContext(
                 store=store,
                 pipeline=pipe,
@@ -373,6 +372,7 @@ def map_observations(
             )
             known = set(_cluster_notes(cl))
             reports = execute(cl, ctx, group, todo, layout, batch_size, progress)
+            _raise_store_failure(reports)  # a full disk stops the run (exit 2), not exit 1
             cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
             dashboard = getattr(cl, "dashboard_link", None)
         summary = _summary(
@@ -380,7 +380,7 @@ def map_observations(
         )
         summary.notes += client_notes + cluster_notes
         summary.dashboard = dashboard
-        with gc_paused():
+        with gc_paused(), disk_errors(store):
             summary.provenance = provenance.record_run(
                 group,
                 store,
@@ -394,6 +394,14 @@ def map_observations(
         consolidate(group.store)
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
+
+
+def _raise_store_failure(reports: Sequence[BatchReport]) -> None:
+    """Raise the StoreError of a batch that could not write the store (a full disk)."""
+    for report in reports:
+        for _, kind, message in report.failures:
+            if kind == "StoreError":
+                raise StoreError(message.split("StoreError: ", 1)[-1])
 
 
 def _summary(
