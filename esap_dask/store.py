@@ -513,10 +513,11 @@ def disk_errors(store: str) -> Iterator[None]:
 
 def full_message(store: str, err: OSError) -> str:
     """What to say when writing ``store`` met a full disk or quota."""
+    where = f" (writing {err.filename})" if err.filename else ""
     return (
-        f"{store}: cannot write the store: {os.strerror(err.errno or errno.ENOSPC).lower()} "
-        f"({err.filename or 'its device'}); free space (or raise the quota) and run the same "
-        "command again: the observations already written are kept"
+        f"{store.removeprefix('file://')}: cannot write the store: "
+        f"{os.strerror(err.errno or errno.ENOSPC).lower()}{where}; free space (or raise the "
+        "quota) and run the same command again: the observations already written are kept"
     )
 
 
