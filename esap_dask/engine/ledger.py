@@ -18,8 +18,11 @@ run                 id of the run that processed it
 start, end          when processing began and ended (UTC, decoded by xarray)
 ==================  ======================================================
 
-A batch writes its products first and its ledger rows last, each chunk write
-atomic: a row that reads ``done`` has its products in the store. A rerun plans
+A batch writes its products first and its ledger rows last, ``status`` after
+every other column, each chunk write atomic; a run first marks the ``done`` rows
+it will redo as pending (:func:`reopen`). So a row that reads ``done`` has its
+products and all its ledger columns from the same processing, whenever a run
+was cut short. A rerun plans
 from the ledger (:func:`plan`): only new, changed, failed or unfinished
 observations run, and all of them when the parameters or the version changed.
 """
@@ -36,7 +39,7 @@ import zarr
 
 from esap_dask.engine.observations import Observation
 from esap_dask.pipeline import Variable
-from esap_dask.store import TIME_UNITS, read
+from esap_dask.store import TIME_UNITS, read, write_rows
 
 __all__ = [
     "COLUMNS",
@@ -48,6 +51,7 @@ __all__ = [
     "PlannedRow",
     "plan",
     "read_ledger",
+    "reopen",
 ]
 
 PENDING, DONE, FAILED = 0, 1, 2
@@ -201,3 +205,20 @@ def plan(
         )
     result.reasons = +result.reasons  # drop zero counts
     return result
+
+
+def reopen(group: zarr.Group, todo: Plan, ledger: Ledger) -> int:
+    """Mark the ``done`` rows a run will process again as pending; how many.
+
+    Called by the driver before any task starts. A task overwrites a row's products
+    before its ledger columns: were the run cut short in between, a row still
+    reading ``done`` would hold products (or fill values, if the observation failed
+    this time) that its ledger does not describe, and a forced rerun's row would
+    be skipped from then on. Pending, it runs again.
+    """
+    known = len(ledger.status)
+    rows = np.fromiter((e.row for e in todo.todo if e.row < known), dtype=np.int64)
+    rows = np.sort(rows[ledger.status[rows] == DONE]) if len(rows) else rows
+    if len(rows):
+        write_rows(group, rows, {"ledger_status": np.full(len(rows), PENDING, dtype="i1")})
+    return len(rows)

@@ -28,16 +28,18 @@ from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.deploy.protocol import worker_jobs
 from esap_dask.engine import provenance
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
-from esap_dask.engine.ledger import COLUMNS, Ledger, plan, read_ledger
+from esap_dask.engine.ledger import COLUMNS, Ledger, plan, read_ledger, reopen
 from esap_dask.engine.observations import as_observations, fingerprints
 from esap_dask.engine.summary import RunSummary, summarise
-from esap_dask.engine.task import RunContext
+from esap_dask.engine.task import BatchReport, RunContext
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
 from esap_dask.store import (
     ANOTHER_STORE,
+    StoreError,
     StoreLayout,
     append_observations,
     check_schema,
+    disk_errors,
     repair,
 )
 from esap_dask.store.run import RunStore
@@ -229,7 +231,7 @@ def map_observations(
     storage_options
         fsspec options of a URL store (``s3://bucket/run.zarr``); default: the
         facility's ``storage_options`` option, for S3 completed from the
-        environment (see :func:`esap_dask.catalogs.facilities.storage_options_for`).
+        environment (see :func:`esap_dask.store.options.storage_options_for`).
 
     Returns
     -------
@@ -308,6 +310,7 @@ def map_observations(
                 layout = run_store.layout
             if todo.new:
                 append_observations(group, [o.id for o in todo.new])
+            reopen(group, todo, ledger)  # done rows to redo: pending until rewritten
             ctx = RunContext(
                 store=store,
                 pipeline=pipe,
@@ -320,6 +323,7 @@ def map_observations(
             )
             known = set(_cluster_notes(cl))
             reports = execute(cl, ctx, group, todo, layout, batch_size, progress)
+            _raise_store_failure(reports)  # a full disk stops the run (exit 2), not exit 1
             cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
             dashboard = getattr(cl, "dashboard_link", None)
         summary = summarise(
@@ -327,7 +331,7 @@ def map_observations(
         )
         summary.notes += client_notes + cluster_notes
         summary.dashboard = dashboard
-        with gc_paused():
+        with gc_paused(), disk_errors(store):
             summary.provenance = provenance.record_run(
                 run_store,
                 summary,
@@ -339,3 +343,11 @@ def map_observations(
         run_store.consolidate()
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
+
+
+def _raise_store_failure(reports: Sequence[BatchReport]) -> None:
+    """Raise the StoreError of a batch that could not write the store (a full disk)."""
+    for report in reports:
+        for _, kind, message in report.failures:
+            if kind == "StoreError":
+                raise StoreError(message.split("StoreError: ", 1)[-1])

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 
-from esap_dask.store import read
+from esap_dask.store import crash_point, read
 
 if TYPE_CHECKING:
     from esap_dask.engine.ledger import PlannedRow
@@ -270,6 +270,7 @@ def record_run(
     with fs.open(fs_path, "wb") as f:
         for piece in encode_document(doc, summary.run_id, inputs):
             f.write(piece.encode())
+            crash_point("provenance")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
     run_store.add_run(
         {
             "run": summary.run_id,

@@ -38,7 +38,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from esap_dask.engine.ledger import COLUMNS, DONE, FAILED
 from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.pipeline import Pipeline, Schema
-from esap_dask.store import array, open_store, write_rows
+from esap_dask.store import array, crash_point, open_store, write_rows
 
 __all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "run_batch"]
 
@@ -348,6 +348,7 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
                 failures.append(failure)
         write_rows(group, batch.rows[first : last + 1], buffers)
         first = last + 1
+    crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
     ledger["ledger_source"][:] = [str(o.value) for o in batch.observations]
     ledger["ledger_fingerprint"][:] = batch.fingerprints
     ledger["ledger_params"][:] = ctx.param_hash

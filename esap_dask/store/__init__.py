@@ -13,17 +13,43 @@ chunk, optionally ``shard`` observations a shard); the *write unit* is the shard
 when sharding, else the chunk. Tasks own whole write units, so no two tasks ever
 write the same chunk or shard (concurrent partial writes of one shard corrupt it).
 
-Appending is ordered so that a crash at any point leaves a store that
-:func:`repair` brings back to its last consistent length: data arrays grow
-first, the ``obs`` coordinate (the commit point) last.
+Every write is ordered so that a crash (SIGKILL, power loss, a full disk) at
+any point leaves a store the next run repairs and completes:
+
+- creation: the group is made with ``attrs["esap"]["incomplete"]`` set, then the
+  arrays, then the attrs without it (the commit point). A store still marked
+  incomplete holds no observation yet: :func:`open_for_run` removes it and the
+  run creates it afresh.
+- appending: data arrays grow first, the ``obs`` coordinate (the commit point)
+  last; :func:`repair` brings the others back to its length.
+- rows: a batch writes its products, then its ledger rows with ``ledger_status``
+  last (:func:`write_rows`); the driver first marks the rows it will redo as
+  pending (:func:`esap_dask.engine.ledger.reopen`), so a row reads ``done`` only once its
+  products and every ledger column are the new ones.
+- consolidated metadata: rewritten after every change of shape or attrs, and by
+  :func:`repair` whenever it is missing or differs from the arrays.
+
+Chunk writes are atomic on local disks (zarr writes a temporary file and renames
+it) and on object stores (one PUT per key).
+
+Test hook: the environment variable ``ESAP_DASK_CRASH_AT=<step>[:<n>]`` makes a
+process SIGKILL itself at the ``n``-th time (default 1) it reaches a named write
+step (:data:`CRASH_STEPS`, see :func:`crash_point`). It is read once at import;
+when it is unset, each step costs one comparison with ``None``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import functools
 import os
+import shutil
+import signal
+import threading
 import warnings
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,13 +63,16 @@ from esap_dask.errors import Remedy, Worded
 from esap_dask.pipeline import Schema, SchemaError, Variable
 
 __all__ = [
+    "CRASH_STEPS",
     "StoreError",
     "StoreLayout",
     "append_observations",
     "check_writable",
     "consolidate",
     "contiguous_runs",
+    "crash_point",
     "create_store",
+    "open_for_run",
     "open_store",
     "repair",
     "write_rows",
@@ -60,6 +89,57 @@ NEW_STORE = Remedy("write to a new store", "write to a new --store")
 
 class StoreError(Worded, RuntimeError):
     """A store cannot be opened, or does not hold what the run expects."""
+
+
+#: The write steps ``ESAP_DASK_CRASH_AT`` names (a test hook, see :func:`crash_point`).
+CRASH_STEPS = (
+    "create",  # a new store: after its group, before its arrays
+    "append",  # growing the store for new observations: after each array's resize
+    "products",  # a batch on a worker: after its products, before its ledger rows
+    "ledger-column",  # a batch's ledger rows: after each column written
+    "consolidate-before",  # before each rewrite of the consolidated metadata
+    "consolidate-after",  # after each rewrite of the consolidated metadata
+    "provenance",  # in the middle of writing the run's PROV-JSON document
+)
+
+
+def _crash_plan(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    step, _, nth = value.partition(":")
+    if step not in CRASH_STEPS or (nth and not nth.isdigit()):
+        raise ValueError(
+            f"ESAP_DASK_CRASH_AT={value!r}: give <step>[:<n>] with a step among "
+            f"{', '.join(CRASH_STEPS)} (a test hook; unset it for real runs)"
+        )
+    return step, int(nth or 1)
+
+
+_CRASH_AT = _crash_plan(os.environ.get("ESAP_DASK_CRASH_AT"))
+_CRASH_SEEN: dict[str, int] = {}
+_CRASH_LOCK = threading.Lock()
+
+
+def crash_point(step: str) -> None:
+    """Test hook: SIGKILL the run here when ``ESAP_DASK_CRASH_AT`` names ``step``.
+
+    ``ESAP_DASK_CRASH_AT=<step>[:<n>]`` (read once, at import) kills at the
+    ``n``-th time this process reaches ``step``. When this process leads a session
+    of its own (a run started with ``start_new_session=True``, or a worker in such
+    a run's process group) the whole process group is killed, driver and local
+    workers at once, as a power cut would; else only this process. Unset (every
+    real run), it does nothing.
+    """
+    if _CRASH_AT is None or _CRASH_AT[0] != step:
+        return
+    with _CRASH_LOCK:
+        _CRASH_SEEN[step] = seen = _CRASH_SEEN.get(step, 0) + 1
+    if seen != _CRASH_AT[1]:
+        return
+    group = os.getpgrp()
+    if os.getsid(0) == group:
+        os.killpg(group, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -210,9 +290,29 @@ def create_store(
     *,
     storage_options: Mapping[str, Any] | None = None,
 ) -> zarr.Group:
-    """Create an empty store (``obs`` of length 0) for ``schema`` plus the ``ledger`` columns."""
-    group = zarr.open_group(zarr_store(store, storage_options), mode="w-", zarr_format=3)
-    group.attrs["esap"] = dict(attrs)
+    """Create an empty store (``obs`` of length 0) for ``schema`` plus the ``ledger`` columns.
+
+    The group is written with its attrs marked ``incomplete`` in one write, the
+    arrays after it, the attrs without the mark last: a creation cut short is
+    recognized (and redone) by :func:`open_for_run`.
+    """
+    with disk_errors(store):
+        group = zarr.open_group(
+            zarr_store(store, storage_options),
+            mode="w-",
+            zarr_format=3,
+            attributes={"esap": {**attrs, "incomplete": True}},
+        )
+        crash_point("create")
+        _create_arrays(group, schema, layout, ledger)
+        group.attrs["esap"] = dict(attrs)  # the commit point
+        consolidate(group.store)
+    return group
+
+
+def _create_arrays(
+    group: zarr.Group, schema: Schema, layout: StoreLayout, ledger: Sequence[Variable]
+) -> None:
     _create(
         group,
         "obs",
@@ -251,8 +351,6 @@ def create_store(
             fill=var.fill,
             attrs=attrs_v,
         )
-    consolidate(group.store)
-    return group
 
 
 def open_store(
@@ -275,6 +373,31 @@ def open_store(
         )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise StoreError(f"{store}: no Zarr store there") from err
+
+
+def open_for_run(store: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Group | None:
+    """The store's group for a run that writes it; ``None`` when the run must create it.
+
+    A store whose creation was cut short (its attrs still marked ``incomplete`` by
+    :func:`create_store`: it holds no observation yet) is removed, so the run
+    creates it afresh.
+    """
+    try:
+        group = open_store(store, storage_options=storage_options)
+    except StoreError:
+        return None
+    meta = group.attrs.get("esap")
+    if not (isinstance(meta, dict) and meta.get("incomplete")):
+        return group
+    with disk_errors(store):
+        if "://" in store and not store.startswith("file://"):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(store, **dict(storage_options or {}))
+            fs.rm(path, recursive=True)
+        else:
+            shutil.rmtree(Path(store.removeprefix("file://")).expanduser())
+    return None
 
 
 def store_layout(group: zarr.Group) -> StoreLayout:
@@ -316,20 +439,43 @@ def _check_coords(group: zarr.Group, schema: Schema) -> None:
 
 
 def repair(group: zarr.Group) -> int:
-    """Bring a store interrupted during an append back to its committed length; return it."""
+    """Bring a store interrupted during a write back to its committed state; its length.
+
+    Arrays along ``obs`` are cut (or grown) to the length of the ``obs`` coordinate
+    up to its last assigned id (an append cut short), and the consolidated metadata
+    is rewritten when it is missing or differs from the arrays (a run cut short
+    before it rewrote them: tasks and ``xr.open_zarr`` read shapes from it).
+    """
     ids = read(group, "obs")
     n = len(ids)
     while n and not ids[n - 1]:
         n -= 1
     changed = n != len(ids)
-    for _name, arr in group.arrays():
-        dims = dims_of(arr)
-        if dims and dims[0] == "obs" and arr.shape[0] != n:
-            arr.resize((n, *arr.shape[1:]))
-            changed = True
-    if changed:
-        consolidate(group.store)
+    with disk_errors(str(group.store)):
+        for _name, arr in group.arrays():
+            dims = dims_of(arr)
+            if dims and dims[0] == "obs" and arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+                changed = True
+        if changed or _consolidated_differs(group):
+            consolidate(group.store)
     return n
+
+
+def _consolidated_differs(group: zarr.Group) -> bool:
+    """True when the store's consolidated metadata is missing or not what its nodes say."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+            fresh = zarr.open_group(group.store, mode="r", use_consolidated=True)
+    except (ValueError, OSError):  # none there
+        return True
+    held = fresh.metadata.consolidated_metadata
+    if held is None:
+        return True
+    shapes = {name: arr.shape for name, arr in group.arrays()}
+    kept = {k: getattr(v, "shape", None) for k, v in held.metadata.items() if k in shapes}
+    return kept != shapes or fresh.attrs.asdict() != group.attrs.asdict()
 
 
 def append_observations(group: zarr.Group, ids: Sequence[str]) -> int:
@@ -337,21 +483,51 @@ def append_observations(group: zarr.Group, ids: Sequence[str]) -> int:
     obs = array(group, "obs")
     old = obs.shape[0]
     new = old + len(ids)
-    for name, arr in group.arrays():
-        dims = dims_of(arr)
-        if name != "obs" and dims and dims[0] == "obs":
-            arr.resize((new, *arr.shape[1:]))
-    obs.resize((new,))
-    obs[old:new] = np.asarray(list(ids), dtype=object)
-    consolidate(group.store)
+    with disk_errors(str(group.store)):
+        for name, arr in group.arrays():
+            dims = dims_of(arr)
+            if name != "obs" and dims and dims[0] == "obs":
+                arr.resize((new, *arr.shape[1:]))
+                crash_point("append")
+        obs.resize((new,))
+        obs[old:new] = np.asarray(list(ids), dtype=object)  # the commit point
+        consolidate(group.store)
     return old
 
 
 def consolidate(store: Any) -> None:
     """Rewrite the consolidated metadata of a zarr store object (xarray reads shapes from it)."""
+    crash_point("consolidate-before")
     with warnings.catch_warnings():  # "not part of the v3 spec": xarray reads it all the same
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-        zarr.consolidate_metadata(store)
+        with disk_errors(str(store)):
+            zarr.consolidate_metadata(store)
+    crash_point("consolidate-after")
+
+
+#: ``errno`` values of a store whose disk (or quota) is full.
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def disk_errors(store: str) -> Iterator[None]:
+    """Turn a full disk or quota (``ENOSPC``, ``EDQUOT``) under the block into a StoreError."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _FULL:
+            raise
+        raise StoreError(full_message(store, err)) from err
+
+
+def full_message(store: str, err: OSError) -> str:
+    """What to say when writing ``store`` met a full disk or quota."""
+    where = f" (writing {err.filename})" if err.filename else ""
+    return (
+        f"{store.removeprefix('file://')}: cannot write the store: "
+        f"{os.strerror(err.errno or errno.ENOSPC).lower()}{where}; free space (or raise the "
+        "quota) and run the same command again: the observations already written are kept"
+    )
 
 
 def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -367,6 +543,9 @@ def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int, int, int]]:
     ]
 
 
+#: The ledger column :func:`write_rows` writes after all the others (a row's commit point).
+COMMIT_COLUMN = "ledger_status"
+
 #: Largest block, in bytes, that :func:`write_rows` reads back to patch scattered rows.
 PATCH_BYTES = 64 * 2**20
 
@@ -375,8 +554,9 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
     """Write ``columns`` (name -> values, one per row) at sorted ``rows``, all columns at once.
 
     The caller owns every write unit that ``rows`` touch (no other task writes between
-    ``rows[0]`` and ``rows[-1]``). The columns are written concurrently, on zarr's event
-    loop (a batch writes 17 and more arrays: one after the other, a task of tiny
+    ``rows[0]`` and ``rows[-1]``). ``ledger_status`` (:data:`COMMIT_COLUMN`), when
+    given, is written after every other column. The columns are written concurrently,
+    on zarr's event loop (a batch writes 17 and more arrays: one after the other, a task of tiny
     observations spent most of its time waiting on them); writes that must follow
     others (the ledger after the products) are a later call. Contiguous rows are one
     slice assignment each (zarr 3.1 mis-broadcasts orthogonal integer-array writes into
@@ -400,14 +580,32 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
         for r0, r1, p0, p1 in runs:  # in turn: two runs may share a chunk
             await arr.setitem(slice(r0, r1), values[p0:p1])
 
-    _on_zarr_loop([(array(group, name), values) for name, values in columns.items()], write)
+    async def write_column(name: str, arr: zarr.AsyncArray[Any], values: np.ndarray) -> None:
+        await write(arr, values)
+        if name.startswith("ledger_"):
+            crash_point("ledger-column")
+
+    # ledger_status is the commit point of a row: written after every other column
+    targets = list(columns.items())
+    parts = [
+        [t for t in targets if t[0] != COMMIT_COLUMN],
+        [t for t in targets if t[0] == COMMIT_COLUMN],
+    ]
+    with disk_errors(str(group.store)):
+        for part in parts:
+            if part:
+                _on_zarr_loop(
+                    [
+                        (array(group, name), functools.partial(write_column, name, values=values))
+                        for name, values in part
+                    ]
+                )
 
 
 def _on_zarr_loop(
-    targets: Sequence[tuple[zarr.Array, np.ndarray]],
-    write: Callable[[zarr.AsyncArray[Any], np.ndarray], Awaitable[None]],
+    targets: Sequence[tuple[zarr.Array, Callable[[zarr.AsyncArray[Any]], Awaitable[None]]]],
 ) -> None:
-    """Run ``write`` for every (array, values) concurrently on zarr's own event loop.
+    """Await ``write(async_array)`` for every (array, write) concurrently on zarr's event loop.
 
     The one place esap-dask uses zarr's private API (``Array._async_array`` and
     ``zarr.core.sync.sync``; zarr 3.1 has no public way to await several arrays'
@@ -423,6 +621,6 @@ def _on_zarr_loop(
     """
 
     async def write_all() -> None:
-        await asyncio.gather(*(write(arr._async_array, values) for arr, values in targets))
+        await asyncio.gather(*(write(arr._async_array) for arr, write in targets))
 
     zarr_sync(write_all())

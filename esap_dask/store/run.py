@@ -32,6 +32,7 @@ from esap_dask.store import (
     consolidate,
     create_store,
     esap_attrs,
+    open_for_run,
     open_store,
     store_layout,
 )
@@ -99,11 +100,13 @@ class RunStore:
         return self._group
 
     def open_existing(self) -> zarr.Group | None:
-        """The store's group when it exists, else None (a new store)."""
-        try:
-            return self.open()
-        except StoreError:
-            return None
+        """The store's group for a run that writes it; None when the run must create it.
+
+        None for no store, and for a store whose creation was cut short (it is removed;
+        see :func:`esap_dask.store.open_for_run`).
+        """
+        self._group = open_for_run(self.url, self.storage_options)
+        return self._group
 
     def create(
         self,
