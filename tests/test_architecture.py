@@ -1,0 +1,58 @@
+"""The layers hold: no import cycle, the import-linter contract, old paths still import."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_there_is_no_import_cycle() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "import_cycles.py")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "0 import cycles" in done.stdout, done.stdout
+
+
+def test_the_layers_contract_holds() -> None:
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    if not Path(lint).exists():
+        pytest.fail("lint-imports is missing: pip install -e '.[test]' (import-linter)")
+    done = subprocess.run([lint], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("esap_dask.gadf", "esap_dask.iact.gadf"),
+        ("esap_dask.synthetic", "esap_dask.iact.synthetic"),
+        ("esap_dask.mapper", "esap_dask.engine.mapper"),
+        ("esap_dask.facilities", "esap_dask.catalogs.facilities"),
+        ("esap_dask.service.testing", "esap_dask.testing.service"),
+    ],
+)
+def test_an_old_module_path_imports_the_new_module_with_a_warning(old: str, new: str) -> None:
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+
+
+def test_the_engine_names_no_instrument_format() -> None:
+    source = (ROOT / "esap_dask" / "engine" / "observations.py").read_text()
+    assert "esap_dask.iact" not in source and "select_observations" not in source
+    from esap_dask.engine.observations import observation_indexes
+
+    assert "GADF" in {reader.format for reader in observation_indexes()}
