@@ -360,7 +360,7 @@ def write_observations(
             ("ALTITUDE", 1835.0, ""),
             ("EUNIT", "TeV", ""),
             ("SRC_NEVT", source_counts, "injected source events"),
-            ("SEED", seed, "esap_dask.iact.synthetic seed"),
+            ("SEED", seed, "esap_dask.synthetic seed"),
         ]
         gti = np.array([(tstart, tstop)], dtype=_GTI_DTYPE)
         primary = _header(
