@@ -205,3 +205,17 @@ def open_cluster(name: str = "local", /, **overrides: Any) -> Any:
     # Options of the store and of the job service, not of the cluster manager:
     store_keys = ("storage_options", "shared_filesystem")
     return factory(fac, {k: v for k, v in fac.options.items() if k not in store_keys})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "storage_options_for":  # moved to the store, which owns its options
+        import warnings
+
+        warnings.warn(
+            "esap_dask.facilities.storage_options_for moved to "
+            "esap_dask.store.options.storage_options_for",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module("esap_dask.store.options"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
