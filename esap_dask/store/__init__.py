@@ -624,3 +624,11 @@ def _on_zarr_loop(
         await asyncio.gather(*(write(arr._async_array) for arr, write in targets))
 
     zarr_sync(write_all())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunStore":  # defined on top of this module: imported on first use
+        from importlib import import_module
+
+        return import_module("esap_dask.store.run").RunStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
