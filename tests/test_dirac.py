@@ -200,7 +200,7 @@ def test_jdl_requirements_as_stored_by_diracx(dirac_env: str) -> None:
         assert jdl["CPUTime"] == 2 * 7200 and jdl["NumberOfProcessors"] == 2
         assert jdl["Executable"] == "apptainer"
         assert jdl["Arguments"].startswith(
-            "exec --cleanenv --env MALLOC_MMAP_THRESHOLD_=16777216 "
+            "exec --cleanenv --env MALLOC_MMAP_THRESHOLD_=16777216 -- "
             "/cvmfs/esap/worker.sif python3 -m "
         )
         assert f"--name {row['JobName']}" in jdl["Arguments"]

@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     root = tmp_path_factory.mktemp("uws-load")
     tokens = write_tokens(root / "tokens", USERS)
-    with ServiceProcess(root / "data", tokens, extra=["--concurrency", "8"]) as svc:
+    with ServiceProcess(
+        root / "data", tokens, extra=["--concurrency", "8", "--max-queued-per-user", "1000"]
+    ) as svc:
         yield svc
 
 

@@ -47,7 +47,7 @@ def _s(token: str) -> requests.Session:
 
 def test_lifecycle_concurrency_and_restart_on_postgresql(database: str, tmp_path: Path) -> None:
     tokens = write_tokens(tmp_path / "tokens", {"tok-p1": "p1", "tok-p2": "p2"})
-    extra = ["--database", database]
+    extra = ["--database", database, "--max-queued-per-user", "1000"]
     svc = ServiceProcess(tmp_path / "data", tokens, extra=extra).start()
     try:
         s = _s("tok-p1")
@@ -123,7 +123,7 @@ def _wait_done(store: Path, n: int, timeout: float = 60) -> None:
 def test_two_instances_share_the_database(database: str, tmp_path: Path) -> None:
     """Abort through one instance stops the work on the other; a dead one's job is adopted."""
     tokens = write_tokens(tmp_path / "tokens", {"tok-p1": "p1"})
-    extra = ["--database", database]
+    extra = ["--database", database, "--max-queued-per-user", "1000"]
     a = ServiceProcess(tmp_path / "data", tokens, extra=extra).start()
     b = ServiceProcess(tmp_path / "data", tokens, extra=extra).start()
     s = _s("tok-p1")

@@ -398,40 +398,39 @@ class JobRunner:
 
         with contextlib.suppress(Exception):
             keys = list(client.futures)
-            mine = {str(k) for k in keys}
-            busy = {w for w, ks in client.processing().items() if mine & {str(k) for k in ks}}
             client.cancel([Future(key, client) for key in keys], force=True)
-            if busy and self._cluster is not None and client.cluster is self._cluster:
-                threading.Thread(
-                    target=self._reclaim, args=(job_id, mine, busy), daemon=True
-                ).start()
+            if keys and self._cluster is not None and client.cluster is self._cluster:
+                mine = {str(k) for k in keys}
+                threading.Thread(target=self._reclaim, args=(job_id, mine), daemon=True).start()
 
-    def _reclaim(self, job_id: str, keys: set[str], workers: set[str]) -> None:
+    def _reclaim(self, job_id: str, keys: set[str]) -> None:
         """Restart the shared cluster's workers that still run a stopped job's tasks.
 
         Cancelling a future does not stop the Python thread that runs it: a task
         stuck on a slow read or a long computation would hold its worker, and every
-        other user's jobs queued behind it, until it returns by itself. A worker
-        still running one of ``keys`` :data:`RECLAIM_GRACE` seconds after the
-        cancel is restarted by its nanny (its other tasks are rescheduled).
+        other user's jobs queued behind it, until it returns by itself. Every worker
+        is asked which of ``keys`` its threads run; one that still runs some
+        :data:`RECLAIM_GRACE` seconds after the cancel is restarted by its nanny (its
+        other tasks are rescheduled).
         """
         from distributed import Client
 
         deadline = time.monotonic() + RECLAIM_GRACE
         try:
             with Client(self._shared_cluster(), set_as_default=False) as client:
-                while workers and time.monotonic() < deadline:
-                    time.sleep(0.25)
-                    running = client.run(_running_keys, workers=sorted(workers), on_error="return")
-                    workers = {
-                        w for w, ks in running.items() if not isinstance(ks, list) or keys & set(ks)
-                    }
-                if workers:
-                    self.log(
-                        job_id,
-                        f"restarting {len(workers)} worker(s) still running its stopped tasks",
+                while True:
+                    running = client.run(_running_keys, on_error="return")
+                    busy = sorted(
+                        w for w, ks in running.items() if isinstance(ks, list) and keys & set(ks)
                     )
-                    client.restart_workers(sorted(workers), timeout=60, raise_for_error=False)
+                    if not busy or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.25)
+                if busy:
+                    self.log(
+                        job_id, f"restarting {len(busy)} worker(s) still running its stopped tasks"
+                    )
+                    client.restart_workers(busy, timeout=60, raise_for_error=False)
         except Exception as err:  # the cluster may be closing with the service
             self.log(job_id, f"could not reclaim the workers of its stopped tasks: {err}")
 
