@@ -32,15 +32,24 @@ def run(repeats: int, count: int) -> list[Record]:
     keys = [str(b) for b in (*SMALL, *CONTENDERS)] + ["auto"]
     rates: dict[str, list[float]] = {key: [] for key in keys}
     contenders = [str(b) for b in CONTENDERS] + ["auto"]
-    with tempfile.TemporaryDirectory(prefix="esap-bench-") as tmp, \
-            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="esap-bench-") as tmp,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
 
         def once(key: str, r: int) -> None:
             b = None if key == "auto" else int(key)
             store = Path(tmp) / f"b{key}-{r}.zarr"
-            s = map_observations("helloworld", range(count), store, client=client,
-                                 chunk=b, batch_size=b, progress=False)
+            s = map_observations(
+                "helloworld",
+                range(count),
+                store,
+                client=client,
+                chunk=b,
+                batch_size=b,
+                progress=False,
+            )
             assert s.succeeded == count, s
             rates[key].append(count / s.seconds)
             shutil.rmtree(store)

@@ -75,8 +75,7 @@ def main() -> None:
     with nullcontext() if mode == "serial" else Client(address) as client:
         t0 = time.perf_counter()
         if mode == "esap":
-            summary = map_observations("helloworld", values, store, client=client,
-                                       progress=False)
+            summary = map_observations("helloworld", values, store, client=client, progress=False)
             assert summary.succeeded == n, summary
         elif mode == "handwritten":
             handwritten(client, values, store)

@@ -33,8 +33,9 @@ from esap_dask import map_observations
 MODES = ("esap", "handwritten", "serial")
 
 
-def overhead(address: str, sizes: list[int], repeats: int, work: Path,
-             repeat_handwritten: int) -> list[Record]:
+def overhead(
+    address: str, sizes: list[int], repeats: int, work: Path, repeat_handwritten: int
+) -> list[Record]:
     """Case 1: seconds and driver peak RSS per mode and size."""
     records = []
     for n in sizes:
@@ -51,10 +52,12 @@ def overhead(address: str, sizes: list[int], repeats: int, work: Path,
                 shutil.rmtree(f"{store}.provenance", ignore_errors=True)
         case = f"overhead/{n}"
         once = "" if len(times["handwritten"]) == repeats else " (client.map once)"
-        records.append(summarize(case, f"vs client.map{once}", "s", times["esap"],
-                                 baseline=times["handwritten"]))
-        records.append(summarize(case, "vs serial", "s", times["esap"],
-                                 baseline=times["serial"]))
+        records.append(
+            summarize(
+                case, f"vs client.map{once}", "s", times["esap"], baseline=times["handwritten"]
+            )
+        )
+        records.append(summarize(case, "vs serial", "s", times["esap"], baseline=times["serial"]))
         for mode in MODES:
             records.append(summarize(case, f"{mode} RSS", "MiB", rss[mode]))
             records.append(summarize(case, f"{mode} time", "s", times[mode]))
@@ -103,14 +106,16 @@ def incremental(client: Client, sizes: list[int], repeats: int, work: Path) -> l
     return records
 
 
-def run(repeats: int, sizes: list[int], repeat_handwritten: int,
-        incremental_sizes: list[int]) -> list[Record]:
+def run(
+    repeats: int, sizes: list[int], repeat_handwritten: int, incremental_sizes: list[int]
+) -> list[Record]:
     """Both cases on one 2-worker LocalCluster."""
-    with tempfile.TemporaryDirectory(prefix="esap-bench-") as tmp, \
-            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        records = overhead(cluster.scheduler_address, sizes, repeats, Path(tmp),
-                           repeat_handwritten)
+    with (
+        tempfile.TemporaryDirectory(prefix="esap-bench-") as tmp,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        records = overhead(cluster.scheduler_address, sizes, repeats, Path(tmp), repeat_handwritten)
         records += incremental(client, incremental_sizes, repeats, Path(tmp))
     return records
 
@@ -122,11 +127,18 @@ def main() -> None:
     parser.add_argument("--repeat-handwritten-up-to", type=int, default=10_000)
     parser.add_argument("--incremental-sizes", default="10000,100000")
     args = parser.parse_args()
-    report(run(args.repeats, [int(s) for s in args.sizes.split(",")],
-               args.repeat_handwritten_up_to,
-               [int(s) for s in args.incremental_sizes.split(",")]))
-    print("ratio = baseline median / esap-dask median: above 1, esap-dask is faster; "
-          "for reruns, first run / rerun")
+    report(
+        run(
+            args.repeats,
+            [int(s) for s in args.sizes.split(",")],
+            args.repeat_handwritten_up_to,
+            [int(s) for s in args.incremental_sizes.split(",")],
+        )
+    )
+    print(
+        "ratio = baseline median / esap-dask median: above 1, esap-dask is faster; "
+        "for reruns, first run / rerun"
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@ def touch_one_percent(files: Sequence[str], shift: float) -> int:
 
 
 def reruns(
-    client: Client, files: Sequence[str], stores: Sequence[Path], first: Sequence[float],
+    client: Client,
+    files: Sequence[str],
+    stores: Sequence[Path],
+    first: Sequence[float],
     case: str,
 ) -> list[Record]:
     """Rerun every store unchanged, then with 1% touched; seconds against its first run."""
@@ -77,14 +80,18 @@ def run(count: int, events: int, repeats: int) -> list[Record]:
     counter = iter(range(10**6))
     two_worker_stores: list[Path] = []
     try:
-        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as one, \
-                LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as two, \
-                Client(one, set_as_default=False) as c1, Client(two, set_as_default=False) as c2:
+        with (
+            LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as one,
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as two,
+            Client(one, set_as_default=False) as c1,
+            Client(two, set_as_default=False) as c2,
+        ):
 
             def esap(client: Client, subset: Sequence[str] = files) -> None:
                 store = work / f"e{next(counter)}.zarr"
-                s = esap_dask.map_observations(pipeline, subset, store, client=client,
-                                               progress=False)
+                s = esap_dask.map_observations(
+                    pipeline, subset, store, client=client, progress=False
+                )
                 assert s.succeeded == len(subset), s.failures[:3]
                 if client is c2 and subset is files:
                     two_worker_stores.append(store)
@@ -100,23 +107,37 @@ def run(count: int, events: int, repeats: int) -> list[Record]:
                 to_dataset(results, ids[: len(subset)], schema).to_zarr(store)
 
             few = files[:100]
-            for warm in (lambda: esap(c2, few), lambda: esap(c1, few),
-                         lambda: handwritten(few), lambda: serial(few)):
+            for warm in (
+                lambda: esap(c2, few),
+                lambda: esap(c1, few),
+                lambda: handwritten(few),
+                lambda: serial(few),
+            ):
                 warm()  # imports on the workers; the page cache is warm from writing
-            rows = timed({"esap 2 workers": lambda: esap(c2), "esap 1 worker": lambda: esap(c1),
-                          HANDWRITTEN: handwritten, "serial": serial}, repeats, warm_up=False)
+            rows = timed(
+                {
+                    "esap 2 workers": lambda: esap(c2),
+                    "esap 1 worker": lambda: esap(c1),
+                    HANDWRITTEN: handwritten,
+                    "serial": serial,
+                },
+                repeats,
+                warm_up=False,
+            )
             case = f"dl3/{count} synthetic files of {events} events"
             two_w = rows["esap 2 workers"]
             records = [
                 summarize(case, "vs client.map", "s", two_w, baseline=rows[HANDWRITTEN]),
                 summarize(case, "vs serial", "s", two_w, baseline=rows["serial"]),
-                summarize(case, "speed-up 1 -> 2 workers", "s", two_w,
-                          baseline=rows["esap 1 worker"]),
+                summarize(
+                    case, "speed-up 1 -> 2 workers", "s", two_w, baseline=rows["esap 1 worker"]
+                ),
                 summarize(case, "esap 1 worker time", "s", rows["esap 1 worker"]),
             ]
             assert len(two_worker_stores) == len(two_w)  # made in the order of their timings
-            records += reruns(c2, files, two_worker_stores, two_w,
-                              f"incremental/{count} GADF files ({PIPELINE})")
+            records += reruns(
+                c2, files, two_worker_stores, two_w, f"incremental/{count} GADF files ({PIPELINE})"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return records
@@ -126,16 +147,17 @@ def incremental(count: int, events: int) -> list[Record]:
     """Reruns over ``count`` real files with one first run (a 100,000-file run takes minutes)."""
     work = Path(tempfile.mkdtemp(prefix="esap-incremental-"))
     try:
-        files = [str(f) for f in write_observations(work / "obs", count, seed=3,
-                                                    n_events=events)]
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cl, \
-                Client(cl, set_as_default=False) as client:
+        files = [str(f) for f in write_observations(work / "obs", count, seed=3, n_events=events)]
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cl,
+            Client(cl, set_as_default=False) as client,
+        ):
             store = work / "run.zarr"
-            s = esap_dask.map_observations(PIPELINE, files, store, client=client,
-                                           progress=False)
+            s = esap_dask.map_observations(PIPELINE, files, store, client=client, progress=False)
             assert s.ok and s.succeeded == count, s.failures[:3]
-            return reruns(client, files, [store], [s.seconds],
-                          f"incremental/{count} GADF files ({PIPELINE})")
+            return reruns(
+                client, files, [store], [s.seconds], f"incremental/{count} GADF files ({PIPELINE})"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -145,16 +167,22 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--incremental-count", type=int, default=100_000,
-                        help="files of the one-first-run rerun case (0: leave it out)")
+    parser.add_argument(
+        "--incremental-count",
+        type=int,
+        default=100_000,
+        help="files of the one-first-run rerun case (0: leave it out)",
+    )
     parser.add_argument("--incremental-events", type=int, default=1000)
     args = parser.parse_args()
     records = run(args.count, args.events, args.repeats)
     if args.incremental_count:
         records += incremental(args.incremental_count, args.incremental_events)
     report(records)
-    print("ratio = baseline median / esap-dask (2 workers) median; the speed-up is "
-          "1-worker time / 2-worker time (2.0 would be linear); for reruns, first run / rerun")
+    print(
+        "ratio = baseline median / esap-dask (2 workers) median; the speed-up is "
+        "1-worker time / 2-worker time (2.0 would be linear); for reruns, first run / rerun"
+    )
 
 
 if __name__ == "__main__":

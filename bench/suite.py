@@ -54,19 +54,39 @@ def plot_overhead(results: list[dict], out: Path) -> None:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for mode, style in (("esap", "o-"), ("handwritten", "s--"), ("serial", "^:")):
         for ax, metric in ((ax_t, f"{mode} time"), (ax_m, f"{mode} RSS")):
-            pts = sorted((int(r["case"].split("/")[1]), r["value"], r["min"], r["max"])
-                         for r in results
-                         if r["case"].startswith("overhead/") and r["metric"] == metric)
+            pts = sorted(
+                (int(r["case"].split("/")[1]), r["value"], r["min"], r["max"])
+                for r in results
+                if r["case"].startswith("overhead/") and r["metric"] == metric
+            )
             if not pts:
                 continue
             n, v, lo, hi = zip(*pts, strict=True)
-            ax.errorbar(n, v, yerr=[[a - b for a, b in zip(v, lo, strict=True)],
-                                    [b - a for a, b in zip(v, hi, strict=True)]],
-                        fmt=style, label=mode, capsize=3)
-    ax_t.set(xscale="log", yscale="log", xlabel="observations", ylabel="seconds (median)",
-             title="End-to-end time")
-    ax_m.set(xscale="log", yscale="log", xlabel="observations",
-             ylabel="driver peak RSS (MiB, median)", title="Driver memory")
+            ax.errorbar(
+                n,
+                v,
+                yerr=[
+                    [a - b for a, b in zip(v, lo, strict=True)],
+                    [b - a for a, b in zip(v, hi, strict=True)],
+                ],
+                fmt=style,
+                label=mode,
+                capsize=3,
+            )
+    ax_t.set(
+        xscale="log",
+        yscale="log",
+        xlabel="observations",
+        ylabel="seconds (median)",
+        title="End-to-end time",
+    )
+    ax_m.set(
+        xscale="log",
+        yscale="log",
+        xlabel="observations",
+        ylabel="driver peak RSS (MiB, median)",
+        title="Driver memory",
+    )
     _save(plt, fig, (ax_t, ax_m), out)
 
 
@@ -74,42 +94,64 @@ def plot_batch(results: list[dict], out: Path) -> None:
     """Observations per second against the batch size, with the automatic choice."""
     plt = _pyplot()
     rows = [r for r in results if r["case"].startswith("batch size/")]
-    fixed = sorted((int(r["metric"].split()[1]), r) for r in rows
-                   if r["metric"].split()[1].isdigit())
+    fixed = sorted(
+        (int(r["metric"].split()[1]), r) for r in rows if r["metric"].split()[1].isdigit()
+    )
     auto = [r for r in rows if r["metric"] == "batch auto"]
     if not fixed:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     sizes = [b for b, _ in fixed]
-    ax.errorbar(sizes, [r["value"] for _, r in fixed],
-                yerr=[[r["value"] - r["min"] for _, r in fixed],
-                      [r["max"] - r["value"] for _, r in fixed]], fmt="o-", capsize=3,
-                label="fixed batch size")
+    ax.errorbar(
+        sizes,
+        [r["value"] for _, r in fixed],
+        yerr=[[r["value"] - r["min"] for _, r in fixed], [r["max"] - r["value"] for _, r in fixed]],
+        fmt="o-",
+        capsize=3,
+        label="fixed batch size",
+    )
     for r in auto:
-        ax.axhline(r["value"], color="C1", ls="--",
-                   label=f"automatic ({r['ratio']:.2f} of the best)")
-    ax.set(xscale="log", xlabel="observations per task", ylabel="observations / s (median)",
-           title=rows[0]["case"])
+        ax.axhline(
+            r["value"], color="C1", ls="--", label=f"automatic ({r['ratio']:.2f} of the best)"
+        )
+    ax.set(
+        xscale="log",
+        xlabel="observations per task",
+        ylabel="observations / s (median)",
+        title=rows[0]["case"],
+    )
     _save(plt, fig, (ax,), out)
 
 
 def plot_incremental(results: list[dict], out: Path) -> None:
     """Reruns as a fraction of their first run, per case (5% is the target)."""
     plt = _pyplot()
-    rows = [r for r in results if r["case"].startswith("incremental/")
-            and r["metric"].startswith("rerun") and r.get("ratio")]
+    rows = [
+        r
+        for r in results
+        if r["case"].startswith("incremental/")
+        and r["metric"].startswith("rerun")
+        and r.get("ratio")
+    ]
     if not rows:
         return
     cases = sorted({r["case"] for r in rows}, key=lambda c: (len(c), c))
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.38
     for k, metric in enumerate(("rerun unchanged", "rerun 1% touched")):
-        shares = [next((100 / r["ratio"] for r in rows
-                        if r["case"] == c and r["metric"] == metric), 0.0) for c in cases]
+        shares = [
+            next((100 / r["ratio"] for r in rows if r["case"] == c and r["metric"] == metric), 0.0)
+            for c in cases
+        ]
         ax.bar([i + (k - 0.5) * width for i in range(len(cases))], shares, width, label=metric)
     ax.axhline(5, color="k", ls=":", label="5% target (unchanged)")
-    ax.set_xticks(range(len(cases)), [c.removeprefix("incremental/") for c in cases],
-                  rotation=15, ha="right", fontsize=8)
+    ax.set_xticks(
+        range(len(cases)),
+        [c.removeprefix("incremental/") for c in cases],
+        rotation=15,
+        ha="right",
+        fontsize=8,
+    )
     ax.set(ylabel="% of the first run (medians)", title="Incremental reruns")
     _save(plt, fig, (ax,), out, grid=False)
 
@@ -128,11 +170,20 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         base = f"{r['baseline']:.4g}" if r.get("baseline") is not None else ""
         ratio = f"{r['ratio']:.3g}" if r.get("ratio") is not None else ""
-        lines.append(f"| {r['case']} | {r['metric']} | {r['value']:.4g} | "
-                     f"{r['min']:.4g}–{r['max']:.4g} | {r['unit']} | {r['runs']} | "
-                     f"{base} | {ratio} |")
-    lines += ["", "![overhead](overhead.png)", "", "![batch size](batch_size.png)", "",
-              "![incremental](incremental.png)", ""]
+        lines.append(
+            f"| {r['case']} | {r['metric']} | {r['value']:.4g} | "
+            f"{r['min']:.4g}–{r['max']:.4g} | {r['unit']} | {r['runs']} | "
+            f"{base} | {ratio} |"
+        )
+    lines += [
+        "",
+        "![overhead](overhead.png)",
+        "",
+        "![batch size](batch_size.png)",
+        "",
+        "![incremental](incremental.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -157,8 +208,9 @@ def main() -> None:
         from bench import mapper_overhead
 
         sizes = [100, 1000, 10_000] if args.quick else [100, 1000, 10_000, 100_000]
-        records += mapper_overhead.run(repeats, sizes, 10_000,
-                                       [10_000] if args.quick else [10_000, 100_000])
+        records += mapper_overhead.run(
+            repeats, sizes, 10_000, [10_000] if args.quick else [10_000, 100_000]
+        )
     if "write" in cases:
         from bench import write_throughput
 
@@ -179,8 +231,12 @@ def main() -> None:
     if "workers" in cases and (ROOT / "bench" / "worker_start.py").exists():
         run_module("bench.worker_start", "--repeats", str(repeats))
     if "peers" in cases:
-        run_module("bench.peers", *(["--quick"] if args.quick else []),
-                   "--repeats", str(3 if args.quick else 5))
+        run_module(
+            "bench.peers",
+            *(["--quick"] if args.quick else []),
+            "--repeats",
+            str(3 if args.quick else 5),
+        )
     results = json.loads(RESULTS.read_text())
     DOCS.mkdir(parents=True, exist_ok=True)
     plot_overhead(results, DOCS / "overhead.png")

@@ -156,12 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         kinds = ("arrays", "dask-jobqueue")
         seconds = {k: [r["seconds"] for r in runs if r["kind"] == k] for k in kinds}
         calls = {k: [float(r["sbatch"]) for r in runs if r["kind"] == k] for k in kinds}
-        report([
-            summarize(case, "arrays vs dask-jobqueue", "s", seconds["arrays"],
-                      baseline=seconds["dask-jobqueue"]),
-            summarize(case, "arrays sbatch calls", "calls", calls["arrays"]),
-            summarize(case, "dask-jobqueue sbatch calls", "calls", calls["dask-jobqueue"]),
-        ])
+        report(
+            [
+                summarize(
+                    case,
+                    "arrays vs dask-jobqueue",
+                    "s",
+                    seconds["arrays"],
+                    baseline=seconds["dask-jobqueue"],
+                ),
+                summarize(case, "arrays sbatch calls", "calls", calls["arrays"]),
+                summarize(case, "dask-jobqueue sbatch calls", "calls", calls["dask-jobqueue"]),
+            ]
+        )
     return 0
 
 

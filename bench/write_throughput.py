@@ -31,8 +31,13 @@ def raw(path: Path, count: int, size_mb: int) -> float:
     from bench.pipelines.large import ROWS, columns, image
 
     t0 = time.perf_counter()
-    arr = zarr.create_array(str(path), shape=(count, ROWS, columns(size_mb)), dtype="float32",
-                            chunks=(1, ROWS, columns(size_mb)), zarr_format=3)
+    arr = zarr.create_array(
+        str(path),
+        shape=(count, ROWS, columns(size_mb)),
+        dtype="float32",
+        chunks=(1, ROWS, columns(size_mb)),
+        zarr_format=3,
+    )
     for run in range(count):
         arr[run] = image(run, size_mb=size_mb)["image"]
     return time.perf_counter() - t0
@@ -40,11 +45,16 @@ def raw(path: Path, count: int, size_mb: int) -> float:
 
 def esap(path: Path, count: int, size_mb: int, workers: int) -> float:
     """Seconds for map_observations of the same images on ``workers`` workers."""
-    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
-                      memory_limit=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, dashboard_address=":0", memory_limit=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         t0 = time.perf_counter()
-        s = map_observations(PIPELINE, range(count), path, client=client,
-                             params={"size_mb": size_mb}, progress=False)
+        s = map_observations(
+            PIPELINE, range(count), path, client=client, params={"size_mb": size_mb}, progress=False
+        )
         seconds = time.perf_counter() - t0
     assert s.succeeded == count, s
     return seconds
@@ -56,9 +66,11 @@ def run(repeats: int, count: int, size_mb: int) -> list[Record]:
     t_raw, t_one, t_two = [], [], []
     with tempfile.TemporaryDirectory(prefix="esap-bench-") as tmp:
         for r in range(repeats):
-            for times, fn in ((t_raw, lambda p: raw(p, count, size_mb)),
-                              (t_one, lambda p: esap(p, count, size_mb, 1)),
-                              (t_two, lambda p: esap(p, count, size_mb, 2))):
+            for times, fn in (
+                (t_raw, lambda p: raw(p, count, size_mb)),
+                (t_one, lambda p: esap(p, count, size_mb, 1)),
+                (t_two, lambda p: esap(p, count, size_mb, 2)),
+            ):
                 path = Path(tmp) / f"w{r}-{len(times)}.zarr"
                 times.append(fn(path))
                 shutil.rmtree(path, ignore_errors=True)

@@ -40,7 +40,6 @@ when it is unset, each step costs one comparison with ``None``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import functools
@@ -49,7 +48,8 @@ import shutil
 import signal
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +57,6 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 import zarr.errors
-from zarr.core.sync import sync as zarr_sync
 
 from esap_dask.errors import Remedy, Worded
 from esap_dask.pipeline import Schema, SchemaError, Variable
@@ -555,9 +554,8 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
 
     The caller owns every write unit that ``rows`` touch (no other task writes between
     ``rows[0]`` and ``rows[-1]``). ``ledger_status`` (:data:`COMMIT_COLUMN`), when
-    given, is written after every other column. The columns are written concurrently,
-    on zarr's event loop (a batch writes 17 and more arrays: one after the other, a task of tiny
-    observations spent most of its time waiting on them); writes that must follow
+    given, is written after every other column. The columns are written concurrently
+    (:func:`_all_at_once`: a batch writes 17 and more arrays); writes that must follow
     others (the ledger after the products) are a later call. Contiguous rows are one
     slice assignment each (zarr 3.1 mis-broadcasts orthogonal integer-array writes into
     sharded arrays). Scattered rows (a rerun of some failed or changed observations) are
@@ -570,18 +568,18 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
         return
     lo, hi = runs[0][0], runs[-1][1]
 
-    async def write(arr: zarr.AsyncArray[Any], values: np.ndarray) -> None:
+    def write(arr: zarr.Array, values: np.ndarray) -> None:
         row_bytes = values[0].nbytes if values.dtype.kind != "O" else 64
         if len(runs) > 1 and (hi - lo) * max(1, row_bytes) <= PATCH_BYTES:
-            block = np.asarray(await arr.getitem(slice(lo, hi)))
+            block = np.asarray(arr[lo:hi])
             block[rows - lo] = values
-            await arr.setitem(slice(lo, hi), block)
+            arr[lo:hi] = block
             return
         for r0, r1, p0, p1 in runs:  # in turn: two runs may share a chunk
-            await arr.setitem(slice(r0, r1), values[p0:p1])
+            arr[r0:r1] = values[p0:p1]
 
-    async def write_column(name: str, arr: zarr.AsyncArray[Any], values: np.ndarray) -> None:
-        await write(arr, values)
+    def write_column(name: str, arr: zarr.Array, values: np.ndarray) -> None:
+        write(arr, values)
         if name.startswith("ledger_"):
             crash_point("ledger-column")
 
@@ -593,37 +591,43 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
     ]
     with disk_errors(str(group.store)):
         for part in parts:
-            if part:
-                _on_zarr_loop(
-                    [
-                        (array(group, name), functools.partial(write_column, name, values=values))
-                        for name, values in part
-                    ]
-                )
+            _all_at_once(
+                [
+                    functools.partial(write_column, name, array(group, name), values)
+                    for name, values in part
+                ]
+            )
 
 
-def _on_zarr_loop(
-    targets: Sequence[tuple[zarr.Array, Callable[[zarr.AsyncArray[Any]], Awaitable[None]]]],
-) -> None:
-    """Await ``write(async_array)`` for every (array, write) concurrently on zarr's event loop.
+#: (process id, pool): the threads that write one batch's columns at once.
+_WRITERS: tuple[int, ThreadPoolExecutor] | None = None
 
-    The one place esap-dask uses zarr's private API (``Array._async_array`` and
-    ``zarr.core.sync.sync``; zarr 3.1 has no public way to await several arrays'
-    writes together). Why: a batch writes 17 and more arrays (products, then the
-    ledger); written one after the other, a task of tiny observations spent most of its
-    time waiting on them (DESIGN.md, "Fair peers": per-observation validation and 17
-    separate array writes per batch were most of the worker overhead). The public
-    alternative, one ``arr[a:b] = v`` per array from a thread pool, was timed against
-    this (2026-11-26, zarr 3.1.6: 40 batches of 17 one-shard writes of 100 rows, 5
-    interleaved rounds), but on the shared 2-core machine under load 16 the medians did
-    not separate (85 ms against 75 ms a batch, single rounds from 20 to 145 ms); until a
-    quiet measurement says the public path costs nothing, the gather stays, here only.
+
+def _all_at_once(writes: Sequence[Callable[[], None]]) -> None:
+    """Run every write at once, one thread each; raise the first error once all ended.
+
+    A batch writes 17 and more arrays (products, then the ledger); one after the
+    other, a task of tiny observations spent most of its time waiting on them
+    (DESIGN.md, "Fair peers"). Each write is zarr's public ``arr[a:b] = v``; zarr runs
+    them on its own event loop, so the threads mostly wait. Measured against gathering
+    the same writes on zarr's loop through its private API (``Array._async_array``,
+    ``zarr.core.sync``), which is what this replaced (``python -m bench.zarr_writes``,
+    zarr 3.1.6, 17 one-shard writes of 100 rows, medians of 5 interleaved rounds on the
+    shared 2-core machine, load 8-16; public against private): 44 ms against 46, 46
+    against 39, 52 against 66, 75 against 85 a batch, within noise of each other; one
+    after the other: 56-62 ms.
     """
-
-    async def write_all() -> None:
-        await asyncio.gather(*(write(arr._async_array) for arr, write in targets))
-
-    zarr_sync(write_all())
+    global _WRITERS
+    if len(writes) <= 1:
+        for one in writes:
+            one()
+        return
+    if _WRITERS is None or _WRITERS[0] != os.getpid():  # a forked process has no threads
+        _WRITERS = (os.getpid(), ThreadPoolExecutor(32, thread_name_prefix="esap-zarr-write"))
+    futures = [_WRITERS[1].submit(one) for one in writes]
+    wait(futures)
+    for future in futures:
+        future.result()
 
 
 def __getattr__(name: str) -> Any:
