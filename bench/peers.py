@@ -688,7 +688,8 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         lines.append(
             f"- {res['case'].title}: {res['started']:%Y-%m-%d %H:%M} UTC, load "
             f"{lb[0]:.1f}/{lb[1]:.1f}/{lb[2]:.1f} before, "
-            f"{la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f} after, {len(res['times'][ESAP])} rounds"
+            f"{la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f} after, {len(res['times'][ESAP])} rounds, "
+            f"esap-dask {min(res['times'][ESAP]):.2f}–{max(res['times'][ESAP]):.2f} s"
         )
     for res in results:
         lines += [f"- {note}" for note in res["case"].notes]
