@@ -1,7 +1,8 @@
-"""MkDocs hook: drop the generated benchmark page from the navigation when it does not exist.
+"""MkDocs hook: drop generated benchmark pages from the navigation when they do not exist.
 
-``docs/benchmarks/results.md`` is written by ``python -m bench.suite``; a site built before
-any benchmark ran must still build with ``mkdocs build --strict``.
+``docs/benchmarks/results.md`` is written by ``python -m bench.suite`` and
+``docs/benchmarks/peers.md`` by ``python -m bench.peers``; a site built before any benchmark
+ran must still build with ``mkdocs build --strict``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-GENERATED = "benchmarks/results.md"
+GENERATED = ("benchmarks/results.md", "benchmarks/peers.md")
 
 
 def _without(nav: list[Any], target: str) -> list[Any]:
@@ -27,7 +28,8 @@ def _without(nav: list[Any], target: str) -> list[Any]:
 
 
 def on_config(config: Any) -> Any:
-    """Remove the results page from ``nav`` unless the benchmark suite has written it."""
-    if not (Path(config["docs_dir"]) / GENERATED).is_file() and config.get("nav"):
-        config["nav"] = _without(config["nav"], GENERATED)
+    """Remove each generated page from ``nav`` unless its benchmark has written it."""
+    for page in GENERATED:
+        if not (Path(config["docs_dir"]) / page).is_file() and config.get("nav"):
+            config["nav"] = _without(config["nav"], page)
     return config

@@ -22,6 +22,7 @@ import numpy as np
 from esap_dask import Coordinate, Parameter, ParameterError, Pipeline, Schema, Variable
 from esap_dask.iact.dl3 import FLAGS, observation_products
 from esap_dask.iact.gadf import IRF_TYPES, read_events
+from esap_dask.iact.targets import parse_target
 
 
 def dl3_products(path: str, *, target: str = "", **params: Any) -> dict[str, Any]:
@@ -32,18 +33,7 @@ def dl3_products(path: str, *, target: str = "", **params: Any) -> dict[str, Any
 
 def _target(text: str) -> tuple[float, float]:
     """(ra, dec) of the ``target`` parameter; NaN for "" (the files' RA_OBJ/DEC_OBJ)."""
-    if not text.strip():
-        return float("nan"), float("nan")
-    try:
-        ra, dec = (float(v) for v in text.replace(" ", ",").split(",") if v)
-    except ValueError:
-        ra = dec = float("nan")
-    if not (0 <= ra <= 360 and -90 <= dec <= 90):
-        raise ParameterError(
-            f"parameter 'target': {text!r} is not 'RA,DEC' in degrees (0 <= RA <= 360, "
-            "-90 <= DEC <= 90), e.g. '83.633,22.014'; leave it empty to use each file's target"
-        )
-    return ra, dec
+    return parse_target(text) or (float("nan"), float("nan"))
 
 
 def _npix(p: Mapping[str, Any]) -> int:

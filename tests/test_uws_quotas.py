@@ -149,7 +149,7 @@ def test_security_headers_on_every_response(service: ServiceProcess) -> None:
     for what, resp in responses.items():
         assert resp.headers.get("X-Frame-Options") == "DENY", what
         assert resp.headers.get("X-Content-Type-Options") == "nosniff", what
-        assert resp.headers.get("Referrer-Policy") == "no-referrer", what
+        assert resp.headers.get("Referrer-Policy") == "same-origin", what
     csp = responses["page"].headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
     assert "script-src" not in csp and "unsafe-inline" not in csp

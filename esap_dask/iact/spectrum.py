@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from esap_dask.extras import require
+from esap_dask.iact.targets import parse_target
 from esap_dask.pipeline import Coordinate, Parameter, ParameterError, Schema, Variable
 
 __all__ = [
@@ -93,22 +94,6 @@ _EXCLUSION_BINSZ = 0.05
 
 def _gammapy(feature: str = "the gammapy-spectrum pipeline") -> None:
     require("gammapy", feature)
-
-
-def _parse_target(text: str) -> tuple[float, float] | None:
-    """(ra, dec) in degrees of the ``target`` parameter, None for "" (each file's target)."""
-    if not text.strip():
-        return None
-    try:
-        ra, dec = (float(v) for v in text.replace(" ", ",").split(",") if v)
-    except ValueError:
-        ra = dec = float("nan")
-    if not (0 <= ra <= 360 and -90 <= dec <= 90):
-        raise ParameterError(
-            f"{text!r} is not 'RA,DEC' in degrees (ICRS, 0 <= RA <= 360, -90 <= DEC <= 90), "
-            "e.g. '83.633,22.014'; leave it empty to use each file's RA_OBJ, DEC_OBJ"
-        )
-    return ra, dec
 
 
 def _parse_exclusion(text: str) -> list[tuple[float, float, float]]:
@@ -198,7 +183,7 @@ PARAMETERS: list[Parameter] = [
         str,
         DEFAULTS["target"],
         "On-region centre 'RA,DEC' in deg (ICRS); empty: RA_OBJ, DEC_OBJ of each file",
-        check=_check(_parse_target),
+        check=_check(parse_target),
     ),
     Parameter(
         "containment_correction",
@@ -539,7 +524,7 @@ def spectrum_products(path: str, **params: Any) -> dict[str, Any]:
     source = os.fspath(path)
     observation = Observation.read(source)
     point_like = observation.rad_max is not None
-    target = _parse_target(p["target"])
+    target = parse_target(p["target"])
     center = target if target is not None else observation_target(observation, source)
     empty, dataset_maker, bkg_maker, safe_maker = make_makers(
         point_like=point_like, center=center, **p

@@ -90,7 +90,9 @@ CONTENT_SECURITY_POLICY = (
 _HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with
+    # the page's own form POST, and the cross-origin check then refuses it
+    "Referrer-Policy": "same-origin",
 }
 #: The OpenAPI browsers load FastAPI's scripts and styles: no page policy there.
 _OPENAPI_PAGES = ("/docs", "/redoc")
