@@ -386,7 +386,7 @@ def test_provenance_written_in_pieces_is_one_document(monkeypatch, n_inputs):
     """The document is encoded a few inputs at a time; joined, it is valid and complete."""
     from datetime import UTC, datetime
 
-    from esap_dask import provenance
+    from esap_dask.engine import provenance
 
     monkeypatch.setattr(provenance, "_INPUTS_AT_ONCE", 3)
     now = datetime.now(UTC)
