@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-GENERATED = ("benchmarks/results.md", "benchmarks/peers.md")
+GENERATED = ("benchmarks/results.md", "benchmarks/peers.md", "benchmarks/gammapy.md")
 
 
 def _without(nav: list[Any], target: str) -> list[Any]:

@@ -138,3 +138,55 @@ def test_uws_pyvo_notebook_uses_the_service_named_by_the_environment(
         assert listing.status_code == 200  # the service is still up: the notebook left it
         jobs = parse_job_list(io.BytesIO(listing.content))
         assert [(j.runid, j.phase) for j in jobs] == [("notebook", "COMPLETED")]
+
+
+def _hess() -> Path:
+    if not (HESS / "obs-index.fits.gz").is_file():
+        pytest.fail(f"the H.E.S.S. DL3 DR1 data is missing: expected {HESS / 'obs-index.fits.gz'}")
+    return HESS
+
+
+@pytest.mark.slow
+def test_crab_spectrum_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HESS_DL3_DR1", str(_hess()))
+    store = tmp_path / "crab_spectrum.zarr"
+    monkeypatch.setenv("CRAB_STORE", str(store))
+    nb = _execute("crab_spectrum.ipynb", tmp_path, timeout=300)
+    assert len(_outputs(nb, "image/png")) == 1  # the SED: model, its error band, flux points
+    text = _stdout(nb)
+    assert "4 done, 0 failed" in text
+    assert "rerun: 0 processed, 4 skipped, 0 failed" in text
+    fitted = {
+        name: float(value)
+        for name, value in re.findall(r"(amplitude|alpha|beta)=([-\d.e+]+) ±", text)
+    }
+    assert fitted.keys() == {"amplitude", "alpha", "beta"}, text
+    # the Crab at 1 TeV: some 3-4e-11 /cm2/s/TeV, index about 2.3-2.6, curved
+    assert 1.5e-11 < fitted["amplitude"] < 7e-11 and 2.0 < fitted["alpha"] < 3.0, fitted
+    assert 0 < fitted["beta"] < 0.5, fitted
+    ds = xr.open_zarr(store)
+    assert sorted(int(i) for i in ds.obs_id.values) == [23523, 23526, 23559, 23592]
+    assert (ds.ledger_status == 1).all()
+    assert ds.attrs["esap"]["pipeline"] == "gammapy-spectrum"
+
+
+@pytest.mark.slow
+def test_bring_your_own_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HESS_DL3_DR1", str(_hess()))
+    monkeypatch.setenv("BYO_DIR", str(tmp_path))
+    nb = _execute("bring_your_own.ipynb", tmp_path, timeout=300)
+    assert len(_outputs(nb, "image/png")) == 1  # counts spectra | rate vs zenith
+    text = _stdout(nb)
+    for name in ("inferred", "declared", "gammapy"):
+        assert f"{name}: 21 done, 0 failed" in text, text
+    assert "checked: 0 done, 2 failed" in text
+    assert "variable 'counts': got shape (16,), declared (15,)" in text
+    inferred = xr.open_zarr(tmp_path / "inferred.zarr")
+    declared = xr.open_zarr(tmp_path / "declared.zarr")
+    assert inferred.counts.dims == ("obs", "counts_0")
+    assert declared.counts.dims == ("obs", "energy")
+    assert declared.energy.attrs["units"] == "TeV" and declared.livetime.attrs["units"] == "s"
+    assert declared.attrs["esap"]["pipeline"] == "counts-livetime"
+    observations = xr.open_zarr(tmp_path / "gammapy.zarr")
+    assert set(observations.data_vars) >= {"obs_id", "n_events", "rate", "offset", "zenith"}
+    assert (observations.ledger_status == 1).all() and (observations.n_events > 0).all()
