@@ -39,7 +39,7 @@ import zarr
 
 from esap_dask.engine.observations import Observation
 from esap_dask.pipeline import Variable
-from esap_dask.store import TIME_UNITS, read, write_rows
+from esap_dask.store import TIME_UNITS, read_many, write_rows
 
 __all__ = [
     "COLUMNS",
@@ -102,8 +102,8 @@ class Ledger:
 
 def read_ledger(group: zarr.Group) -> Ledger:
     """Read the planning columns of ``group``'s ledger."""
-    ids, status, fingerprint, params, version, attempts = (
-        read(group, name) for name in ("obs", *(f"ledger_{c}" for c in _PLAN_COLUMNS))
+    ids, status, fingerprint, params, version, attempts = read_many(
+        group, ["obs", *(f"ledger_{c}" for c in _PLAN_COLUMNS)]
     )
     return Ledger(ids.astype(object), status, fingerprint, params, version, attempts)
 

@@ -175,6 +175,25 @@ def read(group: zarr.Group, name: str) -> np.ndarray:
     return np.asarray(array(group, name)[...])
 
 
+def read_many(group: zarr.Group, names: Sequence[str]) -> list[np.ndarray]:
+    """All values of each array of ``names``, read at once (as a batch's writes are).
+
+    A rerun reads six ledger columns before it knows there is nothing to do; one
+    after the other they took 47 ms of a 136 ms unchanged rerun at 10,000
+    observations, at once 31 ms of 114 (pyinstrument, one profile each, load 5).
+    """
+    found: dict[str, np.ndarray] = {}
+
+    def reader(name: str) -> Callable[[], None]:
+        def one() -> None:
+            found[name] = read(group, name)
+
+        return one
+
+    _all_at_once([reader(name) for name in names])
+    return [found[name] for name in names]
+
+
 def esap_attrs(group: zarr.Group) -> dict[str, Any]:
     """The store's ``esap`` attrs (pipeline, version, schema, layout, runs)."""
     meta = group.attrs.get("esap")
