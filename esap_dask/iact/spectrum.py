@@ -542,11 +542,11 @@ def _check_axes(empty: Any, p: Mapping[str, Any]) -> None:
     """The schema's edges are those of gammapy's ``MapAxis.from_energy_bounds``."""
     from gammapy.maps import MapAxis
 
-    for name, prefix in (("energy", "energy"), ("energy_true", "energy_true")):
+    for name in ("energy", "energy_true"):
         axis = MapAxis.from_energy_bounds(
-            p[f"{prefix}_min"],
-            p[f"{prefix}_max"],
-            nbin=p[f"{prefix}_per_decade"],
+            p[f"{name}_min"],
+            p[f"{name}_max"],
+            nbin=p[f"{name}_per_decade"],
             per_decade=True,
             unit="TeV",
             name=name,
