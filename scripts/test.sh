@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the tests need, then all the tests: the project's virtual environment with the
-# test extras, a headless browser, the local services (SLURM, DiracX, PostgreSQL), lint,
+# test extras, a headless browser, the local services (SLURM, DiracX, PostgreSQL, a loopback sshd), lint,
 # types, the import layers and cycles, the documentation build (inside pytest) and pytest.
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k mapper`).
 set -euo pipefail
@@ -16,7 +16,7 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 fi
-for service in slurm diracx postgres; do
+for service in slurm diracx postgres sshd; do
     if [ -f "scripts/$service.sh" ]; then
         echo "== starting $service (scripts/$service.sh start)"
         bash "scripts/$service.sh" start

@@ -78,7 +78,7 @@ def _done(store) -> int:
         return 0
 
 
-def test_scancel_of_a_worker_mid_run_loses_nothing_and_writes_nothing_twice(tmp_path, client):
+def test_scancel_of_a_worker_mid_run_loses_nothing_and_reruns_only_its_batch(tmp_path, client):
     values = list(range(60))
     params = {"sleep": 0.25}
     reference = map_observations(
@@ -110,7 +110,22 @@ def test_scancel_of_a_worker_mid_run_loses_nothing_and_writes_nothing_twice(tmp_
     got, ref = xr.open_zarr(store), xr.open_zarr(tmp_path / "local.zarr")
     np.testing.assert_array_equal(got.obs.values, ref.obs.values)  # each row once, in order
     assert (got.ledger_status.values == DONE).all()
-    assert (got.ledger_attempts.values == 1).all()
+    # The victim's batch may run again on another worker before the victim's thread ends
+    # (scancel sends SIGTERM; the scheduler reschedules at once). Such a batch counts two
+    # starts and the summary names it; every other observation ran exactly once.
+    attempts = dict(zip(got.obs.values.tolist(), got.ledger_attempts.values.tolist()))
+    twice = sorted((o for o, a in attempts.items() if a != 1), key=int)
+    assert set(attempts.values()) <= {1, 2}, attempts
+    for first in range(0, 60, 5):
+        batch = [str(i) for i in range(first, first + 5)]
+        if set(batch) & set(twice):
+            assert set(batch) <= set(twice), attempts
+            assert any(
+                f"observations {batch[0]} … {batch[-1]} (5 observation(s)) were running on"
+                in note
+                for note in summary.notes
+            ), summary.notes
+    assert len(twice) <= 5 * len(cancelled), twice
     xr.testing.assert_identical(products(store), products(tmp_path / "local.zarr"))
 
 
