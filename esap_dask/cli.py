@@ -406,7 +406,13 @@ def demo(directory: str, count: int, seed: int, facility: str) -> None:
     if len(files) == count:  # a second demo reuses them: nothing to redo, as the rerun shows
         out.print(f"reusing {count} synthetic observations in {inputs}")
     else:
-        files = write_observations(inputs, count, seed=seed)
+        try:
+            files = write_observations(inputs, count, seed=seed)
+        except OSError as e:
+            _fail(
+                f"--directory {directory}: cannot write the demo's observations there "
+                f"({e.strerror or e}); give a writable directory with -d"
+            )
         out.print(f"{len(files)} synthetic observations in {inputs}")
     store = str(root / "dl3-products.zarr")
     summary = _guarded(

@@ -211,6 +211,16 @@ def test_demo_prints_summary_and_a_store_xarray_opens(tmp_path):
     assert re.search(r"^skipped\s+6\s*$", again.stdout, re.MULTILINE)
 
 
+def test_demo_into_an_unwritable_directory_exits_2_naming_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = esap("demo", "--directory", str(blocker / "demo"), "--count", "2")
+    assert proc.returncode == 2, proc.stderr
+    assert f"--directory {blocker / 'demo'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert blocker.read_text() == "not a directory"  # nothing already there is touched
+
+
 def test_reproduce_identical_then_refused_after_an_input_changes(tmp_path, monkeypatch):
     inputs = tmp_path / "in"
     inputs.mkdir()
