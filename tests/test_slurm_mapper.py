@@ -113,7 +113,7 @@ def test_scancel_of_a_worker_mid_run_loses_nothing_and_reruns_only_its_batch(tmp
     # The victim's batch may run again on another worker before the victim's thread ends
     # (scancel sends SIGTERM; the scheduler reschedules at once). Such a batch counts two
     # starts and the summary names it; every other observation ran exactly once.
-    attempts = dict(zip(got.obs.values.tolist(), got.ledger_attempts.values.tolist()))
+    attempts = dict(zip(got.obs.values.tolist(), got.ledger_attempts.values.tolist(), strict=True))
     twice = sorted((o for o, a in attempts.items() if a != 1), key=int)
     assert set(attempts.values()) <= {1, 2}, attempts
     for first in range(0, 60, 5):
