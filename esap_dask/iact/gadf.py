@@ -28,7 +28,7 @@ import io
 import itertools
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ __all__ = [
     "OBSERVATION_INDEX",
     "EventList",
     "GADFError",
+    "columns_of",
+    "event_files",
     "find_index",
     "read_events",
     "read_index",
@@ -114,21 +116,26 @@ def _read_table(path: str, mtime_ns: int) -> dict[str, np.ndarray]:
     del mtime_ns  # part of the cache key: a rewritten index is read again
     try:
         with fits.open(path, memmap=False) as hdus:
-            hdu = next((h for h in hdus[1:] if isinstance(h, fits.BinTableHDU)), None)
-            if hdu is None:
-                raise GADFError(f"{path}: has no binary table; not an obs-index or hdu-index")
-            data = hdu.data
-            columns: dict[str, np.ndarray] = {}
-            for name in data.columns.names:
-                col = np.asarray(data[name])
-                if col.dtype.kind in "SU":
-                    col = np.char.strip(col.astype(str))
-                columns[name.upper()] = col
-            return columns
+            return columns_of(hdus, path)
     except (OSError, EOFError, ValueError) as err:
         if isinstance(err, GADFError):
             raise
         raise GADFError(f"{path}: not a readable FITS index file ({err})") from err
+
+
+def columns_of(hdus: fits.HDUList, where: str) -> dict[str, np.ndarray]:
+    """The columns of the first binary table of an index file, by upper-case name."""
+    hdu = next((h for h in hdus[1:] if isinstance(h, fits.BinTableHDU)), None)
+    if hdu is None:
+        raise GADFError(f"{where}: has no binary table; not an obs-index or hdu-index")
+    data = hdu.data
+    columns: dict[str, np.ndarray] = {}
+    for name in data.columns.names:
+        col = np.asarray(data[name])
+        if col.dtype.kind in "SU":
+            col = np.char.strip(col.astype(str))
+        columns[name.upper()] = col
+    return columns
 
 
 def read_index(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -397,7 +404,9 @@ def _read(path: str, hdus: fits.HDUList, obs_index: Any) -> EventList:
     )
 
 
-def _event_files(index_dir: Path, obs_ids: np.ndarray) -> dict[int, str]:
+def event_files(index_dir: Path, obs_ids: np.ndarray) -> dict[int, str]:
+    """The event file of each of ``obs_ids`` under ``index_dir``: by its hdu-index, else
+    by the ``OBS_ID`` of the FITS files under it."""
     hdu_index = next((index_dir / n for n in _HDU_INDEX_NAMES if (index_dir / n).is_file()), None)
     files: dict[int, str] = {}
     if hdu_index is not None:
@@ -422,81 +431,17 @@ def _event_files(index_dir: Path, obs_ids: np.ndarray) -> dict[int, str]:
 def select_observations(
     obs_index: str | os.PathLike[str],
     *,
-    target: str | None = None,
-    zenith: tuple[float, float] | None = None,
-    obs_ids: Sequence[int] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    **select: Any,
 ) -> list[Observation]:
-    """The observations of an obs-index, selected, as a list for :func:`map_observations`.
+    """The observations of an obs-index (a path or a URL) that match ``select``.
 
-    Parameters
-    ----------
-    obs_index
-        An ``obs-index.fits[.gz]``. The event files are found through the
-        ``hdu-index`` next to it, else by reading ``OBS_ID`` from the FITS files
-        under its directory.
-    target
-        Keep observations whose ``OBJECT`` or ``TARGET_NAME`` contains this text
-        (case-insensitive): ``"crab"`` matches ``"Crab Nebula"``.
-    zenith
-        Keep observations with ``lo <= ZEN_PNT <= hi`` (degrees; from ``ALT_PNT`` if
-        there is no ``ZEN_PNT`` column).
-    obs_ids
-        Keep these observation ids only.
-
-    Returns
-    -------
-    list of Observation
-        ``Observation(id=<file name>, value=<path>, kind="file")``, in obs-index order,
-        the same ids as ``Observation.of(path)``.
-
-    Raises
-    ------
-    GADFError
-        When a selection column is missing, an obs_id is not in the index, or a
-        selected observation has no event file.
+    ``select``: ``target``, ``cone``, ``zenith``, ``obs_id`` (or ``obs_ids``), ``time``;
+    see :func:`esap_dask.iact.selection.select_observations`, which this calls.
     """
-    location = Path(obs_index)
-    index = read_index(location)
-    if "OBS_ID" not in index:
-        raise GADFError(f"{location}: has no OBS_ID column; not an obs-index")
-    ids = index["OBS_ID"].astype(np.int64)
-    keep = np.ones(len(ids), dtype=bool)
-    if target is not None:
-        columns = [c for c in ("OBJECT", "TARGET_NAME") if c in index]
-        if not columns:
-            raise GADFError(f"{location}: has no OBJECT or TARGET_NAME column to select by target")
-        needle = target.strip().lower()
-        match = np.zeros(len(ids), dtype=bool)
-        for c in columns:
-            match |= np.array([needle in str(v).lower() for v in index[c]], dtype=bool)
-        keep &= match
-    if zenith is not None:
-        lo, hi = zenith
-        if "ZEN_PNT" in index:
-            zen = index["ZEN_PNT"].astype(float)
-        elif "ALT_PNT" in index:
-            zen = 90.0 - index["ALT_PNT"].astype(float)
-        else:
-            raise GADFError(f"{location}: has no ZEN_PNT or ALT_PNT column to select by zenith")
-        keep &= (zen >= lo) & (zen <= hi)
-    if obs_ids is not None:
-        wanted = np.asarray([int(o) for o in obs_ids], dtype=np.int64)
-        unknown = sorted(set(wanted.tolist()) - set(ids.tolist()))
-        if unknown:
-            raise GADFError(f"{location}: obs_id(s) {unknown[:5]} are not in the obs-index")
-        keep &= np.isin(ids, wanted)
-    chosen = ids[keep]
-    files = _event_files(location.parent, chosen)
-    missing = [int(o) for o in chosen if int(o) not in files]
-    if missing:
-        raise GADFError(
-            f"{location}: no event file found for obs_id(s) {missing[:5]}; check the hdu-index "
-            "or the files next to the obs-index"
-        )
-    return [
-        Observation(id=os.path.basename(files[int(o)]), value=files[int(o)], kind="file")
-        for o in chosen
-    ]
+    from esap_dask.iact.selection import select_observations as select_from
+
+    return select_from(obs_index, storage_options=storage_options, **select)
 
 
 def _is_obs_index(path: Path) -> bool:
