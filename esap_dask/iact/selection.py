@@ -91,9 +91,9 @@ def _obs_ids(value: Any) -> list[int] | range:
             if bounds[1] < bounds[0]:
                 raise _bad("obs_id", value, "the last is before the first")
             return range(bounds[0], bounds[1] + 1)
-        value = [v for v in re.split(r"[,\s]+", value) if v]
+    items = [v for v in re.split(r"[,\s]+", value) if v] if isinstance(value, str) else value
     try:
-        ids = [int(v) for v in value]
+        ids = [int(v) for v in items]
     except (TypeError, ValueError):
         raise _bad("obs_id", value, "not integers") from None
     if not ids:
