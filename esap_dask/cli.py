@@ -210,7 +210,7 @@ def main() -> None:
     "that match; repeatable, all must match. Keys: target=NAME (OBJECT contains it), "
     "cone=RA,DEC,RADIUS (pointing within, deg), zenith=MIN..MAX (deg), "
     "obs_id=ID,ID,... or FIRST..LAST, time=START..STOP (ISO dates or MJD; whole "
-    "observations inside). See docs/selection.md.",
+    "observations inside). See docs/observations.md.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def run(

@@ -255,7 +255,7 @@ def map_observations(
     select
         Only the observations of an observation index (``obs-index.fits.gz``) that
         match, e.g. ``{"target": "Crab", "zenith": (0, 40), "obs_id": "23523..23600"}``
-        (keys: see :func:`esap_dask.iact.gadf.select_observations`, and docs/selection.md).
+        (keys: see :func:`esap_dask.iact.gadf.select_observations`, and docs/observations.md).
 
     Returns
     -------

@@ -81,6 +81,7 @@ __all__ = ["serve"]
     "--data-root",
     "data_roots",
     multiple=True,
+    metavar="DIR|URL",
     help="A directory whose files jobs may read (observations, cards), or a URL prefix "
     "(s3://bucket/runs/, https://host/dr1/) whose objects jobs may name as observations; "
     "repeatable. Without one, jobs read no file: observations are run numbers or ranges.",
