@@ -121,6 +121,7 @@ def test_missing_and_unreachable_urls_fail_alone_naming_the_url(
     assert closed in messages["run_x.dat"] and "input storage options" in messages["run_x.dat"]
 
 
+@pytest.mark.slow
 def test_obs_index_url_and_dl3_products_over_http_equal_local(
     hess_site: str, hess_dir: Path, tmp_path: Path, client: object
 ) -> None:
@@ -150,6 +151,7 @@ def test_obs_index_url_and_dl3_products_over_http_equal_local(
         assert np.all(a["target"].values == "PKS 2155-304")
 
 
+@pytest.mark.slow
 def test_cli_reads_a_url_glob_with_input_storage_options(
     files: Path, site: str, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
@@ -176,3 +178,31 @@ def test_cli_reads_a_url_glob_with_input_storage_options(
     )
     assert bad.returncode == 2
     assert "--input-storage-options" in bad.stderr
+
+
+def test_input_options_flat_per_protocol_and_the_facility_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One mapping for all URLs, one per protocol, else S3 from the facility's config."""
+    import dask.config
+
+    from esap_dask.engine.remote import input_options
+
+    urls = ["s3://b/k.fits", "https://h/k.fits"]
+    assert input_options(urls, "local", {"anon": True}) == {
+        "https": {"anon": True},
+        "s3": {"anon": True},
+    }
+    keyed = input_options(urls, "local", {"https": {"headers": {"X": "1"}}, "s3": {"anon": True}})
+    assert keyed == {"https": {"headers": {"X": "1"}}, "s3": {"anon": True}}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:8721")
+    with dask.config.set({"esap.facilities.dirac.storage_options": {"key": "k", "secret": "s"}}):
+        resolved = input_options(urls, "dirac", None)
+    assert resolved["https"] == {}
+    assert resolved["s3"] == {
+        "key": "k",
+        "secret": "s",
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:8721"},
+    }

@@ -123,6 +123,7 @@ def test_map_observations_with_select(hess_dir: Path, tmp_path: Path, client: ob
         assert ids_of([type("O", (), {"id": str(o)}) for o in ds["obs"].values]) == want
 
 
+@pytest.mark.slow
 def test_cli_select(hess_dir: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:
     """--select keys combine; a bad key, value or form exits 2 naming it."""
     store = tmp_path / "msh.zarr"

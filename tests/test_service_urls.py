@@ -111,6 +111,7 @@ def test_a_file_url_root_is_refused_at_start() -> None:
         Sandbox.create(["https://user:pw@host/runs/"])
 
 
+@pytest.mark.slow
 def test_a_job_over_urls_runs_through_the_service(site: str, tmp_path: Path) -> None:
     """Real HTTP: a URL job under the root completes; one outside it gets 400."""
     token = "tok-" + secrets.token_hex(8)
