@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 __all__ = [
@@ -141,17 +142,18 @@ def url_fingerprints(
     """ETag, size and last-modified of each URL (``"missing"``/``"unreachable:..."`` if none).
 
     Where a filesystem lists directories with those fields (S3, GCS, ...), each
-    directory of the URLs is listed once; HTTP servers are asked one ``HEAD`` per URL.
+    directory of the URLs is listed once; HTTP servers are asked one ``HEAD`` per URL,
+    :data:`INFO_THREADS` at a time.
     """
-    result: list[str] = []
+    result: list[str | None] = [None] * len(urls)
     listed: dict[tuple[int, str], dict[str, Any]] = {}
-    for url in urls:
+    asks: list[tuple[int, Any, str]] = []
+    for i, url in enumerate(urls):
         try:
             fs, path = _fs(url, options)
         except RemoteInputError as err:
-            result.append(f"unreachable:{err}"[:200])
+            result[i] = f"unreachable:{err}"[:200]
             continue
-        info: Mapping[str, Any] | None = None
         if "http" not in fs.protocol:  # HTTP "listings" are HTML pages without ETags
             parent = path.rstrip("/").rpartition("/")[0]
             key = (id(fs), parent)
@@ -162,16 +164,33 @@ def url_fingerprints(
                 except Exception:
                     listed[key] = {}
             info = listed[key].get(path)
-        try:
-            info = info or fs.info(path)
-        except FileNotFoundError:
-            result.append("missing")
-            continue
-        except Exception as err:
-            result.append(f"unreachable:{type(err).__name__}"[:200])
-            continue
-        result.append(_fingerprint(info))
-    return result
+            if info is not None:
+                result[i] = _fingerprint(info)
+                continue
+        asks.append((i, fs, path))
+    if asks:
+        with ThreadPoolExecutor(min(INFO_THREADS, len(asks))) as pool:
+            for (i, _, _), fp in zip(asks, pool.map(_info_fingerprint, asks), strict=True):
+                result[i] = fp
+    return [str(fp) for fp in result]
+
+
+#: Concurrent ``info()`` requests when fingerprinting URLs one by one (HTTP). Measured
+#: with the 105 H.E.S.S. runs on ``python -m http.server`` (loopback, load 6 on 2 cores,
+#: 7 runs each): 1 at a time 0.12-0.34 s (median 0.19), 4 at a time 0.06-0.12 s (median
+#: 0.07); 8 and 16 often took 1.0 s, the TCP SYN retry after the stdlib server's listen
+#: backlog of 5 overflowed. A server farther away gains more from the overlap.
+INFO_THREADS = 4
+
+
+def _info_fingerprint(ask: tuple[int, Any, str]) -> str:
+    _, fs, path = ask
+    try:
+        return _fingerprint(fs.info(path))
+    except FileNotFoundError:
+        return "missing"
+    except Exception as err:
+        return f"unreachable:{type(err).__name__}"[:200]
 
 
 @contextlib.contextmanager
