@@ -5,6 +5,10 @@ the worker runs the pipeline on each of its observations, writes the products
 of its rows, then their ledger rows, and returns a small :class:`BatchReport`.
 Product arrays never travel back to the driver.
 
+A URL observation (``s3://``, ``https://``) reaches the pipeline as a local copy made by
+:func:`esap_dask.engine.remote.local_copy` and removed after; its checksum is that of
+the bytes read.
+
 An exception in one observation fails that observation only: its products keep
 their fill values, its ledger row says what went wrong, and the rest of the
 batch is written as usual.
