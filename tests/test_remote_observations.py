@@ -206,3 +206,15 @@ def test_input_options_flat_per_protocol_and_the_facility_default(
         "secret": "s",
         "client_kwargs": {"endpoint_url": "http://127.0.0.1:8721"},
     }
+
+
+def test_a_presigned_url_is_named_by_its_object(site: str, tmp_path: Path, client: object) -> None:
+    """The query of a presigned URL is neither in the id nor in the pipeline's file name."""
+    url = site + "run_001.dat?X-Amz-Signature=abc&X-Amz-Expires=60"
+    (obs,) = as_observations([url])
+    assert (obs.id, obs.kind) == ("run_001.dat", "url")
+    store = tmp_path / "q.zarr"
+    map_observations("helloworld", [url], store, client=client, progress=False)
+    with xr.open_zarr(store) as ds:
+        assert str(ds["greeting"].values[0]) == "Hello, run_001.dat!"
+        assert int(ds["size"].values[0]) == 200

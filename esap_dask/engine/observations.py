@@ -71,8 +71,9 @@ class Observation(NamedTuple):
             return item
         if isinstance(item, (str, os.PathLike)):
             text = os.fspath(item)
-            if "://" in text:
-                return cls(id=text.rstrip("/").rsplit("/", 1)[-1], value=text, kind="url")
+            if "://" in text:  # the id: the object's name, without a query (presigned URLs)
+                name = text.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+                return cls(id=name, value=text, kind="url")
             # absolute: workers (batch jobs) do not share the driver's working directory
             path = text if text.startswith("/") and "/." not in text else os.path.abspath(text)
             return cls(id=path.rpartition("/")[2], value=path, kind="file")

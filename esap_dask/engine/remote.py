@@ -216,7 +216,8 @@ def local_copy(
     fs, path = _fs(url, options)
     top = tempfile.mkdtemp(prefix="esap-input-", dir=directory or _local_directory())
     try:
-        local = os.path.join(top, "obs", path.rstrip("/").rpartition("/")[2] or "observation")
+        name = path.split("?", 1)[0].rstrip("/").rpartition("/")[2]
+        local = os.path.join(top, "obs", name or "observation")
         os.makedirs(os.path.dirname(local))
         try:
             fs.get_file(path, local)
