@@ -218,3 +218,24 @@ def test_a_presigned_url_is_named_by_its_object(site: str, tmp_path: Path, clien
     with xr.open_zarr(store) as ds:
         assert str(ds["greeting"].values[0]) == "Hello, run_001.dat!"
         assert int(ds["size"].values[0]) == 200
+
+
+def test_unreachable_or_empty_url_lists_are_bad_input_naming_the_url(
+    site: str, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """A glob or obs-index at a URL that cannot be read: exit 2 naming it, no traceback."""
+    from click.testing import CliRunner
+
+    from esap_dask.cli import main
+
+    closed = "http://127.0.0.1:9/"
+    for spec, said in [
+        (site + "nothing-*.dat", "no object matches"),
+        (closed + "obs-index.fits.gz", closed + "obs-index.fits.gz"),
+        (site + "obs-index.fits.gz", "no such object"),
+    ]:
+        done = CliRunner().invoke(
+            main, ["run", "helloworld", "-o", spec, "-s", str(tmp_path / "x")]
+        )
+        assert done.exit_code == 2, done.output
+        assert said in done.output and "Traceback" not in done.output

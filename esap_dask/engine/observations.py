@@ -182,11 +182,21 @@ def _expand_url(
     index = _index_of(Path(name)) if name else None
     if index is not None:
         protocol = remote.protocol_of(spec)
-        return list(index.read(spec, storage_options=opts.get(protocol, {}), **dict(select or {})))
+        try:
+            return list(
+                index.read(spec, storage_options=opts.get(protocol, {}), **dict(select or {}))
+            )
+        except ObservationError:
+            raise
+        except (OSError, ValueError) as err:  # unreachable, or not an index: exit 2, say why
+            raise ObservationError(str(err)) from err
     if select:
         raise _not_an_index(spec)
     if globmod.has_magic(spec.split("://", 1)[1]):
-        matches = remote.expand_url(spec, opts)
+        try:
+            matches = remote.expand_url(spec, opts)
+        except remote.RemoteInputError as err:
+            raise ObservationError(str(err)) from err
         if not matches:
             raise ObservationError(
                 f"no object matches {spec!r}; check the pattern, the bucket or server, and "
