@@ -27,22 +27,26 @@ import gzip
 import io
 import itertools
 import os
+import posixpath
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from astropy.io import fits
 
-from esap_dask.engine.observations import Observation, ObservationIndex
+from esap_dask.engine.observations import Observation, ObservationIndex, SelectionError
+from esap_dask.iact.selection import parse_selection, selection_mask
 
 __all__ = [
     "IRF_TYPES",
     "OBSERVATION_INDEX",
     "EventList",
     "GADFError",
+    "GADFSelectionError",
     "columns_of",
     "event_files",
     "find_index",
@@ -428,20 +432,140 @@ def event_files(index_dir: Path, obs_ids: np.ndarray) -> dict[int, str]:
     return files
 
 
+class GADFSelectionError(GADFError, SelectionError):
+    """A selection the obs-index cannot satisfy: a column it lacks, an obs_id it lacks."""
+
+
+def _mask(
+    index: Mapping[str, np.ndarray], header: Any, sel: Mapping[str, Any], where: str
+) -> np.ndarray:
+    """:func:`~esap_dask.iact.selection.selection_mask`; its errors as GADFSelectionError."""
+    try:
+        return selection_mask(index, header, sel, where)
+    except SelectionError as err:
+        raise GADFSelectionError(str(err)) from err
+
+
 def select_observations(
     obs_index: str | os.PathLike[str],
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     **select: Any,
 ) -> list[Observation]:
-    """The observations of an obs-index (a path or a URL) that match ``select``.
+    """The observations of an obs-index that match ``select``, in index order.
 
-    ``select``: ``target``, ``cone``, ``zenith``, ``obs_id`` (or ``obs_ids``), ``time``;
-    see :func:`esap_dask.iact.selection.select_observations`, which this calls.
+    The keys (``target``, ``cone``, ``zenith``, ``obs_id``, ``time``) and their values:
+    :mod:`esap_dask.iact.selection`.
+
+    Parameters
+    ----------
+    obs_index
+        An ``obs-index.fits[.gz]``, a path or a URL. The event files are found through
+        the ``hdu-index`` beside it (for a local index without one, by reading ``OBS_ID``
+        from the FITS files under its directory).
+    storage_options
+        fsspec options of an index at a URL.
+    **select
+        ``target``, ``cone``, ``zenith``, ``obs_id`` (or ``obs_ids``), ``time``.
+
+    Returns
+    -------
+    list of Observation
+        Files: ``Observation(id=<file name>, value=<path>, kind="file")``; for an index at
+        a URL, ``kind="url"`` and the event file's URL. Ids as ``Observation.of`` gives them.
+
+    Raises
+    ------
+    SelectionError
+        A bad key or value; a column the selection needs, or an obs_id, missing from the
+        index (:class:`GADFSelectionError`, a :class:`GADFError` too).
+    GADFError
+        When the index is not readable, or a selected observation has no event file.
     """
-    from esap_dask.iact.selection import select_observations as select_from
+    sel = parse_selection(select)
+    text = os.fspath(obs_index)
+    if "://" in text and not text.startswith("file://"):
+        return _select_url(text, sel, dict(storage_options or {}))
+    location = Path(text.removeprefix("file://"))
+    index = read_index(location)
+    if "OBS_ID" not in index:
+        raise GADFError(f"{location}: has no OBS_ID column; not an obs-index")
+    header: Mapping[str, Any] = {}
+    if "time" in sel:
+        from astropy.io import fits
 
-    return select_from(obs_index, storage_options=storage_options, **select)
+        header = fits.getheader(location, 1)
+    ids = index["OBS_ID"].astype(np.int64)
+    chosen = ids[_mask(index, header, sel, str(location))]
+    files = event_files(location.parent, chosen)
+    _check_found(str(location), chosen, files)
+    return [
+        Observation(id=os.path.basename(files[int(o)]), value=files[int(o)], kind="file")
+        for o in chosen
+    ]
+
+
+def _check_found(where: str, chosen: Iterable[Any], files: Mapping[int, str]) -> None:
+    missing = [int(o) for o in chosen if int(o) not in files]
+    if missing:
+        raise GADFError(
+            f"{where}: no event file found for obs_id(s) {missing[:5]}; check the hdu-index "
+            "or the files next to the obs-index"
+        )
+
+
+def _select_url(url: str, sel: Mapping[str, Any], options: dict[str, Any]) -> list[Observation]:
+    import fsspec.core
+    from astropy.io import fits
+
+    fs, _ = fsspec.core.url_to_fs(url, **options)
+
+    def table(location: str, what: str) -> tuple[dict[str, np.ndarray], Any]:
+        try:
+            data = fs.cat_file(location)
+        except FileNotFoundError as err:
+            raise GADFError(f"{what} {location}: no such object; check the URL") from err
+        except Exception as err:
+            raise GADFError(
+                f"{what} {location}: cannot be read ({type(err).__name__}: {err}); check the "
+                "URL, that its server answers, and the input storage options"
+            ) from err
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        with fits.open(io.BytesIO(data), memmap=False) as hdus:
+            return columns_of(hdus, location), hdus[1].header.copy()
+
+    index, header = table(url, "obs-index")
+    if "OBS_ID" not in index:
+        raise GADFError(f"{url}: has no OBS_ID column; not an obs-index")
+    ids = index["OBS_ID"].astype(np.int64)
+    chosen = ids[_mask(index, header, sel, url)]
+    parts = urlsplit(url)
+    base = posixpath.dirname(parts.path)
+    hdu_index = None
+    for name in ("hdu-index.fits.gz", "hdu-index.fits"):
+        candidate = urlunsplit(parts._replace(path=posixpath.join(base, name), query=""))
+        try:
+            hdu_index, _ = table(candidate, "hdu-index")
+            break
+        except GADFError:
+            continue
+    if hdu_index is None:
+        raise GADFError(
+            f"{url}: no hdu-index.fits[.gz] beside it; an obs-index at a URL needs its "
+            "hdu-index to find the event files"
+        )
+    files: dict[int, str] = {}
+    for i in np.flatnonzero(np.char.lower(hdu_index["HDU_TYPE"].astype(str)) == "events"):
+        where = posixpath.normpath(
+            posixpath.join(base, str(hdu_index["FILE_DIR"][i]), str(hdu_index["FILE_NAME"][i]))
+        )
+        files[int(hdu_index["OBS_ID"][i])] = urlunsplit(parts._replace(path=where, query=""))
+    _check_found(url, chosen, files)
+    return [
+        Observation(id=files[int(o)].rpartition("/")[2], value=files[int(o)], kind="url")
+        for o in chosen
+    ]
 
 
 def _is_obs_index(path: Path) -> bool:

@@ -15,29 +15,21 @@ Values are text (the CLI's ``--select KEY=VALUE``) or Python values (``zenith=(0
 ``obs_id=range(23523, 23601)``, ``cone=(83.63, 22.01, 3)``, ``time=(Time, Time)``). Every
 key given must match. A bad key or value raises :class:`SelectionError` naming it.
 
-The index may be a URL (``https://host/dr1/obs-index.fits.gz``, ``s3://bucket/dr1/...``): it
-and the ``hdu-index`` beside it are read through fsspec, and the observations are the
-URLs of the event files the hdu-index names.
+This module parses selections and masks index columns; reading an obs-index (a path or a
+URL) and finding its event files is :func:`esap_dask.iact.gadf.select_observations`.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import os
-import posixpath
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from esap_dask.engine.observations import Observation, SelectionError, parse_range
-from esap_dask.iact.gadf import GADFError
+from esap_dask.engine.observations import SelectionError, parse_range
 
-__all__ = ["KEYS", "GADFSelectionError", "parse_selection", "select_observations"]
+__all__ = ["KEYS", "parse_selection", "selection_mask"]
 
 #: The selection keys and what each takes.
 KEYS = {
@@ -49,10 +41,6 @@ KEYS = {
 }
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NUMERIC_RANGE = re.compile(rf"^\s*({_NUMBER})\s*\.\.\s*({_NUMBER})\s*$")
-
-
-class GADFSelectionError(GADFError, SelectionError):
-    """A selection the obs-index cannot satisfy: a column it lacks, an obs_id it lacks."""
 
 
 def _bad(key: str, value: Any, why: str) -> SelectionError:
@@ -199,21 +187,27 @@ def _times(index: Mapping[str, np.ndarray], header: Mapping[str, Any], where: st
             return np.asarray(Time(stamps, scale="utc").tt.mjd)
 
         return when("DATE-OBS", "TIME-OBS"), when("DATE-END", "TIME-END")
-    raise GADFSelectionError(
+    raise SelectionError(
         f"{where}: has neither TSTART/TSTOP (with MJDREFI in its header) nor DATE-OBS/DATE-END "
         "columns to select by time"
     )
 
 
-def _keep(
+def selection_mask(
     index: Mapping[str, np.ndarray], header: Mapping[str, Any], sel: Mapping[str, Any], where: str
 ) -> np.ndarray:
+    """Which rows of the index columns ``index`` match ``sel`` (from :func:`parse_selection`).
+
+    ``header``: the index table's header (``MJDREFI``, ``TIMESYS``, ... for ``time``);
+    ``where``: how errors name the index. Raises :class:`SelectionError` for a column the
+    selection needs that the index lacks, or an obs_id of a list it does not hold.
+    """
     ids = index["OBS_ID"].astype(np.int64)
     keep = np.ones(len(ids), dtype=bool)
     if "target" in sel:
         columns = [c for c in ("OBJECT", "TARGET_NAME") if c in index]
         if not columns:
-            raise GADFSelectionError(f"{where}: has no OBJECT or TARGET_NAME column for 'target'")
+            raise SelectionError(f"{where}: has no OBJECT or TARGET_NAME column for 'target'")
         needle = sel["target"].lower()
         match = np.zeros(len(ids), dtype=bool)
         for c in columns:
@@ -221,7 +215,7 @@ def _keep(
         keep &= match
     if "cone" in sel:
         if "RA_PNT" not in index or "DEC_PNT" not in index:
-            raise GADFSelectionError(f"{where}: has no RA_PNT/DEC_PNT columns for 'cone'")
+            raise SelectionError(f"{where}: has no RA_PNT/DEC_PNT columns for 'cone'")
         ra, dec, radius = sel["cone"]
         sep = _separation(index["RA_PNT"].astype(float), index["DEC_PNT"].astype(float), ra, dec)
         keep &= sep <= radius
@@ -232,14 +226,14 @@ def _keep(
         elif "ALT_PNT" in index:
             zen = 90.0 - index["ALT_PNT"].astype(float)
         else:
-            raise GADFSelectionError(f"{where}: has no ZEN_PNT or ALT_PNT column for 'zenith'")
+            raise SelectionError(f"{where}: has no ZEN_PNT or ALT_PNT column for 'zenith'")
         keep &= (zen >= lo) & (zen <= hi)
     if "obs_id" in sel:
         wanted = np.asarray(sel["obs_id"], dtype=np.int64)
         unknown = sorted(set(wanted.tolist()) - set(ids.tolist()))
         # a range names the ids it spans, not ids that must all exist
         if unknown and not isinstance(sel["obs_id"], range):
-            raise GADFSelectionError(
+            raise SelectionError(
                 f"{where}: obs_id(s) {unknown[:5]} are not in the obs-index; "
                 "check the selection obs_id"
             )
@@ -249,126 +243,3 @@ def _keep(
         start, stop = _times(index, header, where)
         keep &= (start >= lo) & (stop <= hi)
     return keep
-
-
-def select_observations(
-    obs_index: str | os.PathLike[str],
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-    **select: Any,
-) -> list[Observation]:
-    """The observations of an obs-index that match ``select`` (keys: module doc), in index order.
-
-    Parameters
-    ----------
-    obs_index
-        An ``obs-index.fits[.gz]``, a path or a URL. The event files are found through
-        the ``hdu-index`` beside it (for a local index without one, by reading ``OBS_ID``
-        from the FITS files under its directory).
-    storage_options
-        fsspec options of an index at a URL.
-    **select
-        ``target``, ``cone``, ``zenith``, ``obs_id`` (or ``obs_ids``), ``time``.
-
-    Returns
-    -------
-    list of Observation
-        Files: ``Observation(id=<file name>, value=<path>, kind="file")``; for an index at
-        a URL, ``kind="url"`` and the event file's URL. Ids as ``Observation.of`` gives them.
-
-    Raises
-    ------
-    SelectionError
-        A bad key or value; a column the selection needs, or an obs_id, missing from the
-        index (:class:`GADFSelectionError`, a :class:`~esap_dask.iact.gadf.GADFError` too).
-    GADFError
-        When the index is not readable, or a selected observation has no event file.
-    """
-    sel = parse_selection(select)
-    text = os.fspath(obs_index)
-    if "://" in text and not text.startswith("file://"):
-        return _select_url(text, sel, dict(storage_options or {}))
-    from esap_dask.iact.gadf import event_files, read_index
-
-    location = Path(text.removeprefix("file://"))
-    index = read_index(location)
-    if "OBS_ID" not in index:
-        raise GADFError(f"{location}: has no OBS_ID column; not an obs-index")
-    header: Mapping[str, Any] = {}
-    if "time" in sel:
-        from astropy.io import fits
-
-        header = fits.getheader(location, 1)
-    ids = index["OBS_ID"].astype(np.int64)
-    chosen = ids[_keep(index, header, sel, str(location))]
-    files = event_files(location.parent, chosen)
-    _check_found(str(location), chosen, files)
-    return [
-        Observation(id=os.path.basename(files[int(o)]), value=files[int(o)], kind="file")
-        for o in chosen
-    ]
-
-
-def _check_found(where: str, chosen: Iterable[Any], files: Mapping[int, str]) -> None:
-    missing = [int(o) for o in chosen if int(o) not in files]
-    if missing:
-        raise GADFError(
-            f"{where}: no event file found for obs_id(s) {missing[:5]}; check the hdu-index "
-            "or the files next to the obs-index"
-        )
-
-
-def _select_url(url: str, sel: Mapping[str, Any], options: dict[str, Any]) -> list[Observation]:
-    import fsspec.core
-    from astropy.io import fits
-
-    from esap_dask.iact.gadf import columns_of
-
-    fs, _ = fsspec.core.url_to_fs(url, **options)
-
-    def table(location: str, what: str) -> tuple[dict[str, np.ndarray], Any]:
-        try:
-            data = fs.cat_file(location)
-        except FileNotFoundError as err:
-            raise GADFError(f"{what} {location}: no such object; check the URL") from err
-        except Exception as err:
-            raise GADFError(
-                f"{what} {location}: cannot be read ({type(err).__name__}: {err}); check the "
-                "URL, that its server answers, and the input storage options"
-            ) from err
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        with fits.open(io.BytesIO(data), memmap=False) as hdus:
-            return columns_of(hdus, location), hdus[1].header.copy()
-
-    index, header = table(url, "obs-index")
-    if "OBS_ID" not in index:
-        raise GADFError(f"{url}: has no OBS_ID column; not an obs-index")
-    ids = index["OBS_ID"].astype(np.int64)
-    chosen = ids[_keep(index, header, sel, url)]
-    parts = urlsplit(url)
-    base = posixpath.dirname(parts.path)
-    hdu_index = None
-    for name in ("hdu-index.fits.gz", "hdu-index.fits"):
-        candidate = urlunsplit(parts._replace(path=posixpath.join(base, name), query=""))
-        try:
-            hdu_index, _ = table(candidate, "hdu-index")
-            break
-        except GADFError:
-            continue
-    if hdu_index is None:
-        raise GADFError(
-            f"{url}: no hdu-index.fits[.gz] beside it; an obs-index at a URL needs its "
-            "hdu-index to find the event files"
-        )
-    files: dict[int, str] = {}
-    for i in np.flatnonzero(np.char.lower(hdu_index["HDU_TYPE"].astype(str)) == "events"):
-        where = posixpath.normpath(
-            posixpath.join(base, str(hdu_index["FILE_DIR"][i]), str(hdu_index["FILE_NAME"][i]))
-        )
-        files[int(hdu_index["OBS_ID"][i])] = urlunsplit(parts._replace(path=where, query=""))
-    _check_found(url, chosen, files)
-    return [
-        Observation(id=files[int(o)].rpartition("/")[2], value=files[int(o)], kind="url")
-        for o in chosen
-    ]
