@@ -125,17 +125,32 @@ _storage_options_option = click.option(
 )
 
 
-def _parse_storage_options(text: str | None) -> dict[str, Any] | None:
+def _parse_storage_options(
+    text: str | None, option: str = "--storage-options"
+) -> dict[str, Any] | None:
     """The ``--storage-options`` JSON object, or None when not given (exits 2 when bad)."""
     if not text:
         return None
     try:
         options = json.loads(text)
     except ValueError as e:
-        _fail(f"--storage-options: not JSON ({e}); e.g. '{{\"anon\": true}}'")
+        _fail(f"{option}: not JSON ({e}); e.g. '{{\"anon\": true}}'")
     if not isinstance(options, dict):
-        _fail("--storage-options: give a JSON object, e.g. '{\"anon\": true}'")
+        _fail(f"{option}: give a JSON object, e.g. '{{\"anon\": true}}'")
     return options
+
+
+def _parse_select(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    """The ``--select KEY=VALUE`` pairs as a mapping (exits 2 naming a malformed one)."""
+    select: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            _fail(f"--select {pair!r}: expected KEY=VALUE, e.g. --select target=Crab")
+        if key.strip() in select:
+            _fail(f"--select {key.strip()!r} is given twice; give each key once")
+        select[key.strip()] = value.strip()
+    return select or None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,7 +165,8 @@ def main() -> None:
     "--observations",
     "-o",
     required=True,
-    help="A glob ('runs/*.fits.gz'), a list file (.txt/.lst), or a range '1..100'.",
+    help="A glob ('runs/*.fits.gz'), a list file (.txt/.lst), an obs-index, or a range "
+    "'1..100'; paths or URLs (s3://, https://, ...).",
 )
 @click.option("--store", "-s", required=True, help="The Zarr store to create or extend.")
 @click.option(
@@ -178,6 +194,24 @@ def main() -> None:
 @click.option("--shard", type=click.IntRange(min=1), help="Observations per shard (new store).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Minimum observations per task.")
 @_storage_options_option
+@click.option(
+    "--input-storage-options",
+    metavar="JSON",
+    help="fsspec options of URL observations (s3://, https://...): one JSON object for "
+    'every URL, or one per protocol, e.g. \'{"s3": {"anon": true}}\' (default for S3: the '
+    "facility's storage_options, then the environment).",
+)
+@click.option(
+    "--select",
+    "select",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Keep only the observations of an obs-index (--observations obs-index.fits.gz) "
+    "that match; repeatable, all must match. Keys: target=NAME (OBJECT contains it), "
+    "cone=RA,DEC,RADIUS (pointing within, deg), zenith=MIN..MAX (deg), "
+    "obs_id=ID,ID,... or FIRST..LAST, time=START..STOP (ISO dates or MJD; whole "
+    "observations inside). See docs/observations.md.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def run(
     pipeline: str,
@@ -191,16 +225,22 @@ def run(
     shard: int | None,
     batch_size: int | None,
     storage_options: str | None,
+    input_storage_options: str | None,
+    select: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Run PIPELINE (a name or a .py file) over the observations into the store.
 
     Only new, changed, failed or unfinished observations are processed; running
     the same command again (from cron, say) does exactly the missing work.
+    Observations may be URLs (s3://bucket/runs/*.fits.gz, https://host/obs-index.fits.gz):
+    workers read them through fsspec, and reruns compare their ETag, size and time.
     """
     from esap_dask.engine.mapper import map_observations
 
     options = _parse_storage_options(storage_options)
+    in_options = _parse_storage_options(input_storage_options, "--input-storage-options")
+    selection = _parse_select(select)
     summary = _guarded(
         lambda: map_observations(
             pipeline,
@@ -215,6 +255,8 @@ def run(
             batch_size=batch_size,
             progress=None if not as_json else False,
             storage_options=options,
+            input_storage_options=in_options,
+            select=selection,
         )
     )
     if as_json:

@@ -1,8 +1,9 @@
 """helloworld: the seed's smoke test, on files or on plain values.
 
-For a file it reads the whole file and reports its size and SHA-256; for a
-plain value (a run number) it hashes the value's text. ``sleep`` simulates work,
-``fail`` raises for every observation (to see failures reported).
+For a file (or a URL: the worker's local copy of it) it reads the whole file and
+reports its size and SHA-256; for a plain value (a run number) it hashes the value's
+text. ``sleep`` simulates work, ``fail`` raises for every observation (to see failures
+reported).
 """
 
 from __future__ import annotations

@@ -30,8 +30,9 @@ from esap_dask.engine import provenance
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
 from esap_dask.engine.ledger import COLUMNS, Ledger, plan, read_ledger, reopen
 from esap_dask.engine.observations import as_observations, fingerprints
+from esap_dask.engine.remote import input_options
 from esap_dask.engine.summary import RunSummary, summarise
-from esap_dask.engine.task import BatchReport, RunContext
+from esap_dask.engine.task import BatchReport, RunContext, call_on
 from esap_dask.pipeline import Pipeline, Schema, SchemaError, infer_schema, parameter_hash
 from esap_dask.store import (
     ANOTHER_STORE,
@@ -91,7 +92,12 @@ def _function_identity(function: Callable[..., Any]) -> tuple[str, str]:
 INFER_FROM = 3
 
 
-def _as_pipeline(pipeline: Any, client: Any, obs_list: Sequence[Any]) -> Pipeline:
+def _as_pipeline(
+    pipeline: Any,
+    client: Any,
+    obs_list: Sequence[Any],
+    in_opts: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Pipeline:
     if isinstance(pipeline, Pipeline):
         return pipeline
     if isinstance(pipeline, (str, os.PathLike)):
@@ -102,12 +108,18 @@ def _as_pipeline(pipeline: Any, client: Any, obs_list: Sequence[Any]) -> Pipelin
             name=name,
             version=version,
             function=pipeline,
-            schema=_infer(name, pipeline, client, obs_list),
+            schema=_infer(name, pipeline, client, obs_list, in_opts),
         )
     raise TypeError(f"pipeline must be a Pipeline, a name, a .py path or a function: {pipeline!r}")
 
 
-def _infer(name: str, function: Any, client: Any, obs_list: Sequence[Any]) -> Schema:
+def _infer(
+    name: str,
+    function: Any,
+    client: Any,
+    obs_list: Sequence[Any],
+    in_opts: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Schema:
     """The output schema of a plain function, from its results on a few observations.
 
     The first, middle and last observations run on the cluster: the schema comes
@@ -115,7 +127,7 @@ def _infer(name: str, function: Any, client: Any, obs_list: Sequence[Any]) -> Sc
     error naming both observations (a schema must hold for every observation).
     """
     picks = sorted({0, len(obs_list) // 2, len(obs_list) - 1})[:INFER_FROM]
-    futures = [client.submit(function, obs_list[i].value, pure=False) for i in picks]
+    futures = [client.submit(call_on, function, obs_list[i], in_opts, pure=False) for i in picks]
     schemas: list[tuple[str, Schema]] = []
     errors: list[str] = []
     for i, fut in zip(picks, futures, strict=True):
@@ -197,6 +209,8 @@ def map_observations(
     batch_size: int | None = None,
     progress: bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    input_storage_options: Mapping[str, Any] | None = None,
+    select: Mapping[str, Any] | None = None,
     user: str | None = None,
 ) -> RunSummary:
     """Run ``pipeline`` on every observation that needs it and write the results into ``store``.
@@ -232,6 +246,16 @@ def map_observations(
         fsspec options of a URL store (``s3://bucket/run.zarr``); default: the
         facility's ``storage_options`` option, for S3 completed from the
         environment (see :func:`esap_dask.store.options.storage_options_for`).
+    input_storage_options
+        fsspec options of URL observations (``s3://``, ``https://``, ...): one mapping
+        for every URL, or one per protocol (``{"s3": {...}}``); default for S3: the
+        facility's ``storage_options``, completed from the environment (see
+        :mod:`esap_dask.engine.remote`). Workers copy each URL to a local file for the
+        pipeline and remove it after.
+    select
+        Only the observations of an observation index (``obs-index.fits.gz``) that
+        match, e.g. ``{"target": "Crab", "zenith": (0, 40), "obs_id": "23523..23600"}``
+        (keys: see :func:`esap_dask.iact.gadf.select_observations`, and docs/observations.md).
 
     Returns
     -------
@@ -249,8 +273,15 @@ def map_observations(
     store, opts = run_store.url, run_store.storage_options
     run_store.check_writable()
     with gc_paused():
-        obs_list = as_observations(observations)
-        fps = fingerprints(obs_list, content=content_hash)
+        obs_list = as_observations(
+            observations,
+            select=select,
+            input_storage_options=input_storage_options,
+            facility=facility,
+        )
+        urls = [o.value for o in obs_list if o.kind == "url"]
+        in_opts = input_options(urls, facility, input_storage_options) if urls else {}
+        fps = fingerprints(obs_list, content=content_hash, input_options=in_opts)
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     with run_store.lock(run_id) as lock:
         group = run_store.open_existing()
@@ -297,7 +328,7 @@ def map_observations(
         client_notes: list[str] = []
         with _client_for(client, facility, client_notes) as cl:
             if pipe is None:
-                pipe = _as_pipeline(pipeline, cl, obs_list)
+                pipe = _as_pipeline(pipeline, cl, obs_list, in_opts)
                 resolved = pipe.resolve(params)
             schema = pipe.output_schema(resolved)
             if group is None:
@@ -320,6 +351,7 @@ def map_observations(
                 run_id=run_id,
                 storage_options=opts,
                 unit=layout.unit,
+                input_options=in_opts,
             )
             known = set(_cluster_notes(cl))
             reports = execute(cl, ctx, group, todo, layout, batch_size, progress)

@@ -16,7 +16,7 @@ import importlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from itertools import repeat
 from pathlib import Path
@@ -29,6 +29,7 @@ __all__ = [
     "Observation",
     "ObservationError",
     "ObservationIndex",
+    "SelectionError",
     "as_observations",
     "fingerprint",
     "fingerprints",
@@ -44,6 +45,10 @@ _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 class ObservationError(ValueError):
     """An observation list is empty, unreadable, or has duplicate ids."""
+
+
+class SelectionError(ObservationError):
+    """A selection over an observation index names an unknown key or a bad value."""
 
 
 class Observation(NamedTuple):
@@ -66,8 +71,9 @@ class Observation(NamedTuple):
             return item
         if isinstance(item, (str, os.PathLike)):
             text = os.fspath(item)
-            if "://" in text:
-                return cls(id=text.rstrip("/").rsplit("/", 1)[-1], value=text, kind="url")
+            if "://" in text:  # the id: the object's name, without a query (presigned URLs)
+                name = text.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+                return cls(id=name, value=text, kind="url")
             # absolute: workers (batch jobs) do not share the driver's working directory
             path = text if text.startswith("/") and "/." not in text else os.path.abspath(text)
             return cls(id=path.rpartition("/")[2], value=path, kind="file")
@@ -91,8 +97,11 @@ class ObservationIndex(NamedTuple):
     members: str
     #: Whether ``path`` is an index of this format (by its name; cheap).
     matches: Callable[[Path], bool]
-    #: The observations an index lists (paths, URLs or :class:`Observation` objects).
-    read: Callable[[Path], Iterable[Any]]
+    #: The observations an index lists (paths, URLs or :class:`Observation` objects):
+    #: ``read(location, **select)``; for an index at a URL, ``location`` is the URL and
+    #: the keyword ``storage_options`` gives its fsspec options. Selection keys the
+    #: reader does not know raise :class:`SelectionError`.
+    read: Callable[..., Iterable[Any]]
 
 
 def observation_indexes() -> list[ObservationIndex]:
@@ -158,22 +167,76 @@ def parse_range(spec: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
-def _expand(spec: str) -> list[Any]:
+def _index_of(path: Path) -> ObservationIndex | None:
+    return next((index for index in observation_indexes() if index.matches(path)), None)
+
+
+def _expand_url(
+    spec: str, select: Mapping[str, Any] | None, options: Mapping[str, Any] | None, facility: str
+) -> list[Any]:
+    """The observations of a URL: itself, the matches of a glob, or the index it names."""
+    from esap_dask.engine import remote
+
+    opts = remote.input_options([spec], facility, options)
+    name = spec.split("?", 1)[0].rstrip("/").rpartition("/")[2]
+    index = _index_of(Path(name)) if name else None
+    if index is not None:
+        protocol = remote.protocol_of(spec)
+        try:
+            return list(
+                index.read(spec, storage_options=opts.get(protocol, {}), **dict(select or {}))
+            )
+        except ObservationError:
+            raise
+        except (OSError, ValueError) as err:  # unreachable, or not an index: exit 2, say why
+            raise ObservationError(str(err)) from err
+    if select:
+        raise _not_an_index(spec)
+    if globmod.has_magic(spec.split("://", 1)[1]):
+        try:
+            matches = remote.expand_url(spec, opts)
+        except remote.RemoteInputError as err:
+            raise ObservationError(str(err)) from err
+        if not matches:
+            raise ObservationError(
+                f"no object matches {spec!r}; check the pattern, the bucket or server, and "
+                "the input storage options"
+            )
+        return matches
+    return [spec]
+
+
+def _not_an_index(spec: str) -> SelectionError:
+    known = ", ".join(f"{i.format} ({'/'.join(i.names)})" for i in observation_indexes())
+    return SelectionError(
+        f"a selection applies to an observation index, and {spec!r} is none; give an index "
+        f"file as the observations (known: {known or 'no index reader is installed'})"
+    )
+
+
+def _expand(
+    spec: str,
+    select: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    facility: str = "local",
+) -> list[Any]:
+    if "://" in spec and not spec.startswith("file://"):
+        return _expand_url(spec, select, options, facility)
+    spec = spec.removeprefix("file://")
     bounds = parse_range(spec)
-    if bounds:
+    if bounds and not select:
         lo, hi = bounds
         if hi < lo:
             raise ObservationError(f"observation range {spec!r}: the end is before the start")
         return list(range(lo, hi + 1))
-    if "://" in spec:
-        return [spec]
     path = Path(spec).expanduser()
+    index = _index_of(path) if path.is_file() else None
+    if index is not None:
+        return list(index.read(path, **dict(select or {})))
+    if select:
+        raise _not_an_index(spec)
     if path.is_file() and path.suffix in LIST_SUFFIXES:
         return list(_read_list(path))
-    if path.is_file():
-        for index in observation_indexes():
-            if index.matches(path):
-                return list(index.read(path))
     if globmod.has_magic(spec):
         matches = _glob(os.path.abspath(path))
         if not matches:
@@ -215,7 +278,13 @@ def _directory_hint(spec: str, path: Path) -> str:
     )
 
 
-def as_observations(spec: Any) -> list[Observation]:
+def as_observations(
+    spec: Any,
+    *,
+    select: Mapping[str, Any] | None = None,
+    input_storage_options: Mapping[str, Any] | None = None,
+    facility: str = "local",
+) -> list[Observation]:
     """The observation list for ``spec``.
 
     ``spec`` may be a glob (``"runs/*.fits.gz"``), a list file (``.txt``/``.lst``/``.list``,
@@ -223,16 +292,28 @@ def as_observations(spec: Any) -> list[Observation]:
     directory), an observation index of a registered format (the observations it lists,
     see :func:`observation_indexes`; e.g. a GADF ``obs-index.fits[.gz]``), an inclusive
     integer range ``"1..100"``, a ``range``, or a sequence of paths, URLs, values and
-    :class:`Observation` objects.
+    :class:`Observation` objects. Any of these may be a URL fsspec opens
+    (``s3://bucket/runs/*.fits.gz``, ``https://host/obs-index.fits.gz``): globs are
+    listed and indexes read through fsspec with ``input_storage_options`` (see
+    :mod:`esap_dask.engine.remote`; ``facility`` gives the default options of S3).
+
+    ``select``: keep only the observations of an index that match, e.g.
+    ``{"target": "Crab", "zenith": (0, 40)}``; the index reader defines the keys
+    (GADF: :func:`esap_dask.iact.gadf.select_observations`).
 
     Raises
     ------
     ObservationError
         When the list is empty, or when two observations share an id (naming both).
+    SelectionError
+        When ``select`` is given for something that is not an index, or names a key or
+        value the index reader refuses.
     """
     items: Iterable[Any]
     if isinstance(spec, (str, os.PathLike)):
-        items = _expand(os.fspath(spec))
+        items = _expand(os.fspath(spec), select, input_storage_options, facility)
+    elif select:
+        raise _not_an_index(repr(spec)[:80])
     elif isinstance(spec, Observation):
         items = [spec]
     elif isinstance(spec, Iterable):
@@ -271,12 +352,27 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def fingerprints(observations: Sequence[Observation], *, content: bool = False) -> list[str]:
+def fingerprints(
+    observations: Sequence[Observation],
+    *,
+    content: bool = False,
+    input_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
     """The :func:`fingerprint` of each observation, in order.
 
     Local files are stat'ed in one tight loop (a rerun over 100,000 unchanged files
-    is mostly these calls); the others go through :func:`fingerprint`.
+    is mostly these calls); URLs are asked for their ETag, size and last-modified
+    time through fsspec, with ``input_options`` (by protocol, see
+    :func:`esap_dask.engine.remote.input_options`); the others go through
+    :func:`fingerprint`.
     """
+    urls = [o.value for o in observations if o.kind == "url"]
+    if urls:
+        from esap_dask.engine.remote import url_fingerprints
+
+        remote = iter(url_fingerprints(urls, input_options))
+        local = iter(fingerprints([o for o in observations if o.kind != "url"], content=content))
+        return [next(remote) if o.kind == "url" else next(local) for o in observations]
     if content:
         return [fingerprint(o, content=True) for o in observations]
     result: list[str] = []
@@ -302,8 +398,8 @@ def fingerprint(obs: Observation, *, content: bool = False) -> str:
     """A short string that changes when the observation changes.
 
     Files: ``"<size>-<mtime_ns>"`` (``"sha256:<hex>"`` with ``content=True``), or
-    ``"missing"``/``"directory"``. URLs: the URL itself (content checks happen on the
-    worker). Values: a hash of their ``repr``.
+    ``"missing"``/``"directory"``. URLs: ETag, size and last-modified time (see
+    :func:`esap_dask.engine.remote.url_fingerprints`). Values: a hash of their ``repr``.
     """
     if obs.kind == "file":
         try:
@@ -316,5 +412,7 @@ def fingerprint(obs: Observation, *, content: bool = False) -> str:
             return "sha256:" + sha256_file(obs.value)
         return _stat_fingerprint(st)
     if obs.kind == "url":
-        return "url:" + hashlib.sha256(str(obs.value).encode()).hexdigest()[:16]
+        from esap_dask.engine.remote import url_fingerprints
+
+        return url_fingerprints([str(obs.value)], None)[0]
     return "value:" + hashlib.sha256(repr(obs.value).encode()).hexdigest()[:16]

@@ -5,6 +5,10 @@ the worker runs the pipeline on each of its observations, writes the products
 of its rows, then their ledger rows, and returns a small :class:`BatchReport`.
 Product arrays never travel back to the driver.
 
+A URL observation (``s3://``, ``https://``) reaches the pipeline as a local copy made by
+:func:`esap_dask.engine.remote.local_copy` and removed after; its checksum is that of
+the bytes read.
+
 An exception in one observation fails that observation only: its products keep
 their fill values, its ledger row says what went wrong, and the rest of the
 batch is written as usual.
@@ -37,10 +41,11 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from esap_dask.engine.ledger import COLUMNS, DONE, FAILED
 from esap_dask.engine.observations import Observation, sha256_file
+from esap_dask.engine.remote import local_copy
 from esap_dask.pipeline import Pipeline, Schema
 from esap_dask.store import array, crash_point, open_store, write_rows
 
-__all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "run_batch"]
+__all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "call_on", "run_batch"]
 
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
@@ -64,6 +69,9 @@ class RunContext:
     #: tasks report their start to the scheduler's :class:`BatchStarts` (the driver sets
     #: it once the plugin is registered)
     track_starts: bool = False
+    #: fsspec options of URL observations by protocol, resolved on the driver (see
+    #: :func:`esap_dask.engine.remote.input_options`)
+    input_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,19 @@ def check_input(obs: Observation) -> None:
         raise IsADirectoryError(f"{path}: is a directory, not an observation file")
 
 
+def call_on(
+    function: Any,
+    obs: Observation,
+    input_options: Mapping[str, Mapping[str, Any]] | None = None,
+    **params: Any,
+) -> Any:
+    """``function(value, **params)``; a URL observation's value is a local copy of it."""
+    if obs.kind != "url":
+        return function(obs.value, **params)
+    with local_copy(obs.value, input_options) as path:
+        return function(path, **params)
+
+
 def _place(schema: Schema, out: Mapping[str, Any], buffers: dict[str, np.ndarray], i: int) -> None:
     if not isinstance(out, Mapping):
         raise TypeError(f"the pipeline returned {type(out).__name__}, not a mapping of products")
@@ -165,7 +186,13 @@ def _process(
     failure = None
     try:
         check_input(obs)
-        _place(schema, ctx.pipeline.function(obs.value, **ctx.params), buffers, i)
+        if obs.kind == "url":  # the pipeline reads a local copy, removed after
+            with local_copy(obs.value, ctx.input_options) as path:
+                _place(schema, ctx.pipeline.function(path, **ctx.params), buffers, i)
+                if ctx.checksums:
+                    ledger["ledger_checksum"][k] = sha256_file(path)
+        else:
+            _place(schema, ctx.pipeline.function(obs.value, **ctx.params), buffers, i)
         ledger["ledger_status"][k] = DONE
     except Exception as err:
         for v in schema.variables:

@@ -27,22 +27,28 @@ import gzip
 import io
 import itertools
 import os
+import posixpath
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from astropy.io import fits
 
-from esap_dask.engine.observations import Observation, ObservationIndex
+from esap_dask.engine.observations import Observation, ObservationIndex, SelectionError
+from esap_dask.iact.selection import parse_selection, selection_mask
 
 __all__ = [
     "IRF_TYPES",
     "OBSERVATION_INDEX",
     "EventList",
     "GADFError",
+    "GADFSelectionError",
+    "columns_of",
+    "event_files",
     "find_index",
     "read_events",
     "read_index",
@@ -114,21 +120,26 @@ def _read_table(path: str, mtime_ns: int) -> dict[str, np.ndarray]:
     del mtime_ns  # part of the cache key: a rewritten index is read again
     try:
         with fits.open(path, memmap=False) as hdus:
-            hdu = next((h for h in hdus[1:] if isinstance(h, fits.BinTableHDU)), None)
-            if hdu is None:
-                raise GADFError(f"{path}: has no binary table; not an obs-index or hdu-index")
-            data = hdu.data
-            columns: dict[str, np.ndarray] = {}
-            for name in data.columns.names:
-                col = np.asarray(data[name])
-                if col.dtype.kind in "SU":
-                    col = np.char.strip(col.astype(str))
-                columns[name.upper()] = col
-            return columns
+            return columns_of(hdus, path)
     except (OSError, EOFError, ValueError) as err:
         if isinstance(err, GADFError):
             raise
         raise GADFError(f"{path}: not a readable FITS index file ({err})") from err
+
+
+def columns_of(hdus: fits.HDUList, where: str) -> dict[str, np.ndarray]:
+    """The columns of the first binary table of an index file, by upper-case name."""
+    hdu = next((h for h in hdus[1:] if isinstance(h, fits.BinTableHDU)), None)
+    if hdu is None:
+        raise GADFError(f"{where}: has no binary table; not an obs-index or hdu-index")
+    data = hdu.data
+    columns: dict[str, np.ndarray] = {}
+    for name in data.columns.names:
+        col = np.asarray(data[name])
+        if col.dtype.kind in "SU":
+            col = np.char.strip(col.astype(str))
+        columns[name.upper()] = col
+    return columns
 
 
 def read_index(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -397,7 +408,9 @@ def _read(path: str, hdus: fits.HDUList, obs_index: Any) -> EventList:
     )
 
 
-def _event_files(index_dir: Path, obs_ids: np.ndarray) -> dict[int, str]:
+def event_files(index_dir: Path, obs_ids: np.ndarray) -> dict[int, str]:
+    """The event file of each of ``obs_ids`` under ``index_dir``: by its hdu-index, else
+    by the ``OBS_ID`` of the FITS files under it."""
     hdu_index = next((index_dir / n for n in _HDU_INDEX_NAMES if (index_dir / n).is_file()), None)
     files: dict[int, str] = {}
     if hdu_index is not None:
@@ -419,82 +432,138 @@ def _event_files(index_dir: Path, obs_ids: np.ndarray) -> dict[int, str]:
     return files
 
 
+class GADFSelectionError(GADFError, SelectionError):
+    """A selection the obs-index cannot satisfy: a column it lacks, an obs_id it lacks."""
+
+
+def _mask(
+    index: Mapping[str, np.ndarray], header: Any, sel: Mapping[str, Any], where: str
+) -> np.ndarray:
+    """:func:`~esap_dask.iact.selection.selection_mask`; its errors as GADFSelectionError."""
+    try:
+        return selection_mask(index, header, sel, where)
+    except SelectionError as err:
+        raise GADFSelectionError(str(err)) from err
+
+
 def select_observations(
     obs_index: str | os.PathLike[str],
     *,
-    target: str | None = None,
-    zenith: tuple[float, float] | None = None,
-    obs_ids: Sequence[int] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    **select: Any,
 ) -> list[Observation]:
-    """The observations of an obs-index, selected, as a list for :func:`map_observations`.
+    """The observations of an obs-index that match ``select``, in index order.
+
+    The keys (``target``, ``cone``, ``zenith``, ``obs_id``, ``time``) and their values:
+    :mod:`esap_dask.iact.selection`.
 
     Parameters
     ----------
     obs_index
-        An ``obs-index.fits[.gz]``. The event files are found through the
-        ``hdu-index`` next to it, else by reading ``OBS_ID`` from the FITS files
-        under its directory.
-    target
-        Keep observations whose ``OBJECT`` or ``TARGET_NAME`` contains this text
-        (case-insensitive): ``"crab"`` matches ``"Crab Nebula"``.
-    zenith
-        Keep observations with ``lo <= ZEN_PNT <= hi`` (degrees; from ``ALT_PNT`` if
-        there is no ``ZEN_PNT`` column).
-    obs_ids
-        Keep these observation ids only.
+        An ``obs-index.fits[.gz]``, a path or a URL. The event files are found through
+        the ``hdu-index`` beside it (for a local index without one, by reading ``OBS_ID``
+        from the FITS files under its directory).
+    storage_options
+        fsspec options of an index at a URL.
+    **select
+        ``target``, ``cone``, ``zenith``, ``obs_id`` (or ``obs_ids``), ``time``.
 
     Returns
     -------
     list of Observation
-        ``Observation(id=<file name>, value=<path>, kind="file")``, in obs-index order,
-        the same ids as ``Observation.of(path)``.
+        Files: ``Observation(id=<file name>, value=<path>, kind="file")``; for an index at
+        a URL, ``kind="url"`` and the event file's URL. Ids as ``Observation.of`` gives them.
 
     Raises
     ------
+    SelectionError
+        A bad key or value; a column the selection needs, or an obs_id, missing from the
+        index (:class:`GADFSelectionError`, a :class:`GADFError` too).
     GADFError
-        When a selection column is missing, an obs_id is not in the index, or a
-        selected observation has no event file.
+        When the index is not readable, or a selected observation has no event file.
     """
-    location = Path(obs_index)
+    sel = parse_selection(select)
+    text = os.fspath(obs_index)
+    if "://" in text and not text.startswith("file://"):
+        return _select_url(text, sel, dict(storage_options or {}))
+    location = Path(text.removeprefix("file://"))
     index = read_index(location)
     if "OBS_ID" not in index:
         raise GADFError(f"{location}: has no OBS_ID column; not an obs-index")
+    header: Mapping[str, Any] = {}
+    if "time" in sel:
+        from astropy.io import fits
+
+        header = fits.getheader(location, 1)
     ids = index["OBS_ID"].astype(np.int64)
-    keep = np.ones(len(ids), dtype=bool)
-    if target is not None:
-        columns = [c for c in ("OBJECT", "TARGET_NAME") if c in index]
-        if not columns:
-            raise GADFError(f"{location}: has no OBJECT or TARGET_NAME column to select by target")
-        needle = target.strip().lower()
-        match = np.zeros(len(ids), dtype=bool)
-        for c in columns:
-            match |= np.array([needle in str(v).lower() for v in index[c]], dtype=bool)
-        keep &= match
-    if zenith is not None:
-        lo, hi = zenith
-        if "ZEN_PNT" in index:
-            zen = index["ZEN_PNT"].astype(float)
-        elif "ALT_PNT" in index:
-            zen = 90.0 - index["ALT_PNT"].astype(float)
-        else:
-            raise GADFError(f"{location}: has no ZEN_PNT or ALT_PNT column to select by zenith")
-        keep &= (zen >= lo) & (zen <= hi)
-    if obs_ids is not None:
-        wanted = np.asarray([int(o) for o in obs_ids], dtype=np.int64)
-        unknown = sorted(set(wanted.tolist()) - set(ids.tolist()))
-        if unknown:
-            raise GADFError(f"{location}: obs_id(s) {unknown[:5]} are not in the obs-index")
-        keep &= np.isin(ids, wanted)
-    chosen = ids[keep]
-    files = _event_files(location.parent, chosen)
+    chosen = ids[_mask(index, header, sel, str(location))]
+    files = event_files(location.parent, chosen)
+    _check_found(str(location), chosen, files)
+    return [
+        Observation(id=os.path.basename(files[int(o)]), value=files[int(o)], kind="file")
+        for o in chosen
+    ]
+
+
+def _check_found(where: str, chosen: Iterable[Any], files: Mapping[int, str]) -> None:
     missing = [int(o) for o in chosen if int(o) not in files]
     if missing:
         raise GADFError(
-            f"{location}: no event file found for obs_id(s) {missing[:5]}; check the hdu-index "
+            f"{where}: no event file found for obs_id(s) {missing[:5]}; check the hdu-index "
             "or the files next to the obs-index"
         )
+
+
+def _select_url(url: str, sel: Mapping[str, Any], options: dict[str, Any]) -> list[Observation]:
+    import fsspec.core
+    from astropy.io import fits
+
+    fs, _ = fsspec.core.url_to_fs(url, **options)
+
+    def table(location: str, what: str) -> tuple[dict[str, np.ndarray], Any]:
+        try:
+            data = fs.cat_file(location)
+        except FileNotFoundError as err:
+            raise GADFError(f"{what} {location}: no such object; check the URL") from err
+        except Exception as err:
+            raise GADFError(
+                f"{what} {location}: cannot be read ({type(err).__name__}: {err}); check the "
+                "URL, that its server answers, and the input storage options"
+            ) from err
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        with fits.open(io.BytesIO(data), memmap=False) as hdus:
+            return columns_of(hdus, location), hdus[1].header.copy()
+
+    index, header = table(url, "obs-index")
+    if "OBS_ID" not in index:
+        raise GADFError(f"{url}: has no OBS_ID column; not an obs-index")
+    ids = index["OBS_ID"].astype(np.int64)
+    chosen = ids[_mask(index, header, sel, url)]
+    parts = urlsplit(url)
+    base = posixpath.dirname(parts.path)
+    hdu_index = None
+    for name in ("hdu-index.fits.gz", "hdu-index.fits"):
+        candidate = urlunsplit(parts._replace(path=posixpath.join(base, name), query=""))
+        try:
+            hdu_index, _ = table(candidate, "hdu-index")
+            break
+        except GADFError:
+            continue
+    if hdu_index is None:
+        raise GADFError(
+            f"{url}: no hdu-index.fits[.gz] beside it; an obs-index at a URL needs its "
+            "hdu-index to find the event files"
+        )
+    files: dict[int, str] = {}
+    for i in np.flatnonzero(np.char.lower(hdu_index["HDU_TYPE"].astype(str)) == "events"):
+        where = posixpath.normpath(
+            posixpath.join(base, str(hdu_index["FILE_DIR"][i]), str(hdu_index["FILE_NAME"][i]))
+        )
+        files[int(hdu_index["OBS_ID"][i])] = urlunsplit(parts._replace(path=where, query=""))
+    _check_found(url, chosen, files)
     return [
-        Observation(id=os.path.basename(files[int(o)]), value=files[int(o)], kind="file")
+        Observation(id=files[int(o)].rpartition("/")[2], value=files[int(o)], kind="url")
         for o in chosen
     ]
 

@@ -81,9 +81,10 @@ __all__ = ["serve"]
     "--data-root",
     "data_roots",
     multiple=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A directory whose files jobs may read (observations, cards); repeatable. "
-    "Without one, jobs read no file: observations are run numbers or ranges.",
+    metavar="DIR|URL",
+    help="A directory whose files jobs may read (observations, cards), or a URL prefix "
+    "(s3://bucket/runs/, https://host/dr1/) whose objects jobs may name as observations; "
+    "repeatable. Without one, jobs read no file: observations are run numbers or ranges.",
 )
 @click.option(
     "--max-observations",
@@ -162,7 +163,7 @@ def serve(
     trusted_proxies: tuple[str, ...],
     concurrency: int,
     max_wait: float,
-    data_roots: tuple[Path, ...],
+    data_roots: tuple[str, ...],
     max_observations: int,
     max_jobs_per_user: int,
     max_queued_per_user: int,
@@ -210,7 +211,7 @@ def serve(
         trusted_proxies=tuple(trusted_proxies),
         concurrency=concurrency,
         max_wait=max_wait,
-        data_roots=list(data_roots),
+        data_roots=[r if "://" in r else Path(r) for r in data_roots],
         max_observations=max_observations,
         max_jobs_per_user=max_jobs_per_user,
         max_queued_per_user=max_queued_per_user,

@@ -58,8 +58,9 @@ class ServiceConfig:
     cluster_options
         Keyword overrides for the service-wide ``local`` cluster (``open_cluster``).
     data_roots
-        Directories whose regular files jobs may read (observations, steering cards);
-        none: jobs read no file (see :mod:`esap_dask.service.sandbox`).
+        Directories whose regular files jobs may read (observations, steering cards),
+        and URL prefixes (``s3://bucket/runs/``) whose objects jobs may name as
+        observations; none: jobs read no file (see :mod:`esap_dask.service.sandbox`).
     max_observations
         Most observations one job may map (globs, lists and ranges are counted first).
     max_jobs_per_user, max_queued_per_user
@@ -97,7 +98,7 @@ class ServiceConfig:
     concurrency: int = 4
     reaper_interval: float = 0.5
     cluster_options: dict[str, object] = field(default_factory=dict)
-    data_roots: list[Path] = field(default_factory=list)
+    data_roots: list[Path | str] = field(default_factory=list)
     max_observations: int = 100_000
     max_jobs_per_user: int = 100
     max_queued_per_user: int = 8

@@ -17,10 +17,12 @@ when the job runs (a file swapped meanwhile is caught then).
   new lines (items that are integers become run numbers, the others are paths);
 - a GADF obs-index file (``obs-index.fits[.gz]``) under a data root: its ``OBS_ID`` rows,
   each mapped to its events file through the ``hdu-index`` next to it (the run number
-  when there is none).
+  when there is none);
+- a URL, a URL glob or an obs-index URL under a URL data root (``esap-dask serve
+  --data-root s3://bucket/runs/``); every URL is confined (:mod:`esap_dask.service.urls`).
 
-The mapper receives only run numbers and the real paths of regular files under the
-data roots (see :mod:`esap_dask.service.sandbox`).
+The mapper receives only run numbers, the real paths of regular files under the
+data roots and URLs under the URL data roots (see :mod:`esap_dask.service.sandbox`).
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def parse_spec(parameters: Mapping[str, Any], sandbox: Sandbox | None = None) ->
             "required; give a glob, a list, an obs-index file or a run-number range like 1..10",
         )
     sandbox = sandbox or _NO_FILES
-    observations = observation_spec(parameters["observations"], sandbox)
+    observations = observation_spec(parameters["observations"], sandbox, facility)
     own = {p.name.lower(): p.name for p in pipeline.parameters}
     given: dict[str, Any] = {}
     for key, value in parameters.items():
@@ -162,8 +164,8 @@ def catalog_pipeline(name: str) -> Pipeline:
     return get_pipeline(catalog[name])
 
 
-def observation_spec(value: Any, sandbox: Sandbox) -> list[Any] | range:
-    """The ``observations`` parameter as run numbers and confined real paths (module doc)."""
+def observation_spec(value: Any, sandbox: Sandbox, facility: str = "local") -> list[Any] | range:
+    """The ``observations`` parameter as run numbers, confined real paths and URLs (module doc)."""
     name = "observations"
     if isinstance(value, list):
         return _items([str(v).strip() for v in value], sandbox)
@@ -183,6 +185,8 @@ def observation_spec(value: Any, sandbox: Sandbox) -> list[Any] | range:
         return _items(re.split(r"[,\n]", text), sandbox)
     if _INT.match(text):
         return [int(text)]
+    if "://" in text:
+        return _unique(_urls(text, sandbox, facility))
     if _OBS_INDEX.search(text):
         return _unique(obs_index(sandbox.file(name, text), sandbox))
     if globmod.has_magic(text):
@@ -195,7 +199,41 @@ def _items(items: list[str], sandbox: Sandbox) -> list[Any]:
     sandbox.count_ok("observations", len(items), "the list")
     if not items:
         raise JobParameterError("observations", "empty; give a range like 1..10, paths or a glob")
-    return _unique([int(i) if _INT.match(i) else sandbox.file("observations", i) for i in items])
+    return _unique([_item(i, sandbox) for i in items])
+
+
+def _item(text: str, sandbox: Sandbox) -> Any:
+    if _INT.match(text):
+        return int(text)
+    if "://" in text:
+        return sandbox.url("observations", text)
+    return sandbox.file("observations", text)
+
+
+def _urls(text: str, sandbox: Sandbox, facility: str) -> list[str]:
+    """A URL under a URL data root, the matches of a URL glob, or the runs of an obs-index URL.
+
+    Every URL an obs-index names (through its hdu-index) is confined like the request's.
+    """
+    name = "observations"
+    if _OBS_INDEX.search(text.split("?", 1)[0]):
+        from esap_dask.engine.observations import ObservationError, as_observations
+
+        index = sandbox.url(name, text)
+        try:
+            listed = as_observations(index, facility=facility)
+        except (ObservationError, ValueError, OSError) as err:
+            raise JobParameterError(
+                name, f"the obs-index {show(text)} cannot be read ({type(err).__name__})"
+            ) from None
+        sandbox.count_ok(name, len(listed), "the obs-index")
+        return [
+            sandbox.url(name, str(o.value), where=f"the events file of obs_id row {i}")
+            for i, o in enumerate(listed, 1)
+        ]
+    if globmod.has_magic(text.split("://", 1)[1]):
+        return sandbox.url_glob(name, text, facility)
+    return [sandbox.url(name, text)]
 
 
 def _unique(items: list[Any]) -> list[Any]:

@@ -13,8 +13,12 @@ place that turns such values into things the service may use:
   for the directories that hold data. A path is accepted when its *real* path
   (symlinks resolved) is inside a root and is a regular file: no device
   (``/dev/zero``), FIFO, socket or directory. Relative paths are taken from the
-  first root under which they exist; ``..`` is refused; URLs are refused (the
-  service fetches nothing on a user's behalf). The mapper receives the real path.
+  first root under which they exist; ``..`` is refused. The mapper receives the real path.
+- **URLs only under URL data roots.** ``--data-root s3://bucket/runs/`` (or an
+  ``https://`` prefix) lets observations be URLs under it, read by the workers; never
+  ``file://``, never a host that resolves to loopback or link-local unless the root
+  names it (:mod:`esap_dask.service.urls`). Without a URL root, URLs are refused (the
+  service fetches nothing on a user's behalf).
 - **Bounded counts.** A glob is expanded lazily and refused past
   :attr:`Sandbox.max_observations` matches, before any list is built; ranges,
   lists and list files are counted the same way.
@@ -43,6 +47,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
+
+from esap_dask.service.urls import UrlRoot, confine_url, parse_url_root
 
 __all__ = [
     "LIST_PREFIX",
@@ -137,6 +143,8 @@ class Sandbox:
     roots: tuple[str, ...] = ()
     max_observations: int = 100_000
     parameter_maxima: Mapping[str, float] = field(default_factory=dict)
+    #: URL prefixes observations may come from (``s3://bucket/runs/``)
+    url_roots: tuple[UrlRoot, ...] = ()
 
     @classmethod
     def create(
@@ -159,7 +167,11 @@ class Sandbox:
             For a root that is not a directory, or that overlaps a private path.
         """
         real: list[str] = []
+        urls: list[UrlRoot] = []
         for root in roots:
+            if "://" in str(root):
+                urls.append(parse_url_root(str(root)))
+                continue
             path = os.path.realpath(os.fspath(root))
             if not os.path.isdir(path):
                 raise ValueError(f"data root {os.fspath(root)}: not an existing directory")
@@ -175,21 +187,49 @@ class Sandbox:
             real.append(path)
         if max_observations < 1:
             raise ValueError(f"the observation cap must be at least 1, not {max_observations}")
-        return cls(tuple(real), max_observations, dict(parameter_maxima or {}))
+        return cls(tuple(real), max_observations, dict(parameter_maxima or {}), tuple(urls))
 
     # -- single paths ----------------------------------------------------------------------
 
+    def url(self, name: str, text: str, *, where: str = "", glob: bool = False) -> str:
+        """``text`` when it is a URL under a URL data root (see :mod:`esap_dask.service.urls`).
+
+        Raises
+        ------
+        JobParameterError
+            Naming ``name`` and ``where`` (default: the value, shortened) and the reason.
+        """
+        why = confine_url(text, self.url_roots, glob=glob)
+        if why is not None:
+            raise JobParameterError(name, f"{where or show(text)} {why}")
+        return text
+
+    def url_glob(self, name: str, pattern: str, facility: str = "local") -> list[str]:
+        """The URLs matching ``pattern`` (under a URL root), listed through fsspec, counted."""
+        from esap_dask.engine.remote import RemoteInputError, expand_url, input_options
+
+        where = show(pattern)
+        self.url(name, pattern, glob=True)
+        try:
+            found = expand_url(pattern, input_options([pattern], facility))
+        except RemoteInputError:
+            raise JobParameterError(
+                name, f"the glob {where} cannot be listed; check the URL and the bucket"
+            ) from None
+        if not found:
+            raise JobParameterError(name, f"no object matches {where}; check the pattern")
+        self.count_ok(name, len(found), f"the glob {where}")
+        return [self.url(name, u, where=f"a match of {where}") for u in found]
+
     def _refuse_form(self, name: str, text: str, where: str) -> None:
+        if "://" in text:
+            why = confine_url(text, self.url_roots)
+            raise JobParameterError(name, f"{where} {why or 'is a URL where a path is expected'}")
         if not self.roots:
             raise JobParameterError(
                 name,
                 "this service reads no files (it has no data roots: esap-dask serve "
                 "--data-root DIR); give run numbers or a range like 1..10",
-            )
-        if "://" in text:
-            raise JobParameterError(
-                name,
-                f"{where} is a URL; this service reads no URLs, give a path under its data roots",
             )
         if not text or text.startswith("-") or "\x00" in text:
             raise JobParameterError(name, f"{where} is not a path under the data roots")
@@ -295,7 +335,10 @@ class Sandbox:
                 where = f"line {number} of the list file"
                 if len(line) > MAX_LINE_CHARS or XML_INVALID.search(line):
                     raise JobParameterError(name, f"{where} is not a path")
-                entries.append(self.file(name, line, base=base, where=where))
+                if "://" in line:
+                    entries.append(self.url(name, line, where=where))
+                else:
+                    entries.append(self.file(name, line, base=base, where=where))
                 self.count_ok(name, len(entries), f"the list file {show(text)}")
         if not entries:
             raise JobParameterError(name, f"the list file {show(text)} lists no observation")
