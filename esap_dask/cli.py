@@ -8,7 +8,9 @@ is locked by another run; 130 interrupted.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -106,7 +108,7 @@ def print_summary(summary: Any) -> None:
     for note in summary.notes:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for f in summary.failures[:20]:
-        out.print(
+        (err if out.quiet else out).print(
             "[red]failed[/] " + escape(f"{f['observation']}: {f['error_type']}: {f['message']}"),
             highlight=False,
         )
@@ -138,10 +140,52 @@ def _parse_storage_options(text: str | None) -> dict[str, Any] | None:
     return options
 
 
+#: distributed's loggers that its own configuration sets apart from ``distributed``.
+_DISTRIBUTED_LOGGERS = ("distributed", "distributed.client", "distributed.gc")
+
+
+def _set_verbosity(verbose: int, quiet: bool) -> None:
+    """Levels of the log lines: distributed's at error unless ``-v``; ``-q`` prints only errors.
+
+    The level reaches this process's loggers, the worker processes its nannies spawn
+    (``DASK_LOGGING__DISTRIBUTED`` in ``distributed.nanny.pre-spawn-environ``, read when
+    distributed is imported there; batch jobs keep their own logs as they were) and local
+    clusters (``esap.log-level``, their ``silence_logs``).
+    """
+    level = "debug" if verbose > 1 else "info" if verbose == 1 else "error"
+    import dask.config
+
+    dask.config.set(
+        {
+            "logging": dict.fromkeys(_DISTRIBUTED_LOGGERS, level),
+            "esap.log-level": level,
+            "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": level,
+        }
+    )
+    for name in _DISTRIBUTED_LOGGERS:  # when distributed is imported already
+        logging.getLogger(name).setLevel(level.upper())
+    logging.getLogger("esap_dask").setLevel(
+        "ERROR" if quiet else "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"
+    )
+    if quiet:
+        out.quiet = True  # no progress bar, no summary; errors and failures go to stderr
+        warnings.simplefilter("ignore")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="esap-dask")
-def main() -> None:
+@click.option(
+    "--verbose",
+    "-v",
+    count=True,
+    help="Show distributed's log lines (-v info, -vv debug); by default only its errors.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors (and failed observations).")
+def main(verbose: int, quiet: bool) -> None:
     """Map one analysis over thousands of observation files into one Zarr store."""
+    if verbose and quiet:
+        _fail("-v and -q exclude each other; give one")
+    _set_verbosity(verbose, quiet)
 
 
 @main.command()
@@ -213,7 +257,7 @@ def run(
             chunk=chunk,
             shard=shard,
             batch_size=batch_size,
-            progress=None if not as_json else False,
+            progress=False if as_json or out.quiet else None,
             storage_options=options,
         )
     )
