@@ -54,3 +54,21 @@ def test_v_and_q_together_are_refused() -> None:
     proc = esap("-v", "-q", "facilities")
     assert proc.returncode == 2
     assert "-v and -q exclude each other" in proc.stderr
+
+
+def png_width(path: Path) -> int:
+    """The width in pixels from the PNG's IHDR chunk."""
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+@pytest.mark.slow
+def test_status_plot_has_no_failures_panel_when_nothing_failed(tmp_path: Path) -> None:
+    store = str(tmp_path / "s.zarr")
+    assert esap("-q", "run", "helloworld", "-o", "1..4", "-s", store).returncode == 0
+    proc = esap("status", store, "--plot", str(tmp_path / "ok.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert png_width(tmp_path / "ok.png") == 940  # two panels of 4.7 inches at 100 dpi
+    failing = esap("-q", "run", "helloworld", "-o", "1..4", "-s", store, "-p", "fail=true")
+    assert failing.returncode == 1
+    assert esap("status", store, "--plot", str(tmp_path / "failed.png")).returncode == 0
+    assert png_width(tmp_path / "failed.png") == 1410  # and the failures by reason
