@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -119,6 +120,34 @@ def print_summary(summary: Any) -> None:
         out.print(f"provenance: {summary.provenance}", highlight=False)
 
 
+def _complete_facility(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion: the facility names of the catalog that start with ``incomplete``."""
+    from esap_dask.catalogs.facilities import list_facilities
+
+    return [
+        CompletionItem(f.name, help=f.description.split(". ")[0][:80])
+        for f in list_facilities()
+        if f.name.startswith(incomplete)
+    ]
+
+
+def _complete_pipeline(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion: the catalog's pipeline names, or a .py file when a path is typed."""
+    if "/" in incomplete or incomplete.startswith("."):
+        return [CompletionItem(incomplete, type="file")]
+    from esap_dask.catalogs.workflows import list_pipelines
+
+    return [
+        CompletionItem(p.name, help=p.description)
+        for p in list_pipelines()
+        if p.name.startswith(incomplete)
+    ]
+
+
 _storage_options_option = click.option(
     "--storage-options",
     metavar="JSON",
@@ -140,19 +169,29 @@ def _parse_storage_options(text: str | None) -> dict[str, Any] | None:
     return options
 
 
-#: distributed's loggers that its own configuration sets apart from ``distributed``.
-_DISTRIBUTED_LOGGERS = ("distributed", "distributed.client", "distributed.gc")
+#: distributed's loggers that its own configuration sets apart from ``distributed``, and
+#: tornado's, which logs the tracebacks of distributed's failed callbacks.
+_DISTRIBUTED_LOGGERS = (
+    "distributed",
+    "distributed.client",
+    "distributed.gc",
+    "tornado.application",
+)
 
 
 def _set_verbosity(verbose: int, quiet: bool) -> None:
-    """Levels of the log lines: distributed's at error unless ``-v``; ``-q`` prints only errors.
+    """Levels of the log lines: distributed's silent unless ``-v``; ``-q`` prints only errors.
+
+    Without ``-v`` distributed's lines (its errors included: a failed observation or a
+    worker that does not come is reported by esap-dask itself, with the reason) are not
+    shown; ``-v`` shows its info lines, ``-vv`` its debug lines.
 
     The level reaches this process's loggers, the worker processes its nannies spawn
     (``DASK_LOGGING__DISTRIBUTED`` in ``distributed.nanny.pre-spawn-environ``, read when
     distributed is imported there; batch jobs keep their own logs as they were) and local
     clusters (``esap.log-level``, their ``silence_logs``).
     """
-    level = "debug" if verbose > 1 else "info" if verbose == 1 else "error"
+    level = "debug" if verbose > 1 else "info" if verbose == 1 else "critical"
     import dask.config
 
     dask.config.set(
@@ -178,7 +217,7 @@ def _set_verbosity(verbose: int, quiet: bool) -> None:
     "--verbose",
     "-v",
     count=True,
-    help="Show distributed's log lines (-v info, -vv debug); by default only its errors.",
+    help="Show distributed's log lines (-v info, -vv debug); by default none.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors (and failed observations).")
 def main(verbose: int, quiet: bool) -> None:
@@ -189,7 +228,7 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=_complete_pipeline)
 @click.option(
     "--observations",
     "-o",
@@ -203,6 +242,7 @@ def main(verbose: int, quiet: bool) -> None:
     default="local",
     show_default=True,
     help="Where workers run (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
 )
 @click.option(
     "--param",
@@ -286,6 +326,7 @@ def run(
     default="local",
     show_default=True,
     help="Whose storage options open a URL store (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
 )
 @_storage_options_option
 def status(
@@ -334,7 +375,14 @@ def status(
 @click.argument("store")
 @click.option("--store", "-s", "new_store", required=True, help="The new store to create.")
 @click.option("--run", "run_id", help="Reproduce only this run (see `esap-dask status`).")
-@click.option("--facility", "-f", default="local", show_default=True)
+@click.option(
+    "--facility",
+    "-f",
+    default="local",
+    show_default=True,
+    help="Where workers run (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
 @click.option(
     "--allow-code",
@@ -402,13 +450,21 @@ def pipelines(as_json: bool) -> None:
             )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
-def facilities(as_json: bool) -> None:
-    """The facility catalog: where workers can run (options merged with dask.config)."""
-    from esap_dask.catalogs.facilities import list_facilities, load_facility
+@click.pass_context
+def facilities(ctx: click.Context, as_json: bool) -> None:
+    """The facility catalog: where workers can run (options merged with dask.config).
+
+    An invalid facility file is named in a warning and left out; the others are listed.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from esap_dask.catalogs.facilities import broken_facilities, list_facilities, load_facility
 
     found = _guarded(lambda: [load_facility(f.name) for f in list_facilities()])
+    for err_ in broken_facilities().values():
+        err.print(f"[yellow]warning:[/] {escape(str(err_))}", highlight=False)
     if as_json:
         click.echo(
             json.dumps([{**f.as_record(), "options": dict(f.options)} for f in found], default=str)
@@ -418,6 +474,44 @@ def facilities(as_json: bool) -> None:
     for f in found:
         table.add_row(f.name, f.facilitytype, f.runtimeengine, f.description)
     out.print(table)
+
+
+@facilities.command("check")
+@click.argument("name", shell_complete=_complete_facility)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for the worker, then for its task.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def check(name: str, timeout: float, as_json: bool) -> None:
+    """Start one worker on facility NAME, run one task on it, report, and stop it.
+
+    Reports the time the worker took to connect, the worker's host, Python and
+    esap-dask version, and its batch or grid job id. Exits 1 with the reason when
+    the worker does not come (or the task fails), 2 when NAME is unknown or invalid.
+    """
+    from esap_dask.engine.check import FacilityCheckError, check_facility
+
+    try:
+        report = _guarded(lambda: check_facility(name, timeout=timeout))
+    except FacilityCheckError as e:
+        _fail(str(e), EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("facility", report.facility)
+    table.add_row("worker after", f"{report.seconds_to_worker:.1f} s")
+    table.add_row("host", report.host)
+    table.add_row("python", report.python)
+    table.add_row("esap-dask", report.esap_dask)
+    table.add_row("job id", report.job_id or "none (a local process)")
+    table.add_row("scheduler", report.scheduler)
+    out.print(table)
+    out.print(f"[green]ok:[/] facility {name} gave a worker that ran a task", highlight=False)
 
 
 @main.command()
@@ -438,7 +532,14 @@ def facilities(as_json: bool) -> None:
     help="Number of synthetic observations.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic data.")
-@click.option("--facility", "-f", default="local", show_default=True)
+@click.option(
+    "--facility",
+    "-f",
+    default="local",
+    show_default=True,
+    help="Where workers run (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
+)
 def demo(directory: str, count: int, seed: int, facility: str) -> None:
     """Generate synthetic DL3 observations and run dl3-products on them."""
     from esap_dask.engine.mapper import map_observations

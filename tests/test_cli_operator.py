@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+import esap_dask
 from tests.conftest import ESAP_DASK
 
 
@@ -72,3 +77,81 @@ def test_status_plot_has_no_failures_panel_when_nothing_failed(tmp_path: Path) -
     assert failing.returncode == 1
     assert esap("status", store, "--plot", str(tmp_path / "failed.png")).returncode == 0
     assert png_width(tmp_path / "failed.png") == 1410  # and the failures by reason
+
+
+def complete(shell: str, words: str) -> list[str]:
+    """What click's completion protocol answers a shell for ``words`` (the last one typed)."""
+    env = {
+        **os.environ,
+        "_ESAP_DASK_COMPLETE": f"{shell}_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split(" ")) - 1),
+    }
+    proc = esap(env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_completion_offers_pipeline_and_facility_names() -> None:
+    assert complete("bash", "esap-dask run hel") == ["plain,helloworld"]
+    assert complete("bash", "esap-dask run helloworld -o 1..4 -s s.zarr --facility slurm") == [
+        "plain,slurm",
+        "plain,slurm-loopback",
+    ]
+    assert complete("bash", "esap-dask status s.zarr -f lo") == ["plain,local"]
+    assert complete("bash", "esap-dask run ./pipelines/hel") == ["file,./pipelines/hel"]
+    zsh = complete("zsh", "esap-dask facilities check ")
+    names = zsh[1::3]  # zsh gets type, value, help for each
+    assert {"local", "slurm", "slurm-loopback", "ssh", "dirac"} <= set(names)
+    assert "Template for a real SLURM site" in zsh[zsh.index("slurm") + 1]
+
+
+def test_completion_scripts_for_bash_zsh_and_fish() -> None:
+    for shell in ("bash", "zsh", "fish"):
+        env = {**os.environ, "_ESAP_DASK_COMPLETE": f"{shell}_source"}
+        proc = esap(env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "_ESAP_DASK_COMPLETE" in proc.stdout, (shell, proc.stdout[:200])
+
+
+@pytest.mark.slow
+def test_facilities_check_on_local_reports_and_fails_with_the_reason() -> None:
+    proc = esap("facilities", "check", "local", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["facility"] == "local" and report["job_id"] is None
+    assert report["python"] == platform.python_version()
+    assert report["esap_dask"] == esap_dask.__version__
+    assert report["host"] == platform.node() and report["seconds_to_worker"] > 0
+    late = esap("facilities", "check", "local", "--timeout", "0.01")
+    assert late.returncode == 1
+    assert "error: facility 'local': no worker connected within 0.01 s" in late.stderr
+    assert distributed_lines(late.stderr) == []
+
+
+def test_facilities_check_refuses_the_template_naming_its_placeholders() -> None:
+    proc = esap("facilities", "check", "slurm")
+    assert proc.returncode == 2
+    assert "facility 'slurm'" in proc.stderr and "is a template" in proc.stderr
+    assert "options.account (<your-account>)" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_facilities_check_on_the_loopback_slurm() -> None:
+    proc = esap("facilities", "check", "slurm-loopback")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^job id +\d+_0\b", proc.stdout, re.M), proc.stdout  # an array task
+    assert "ok: facility slurm-loopback gave a worker that ran a task" in proc.stdout
+    job = re.search(r"^job id +(\d+)_0", proc.stdout, re.M)[1]  # type: ignore[index]
+    state = subprocess.run(["squeue", "--noheader", "-j", job], capture_output=True, text=True)
+    assert state.stdout.strip() == ""  # the job is gone: the check stopped it
+
+    env = {**os.environ, "DASK_ESAP__FACILITIES__SLURM_LOOPBACK__QUEUE": "no-such-partition"}
+    bad = esap("facilities", "check", "slurm-loopback", "--timeout", "120", env=env)
+    assert bad.returncode == 1
+    assert "error: facility 'slurm-loopback': the worker did not come: sbatch refused" in (
+        bad.stderr
+    )
+    assert "invalid partition" in bad.stderr.lower()
