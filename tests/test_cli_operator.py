@@ -155,3 +155,29 @@ def test_facilities_check_on_the_loopback_slurm() -> None:
         bad.stderr
     )
     assert "invalid partition" in bad.stderr.lower()
+
+
+@pytest.mark.slow
+def test_the_service_offers_no_template_and_refuses_a_job_on_one(tmp_path: Path) -> None:
+    import requests
+
+    from esap_dask.testing.service import ServiceProcess, write_tokens
+
+    tokens = write_tokens(tmp_path / "tokens", {"tok-op": "op"})
+    auth = {"Authorization": "Bearer tok-op"}
+    with ServiceProcess(tmp_path / "data", tokens) as svc:
+        offered = {
+            f["name"] for f in requests.get(f"{svc.url}/esap/facilities", headers=auth).json()
+        }
+        assert {"local", "slurm-loopback"} <= offered and "slurm" not in offered
+        page = requests.get(f"{svc.url}/", headers=auth).text
+        assert 'value="slurm-loopback"' in page and 'value="slurm"' not in page
+        r = requests.post(
+            f"{svc.url}/uws/jobs",
+            headers=auth,
+            data={"pipeline": "helloworld", "observations": "1..2", "facility": "slurm"},
+            allow_redirects=False,
+        )
+        assert r.status_code == 400
+        assert "'slurm' is a template for a site" in r.text
+        assert "options.account (<your-account>)" in r.text

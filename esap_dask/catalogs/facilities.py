@@ -65,6 +65,7 @@ __all__ = [
     "list_facilities",
     "load_facility",
     "open_cluster",
+    "ready_facilities",
     "unfilled_placeholders",
     "user_catalog_dir",
 ]
@@ -190,6 +191,16 @@ def _catalog() -> tuple[dict[str, Facility], dict[Path, FacilityError]]:
 def broken_facilities() -> dict[Path, FacilityError]:
     """Facility files of the catalog that are invalid, with the error naming the field."""
     return _catalog()[1]
+
+
+def ready_facilities() -> list[Facility]:
+    """The facilities of the catalog that can open: templates with placeholders left out.
+
+    Their options are merged with ``dask.config`` (a template whose placeholders the
+    configuration fills is ready). The job service offers these.
+    """
+    merged = (load_facility(f.name) for f in list_facilities())
+    return [f for f in merged if not unfilled_placeholders(f)]
 
 
 def unfilled_placeholders(facility: Facility) -> list[str]:
