@@ -231,9 +231,7 @@ def test_dl3_products_over_the_hess_runs_through_the_service_on_slurm(
     """The 105 H.E.S.S. DR1 runs as a UWS job on SLURM: the products equal a local run's."""
     s = session()
     files = f"{HESS}/data/*.fits.gz"
-    url = submit(
-        service, s, pipeline="dl3-products", observations=files, facility="slurm-loopback"
-    )
+    url = submit(service, s, pipeline="dl3-products", observations=files, facility="slurm-loopback")
     s.post(f"{url}/phase", data={"PHASE": "RUN"})
     assert wait_phase(s, url, {"COMPLETED", "ERROR", "ABORTED"}, 600) == "COMPLETED", s.get(
         f"{url}/error"
