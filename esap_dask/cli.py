@@ -179,29 +179,31 @@ _DISTRIBUTED_LOGGERS = (
 )
 
 
-def _set_verbosity(verbose: int, quiet: bool) -> None:
+def _set_verbosity(verbose: int, quiet: bool, *, start_clusters: bool) -> None:
     """Levels of the log lines: distributed's silent unless ``-v``; ``-q`` prints only errors.
 
     Without ``-v`` distributed's lines (its errors included: a failed observation or a
     worker that does not come is reported by esap-dask itself, with the reason) are not
     shown; ``-v`` shows its info lines, ``-vv`` its debug lines.
 
-    The level reaches this process's loggers, the worker processes its nannies spawn
-    (``DASK_LOGGING__DISTRIBUTED`` in ``distributed.nanny.pre-spawn-environ``, read when
-    distributed is imported there; batch jobs keep their own logs as they were) and local
-    clusters (``esap.log-level``, their ``silence_logs``).
+    The level reaches this process's loggers (the scheduler of a local cluster, the
+    cluster managers; distributed is imported here for the commands that
+    ``start_clusters``, 0.6 s that the others do not pay) and the workers of local
+    clusters (``esap.log-level``, their ``silence_logs``). It is not left in the Dask
+    configuration's ``logging`` key, which SSH clusters hand to their remote processes:
+    distributed's SSH launcher reads the remote scheduler's and workers' info lines to
+    learn their addresses (with that key at critical it waits forever).
     """
     level = "debug" if verbose > 1 else "info" if verbose == 1 else "critical"
     import dask.config
 
-    dask.config.set(
-        {
-            "logging": dict.fromkeys(_DISTRIBUTED_LOGGERS, level),
-            "esap.log-level": level,
-            "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": level,
-        }
-    )
-    for name in _DISTRIBUTED_LOGGERS:  # when distributed is imported already
+    dask.config.set({"esap.log-level": level})
+    if start_clusters and "distributed" not in sys.modules:
+        # distributed sets its loggers' levels from this key once, when imported; the
+        # key is set only for that import, so that SSH clusters do not inherit it
+        with dask.config.set({"logging": dict.fromkeys(_DISTRIBUTED_LOGGERS, level)}):
+            import distributed  # noqa: F401
+    for name in _DISTRIBUTED_LOGGERS:
         logging.getLogger(name).setLevel(level.upper())
     logging.getLogger("esap_dask").setLevel(
         "ERROR" if quiet else "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"
@@ -220,11 +222,13 @@ def _set_verbosity(verbose: int, quiet: bool) -> None:
     help="Show distributed's log lines (-v info, -vv debug); by default none.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors (and failed observations).")
-def main(verbose: int, quiet: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Map one analysis over thousands of observation files into one Zarr store."""
     if verbose and quiet:
         _fail("-v and -q exclude each other; give one")
-    _set_verbosity(verbose, quiet)
+    starts = ctx.invoked_subcommand in ("run", "reproduce", "demo", "facilities", "serve")
+    _set_verbosity(verbose, quiet, start_clusters=starts and not ctx.resilient_parsing)
 
 
 @main.command()
@@ -508,7 +512,7 @@ def check(name: str, timeout: float, as_json: bool) -> None:
     table.add_row("host", report.host)
     table.add_row("python", report.python)
     table.add_row("esap-dask", report.esap_dask)
-    table.add_row("job id", report.job_id or "none (a local process)")
+    table.add_row("job id", report.job_id or "none (not a batch or grid job)")
     table.add_row("scheduler", report.scheduler)
     out.print(table)
     out.print(f"[green]ok:[/] facility {name} gave a worker that ran a task", highlight=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import esap_dask
-from tests.conftest import ESAP_DASK
+from tests.conftest import ESAP_DASK, ROOT
 
 
 def esap(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
@@ -181,3 +181,21 @@ def test_the_service_offers_no_template_and_refuses_a_job_on_one(tmp_path: Path)
         assert r.status_code == 400
         assert "'slurm' is a template for a site" in r.text
         assert "options.account (<your-account>)" in r.text
+
+
+@pytest.mark.slow
+def test_quiet_logs_do_not_stop_ssh_clusters_from_starting(tmp_path: Path) -> None:
+    """distributed's SSH launcher reads its remote processes' info lines: -q must not hide them."""
+    sshd = ["bash", str(ROOT / "scripts" / "sshd.sh"), "start"]
+    started = subprocess.run(sshd, capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.fail(
+            f"no loopback sshd ({started.stderr.strip()}); run `bash scripts/sshd.sh start`"
+        )
+    store = str(tmp_path / "ssh.zarr")
+    done = esap("-q", "run", "helloworld", "-o", "1..3", "-s", store, "-f", "ssh", timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and distributed_lines(done.stderr) == []
+    check = esap("facilities", "check", "ssh", "--json", "--timeout", "120", timeout=240)
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout)["job_id"] is None

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FacilityCheck", "FacilityCheckError", "check_facility", "worker_report"]
+__all__ = ["JOB_ID_VARIABLES", "FacilityCheck", "FacilityCheckError", "check_facility"]
 
 #: Environment variables that hold the id of the batch or grid job a worker runs in.
 JOB_ID_VARIABLES = (
@@ -26,6 +26,10 @@ JOB_ID_VARIABLES = (
     "CONDOR_JOB_ID",
     "DIRACJOBID",
 )
+
+
+#: Facility types whose options ``n_workers`` and ``adapt`` esap-dask's jobqueue manager reads.
+_BATCH = ("slurm", "pbs", "sge", "htcondor", "lsf")
 
 
 class FacilityCheckError(RuntimeError):
@@ -41,7 +45,7 @@ class FacilityCheck:
     facility
         The facility's catalog name.
     seconds_to_worker
-        From asking for the worker to the worker connected to the scheduler.
+        From opening the cluster to the worker connected to its scheduler.
     host, python, esap_dask
         Where the task ran: the worker's host name, its Python version and the esap-dask
         version it imports (compare them with the machine running ``esap-dask run``).
@@ -63,24 +67,6 @@ class FacilityCheck:
     def to_dict(self) -> dict[str, Any]:
         """The check as a JSON-ready mapping."""
         return asdict(self)
-
-
-def worker_report() -> dict[str, Any]:
-    """Run on the worker: its host, Python, esap-dask version and batch job id."""
-    import os
-    import platform
-
-    import esap_dask
-
-    job = next((os.environ[v] for v in JOB_ID_VARIABLES if os.environ.get(v)), None)
-    if job and os.environ.get("SLURM_ARRAY_TASK_ID") and "SLURM_ARRAY_JOB_ID" in os.environ:
-        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return {
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "esap_dask": esap_dask.__version__,
-        "job_id": job,
-    }
 
 
 def check_facility(name: str, *, timeout: float = 300, **overrides: Any) -> FacilityCheck:
@@ -107,12 +93,33 @@ def check_facility(name: str, *, timeout: float = 300, **overrides: Any) -> Faci
 
     from esap_dask.catalogs.facilities import load_facility, open_cluster
 
-    if load_facility(name).facilitytype == "local":
+    def worker_report(variables: tuple[str, ...] = JOB_ID_VARIABLES) -> dict[str, Any]:
+        """Runs on the worker (pickled by value: it needs any esap-dask there, not this one)."""
+        import os
+        import platform
+
+        import esap_dask
+
+        job = next((os.environ[v] for v in variables if os.environ.get(v)), None)
+        if job and os.environ.get("SLURM_ARRAY_TASK_ID") and "SLURM_ARRAY_JOB_ID" in os.environ:
+            job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        return {
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "esap_dask": esap_dask.__version__,
+            "job_id": job,
+        }
+
+    ftype = load_facility(name).facilitytype
+    if ftype in _BATCH:  # one worker job, not the facility's n_workers or adapt policy
+        overrides = {"n_workers": 0, "adapt": None, **overrides}
+    elif ftype in ("local", "dirac"):
         overrides = {"n_workers": 0, **overrides}
+    started = time.monotonic()
     cluster = open_cluster(name, **overrides)
     try:
-        started = time.monotonic()
-        cluster.scale(1)
+        if not getattr(cluster, "worker_spec", None):  # ssh starts its hosts' workers itself
+            cluster.scale(1)
         try:
             cluster.wait_for_workers(1, timeout=timeout)
         except TimeoutError as err:
