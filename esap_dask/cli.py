@@ -464,7 +464,12 @@ def facilities(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from esap_dask.catalogs.facilities import broken_facilities, list_facilities, load_facility
+    from esap_dask.catalogs.facilities import (
+        broken_facilities,
+        list_facilities,
+        load_facility,
+        unfilled_placeholders,
+    )
 
     found = _guarded(lambda: [load_facility(f.name) for f in list_facilities()])
     for err_ in broken_facilities().values():
@@ -476,7 +481,8 @@ def facilities(ctx: click.Context, as_json: bool) -> None:
         return
     table = Table("name", "type", "runtime", "description")
     for f in found:
-        table.add_row(f.name, f.facilitytype, f.runtimeengine, f.description)
+        name = f"{f.name} (template)" if unfilled_placeholders(f) else f.name
+        table.add_row(name, f.facilitytype, f.runtimeengine, f.description)
     out.print(table)
 
 

@@ -134,6 +134,8 @@ def test_facilities_check_refuses_the_template_naming_its_placeholders() -> None
     assert proc.returncode == 2
     assert "facility 'slurm'" in proc.stderr and "is a template" in proc.stderr
     assert "options.account (<your-account>)" in proc.stderr
+    listed = esap("facilities", env={**os.environ, "COLUMNS": "200"})
+    assert "slurm (template)" in listed.stdout and "slurm-loopback (template)" not in listed.stdout
 
 
 @pytest.mark.slow
