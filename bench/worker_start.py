@@ -1,7 +1,7 @@
 """Benchmark: time from ``scale(16)`` to 16 connected workers, job arrays vs dask-jobqueue.
 
 Runs, in one process and alternating, esap-dask's SLURM array cluster
-(``esap_dask.open_cluster("slurm")``) and dask-jobqueue's own ``SLURMCluster``
+(``esap_dask.open_cluster("slurm-loopback")``) and dask-jobqueue's own ``SLURMCluster``
 with the same resources and the same TLS security, against the local SLURM.
 ``sbatch`` is counted by a logging wrapper put first on ``PATH`` (the real sbatch runs).
 
@@ -70,7 +70,7 @@ def wait_queue_empty(job_name: str) -> None:
 
 def open_array(logs: Path) -> Any:
     return facilities.open_cluster(
-        "slurm", **RESOURCES, array_cap=None, log_directory=str(logs), n_workers=0
+        "slurm-loopback", **RESOURCES, array_cap=None, log_directory=str(logs), n_workers=0
     )
 
 

@@ -3,7 +3,7 @@
 The public API::
 
     import esap_dask
-    cluster = esap_dask.open_cluster("local")          # or "slurm", "dirac", ...
+    cluster = esap_dask.open_cluster("local")          # or "slurm-loopback", "dirac", ...
     summary = esap_dask.map_observations("helloworld", "runs/*.fits", "hello.zarr")
 """
 

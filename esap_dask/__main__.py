@@ -2,4 +2,4 @@
 
 from esap_dask.cli import main
 
-main()
+main(prog_name="esap-dask")  # the usage lines and shell completion name esap-dask

@@ -8,12 +8,15 @@ is locked by another run; 130 interrupted.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -106,7 +109,7 @@ def print_summary(summary: Any) -> None:
     for note in summary.notes:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for f in summary.failures[:20]:
-        out.print(
+        (err if out.quiet else out).print(
             "[red]failed[/] " + escape(f"{f['observation']}: {f['error_type']}: {f['message']}"),
             highlight=False,
         )
@@ -115,6 +118,34 @@ def print_summary(summary: Any) -> None:
     out.print(f"store: {summary.store}", highlight=False)
     if summary.provenance:
         out.print(f"provenance: {summary.provenance}", highlight=False)
+
+
+def _complete_facility(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion: the facility names of the catalog that start with ``incomplete``."""
+    from esap_dask.catalogs.facilities import list_facilities
+
+    return [
+        CompletionItem(f.name, help=f.description.split(". ")[0][:80])
+        for f in list_facilities()
+        if f.name.startswith(incomplete)
+    ]
+
+
+def _complete_pipeline(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion: the catalog's pipeline names, or a .py file when a path is typed."""
+    if "/" in incomplete or incomplete.startswith("."):
+        return [CompletionItem(incomplete, type="file")]
+    from esap_dask.catalogs.workflows import list_pipelines
+
+    return [
+        CompletionItem(p.name, help=p.description)
+        for p in list_pipelines()
+        if p.name.startswith(incomplete)
+    ]
 
 
 _storage_options_option = click.option(
@@ -153,14 +184,70 @@ def _parse_select(pairs: tuple[str, ...]) -> dict[str, str] | None:
     return select or None
 
 
+#: distributed's loggers that its own configuration sets apart from ``distributed``, and
+#: tornado's, which logs the tracebacks of distributed's failed callbacks.
+_DISTRIBUTED_LOGGERS = (
+    "distributed",
+    "distributed.client",
+    "distributed.gc",
+    "tornado.application",
+)
+
+
+def _set_verbosity(verbose: int, quiet: bool, *, start_clusters: bool) -> None:
+    """Levels of the log lines: distributed's silent unless ``-v``; ``-q`` prints only errors.
+
+    Without ``-v`` distributed's lines (its errors included: a failed observation or a
+    worker that does not come is reported by esap-dask itself, with the reason) are not
+    shown; ``-v`` shows its info lines, ``-vv`` its debug lines.
+
+    The level reaches this process's loggers (the scheduler of a local cluster, the
+    cluster managers; distributed is imported here for the commands that
+    ``start_clusters``, 0.6 s that the others do not pay) and the workers of local
+    clusters (``esap.log-level``, their ``silence_logs``). It is not left in the Dask
+    configuration's ``logging`` key, which SSH clusters hand to their remote processes:
+    distributed's SSH launcher reads the remote scheduler's and workers' info lines to
+    learn their addresses (with that key at critical it waits forever).
+    """
+    level = "debug" if verbose > 1 else "info" if verbose == 1 else "critical"
+    import dask.config
+
+    dask.config.set({"esap.log-level": level})
+    if start_clusters and "distributed" not in sys.modules:
+        # distributed sets its loggers' levels from this key once, when imported; the
+        # key is set only for that import, so that SSH clusters do not inherit it
+        with dask.config.set({"logging": dict.fromkeys(_DISTRIBUTED_LOGGERS, level)}):
+            import distributed  # noqa: F401
+    for name in _DISTRIBUTED_LOGGERS:
+        logging.getLogger(name).setLevel(level.upper())
+    logging.getLogger("esap_dask").setLevel(
+        "ERROR" if quiet else "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"
+    )
+    if quiet:
+        out.quiet = True  # no progress bar, no summary; errors and failures go to stderr
+        warnings.simplefilter("ignore")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="esap-dask")
-def main() -> None:
+@click.option(
+    "--verbose",
+    "-v",
+    count=True,
+    help="Show distributed's log lines (-v info, -vv debug); by default none.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors (and failed observations).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Map one analysis over thousands of observation files into one Zarr store."""
+    if verbose and quiet:
+        _fail("-v and -q exclude each other; give one")
+    starts = ctx.invoked_subcommand in ("run", "reproduce", "demo", "facilities", "serve")
+    _set_verbosity(verbose, quiet, start_clusters=starts and not ctx.resilient_parsing)
 
 
 @main.command()
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=_complete_pipeline)
 @click.option(
     "--observations",
     "-o",
@@ -175,6 +262,7 @@ def main() -> None:
     default="local",
     show_default=True,
     help="Where workers run (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
 )
 @click.option(
     "--param",
@@ -253,7 +341,7 @@ def run(
             chunk=chunk,
             shard=shard,
             batch_size=batch_size,
-            progress=None if not as_json else False,
+            progress=False if as_json or out.quiet else None,
             storage_options=options,
             input_storage_options=in_options,
             select=selection,
@@ -284,6 +372,7 @@ def run(
     default="local",
     show_default=True,
     help="Whose storage options open a URL store (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
 )
 @_storage_options_option
 def status(
@@ -332,7 +421,14 @@ def status(
 @click.argument("store")
 @click.option("--store", "-s", "new_store", required=True, help="The new store to create.")
 @click.option("--run", "run_id", help="Reproduce only this run (see `esap-dask status`).")
-@click.option("--facility", "-f", default="local", show_default=True)
+@click.option(
+    "--facility",
+    "-f",
+    default="local",
+    show_default=True,
+    help="Where workers run (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
 @click.option(
     "--allow-code",
@@ -400,13 +496,26 @@ def pipelines(as_json: bool) -> None:
             )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
-def facilities(as_json: bool) -> None:
-    """The facility catalog: where workers can run (options merged with dask.config)."""
-    from esap_dask.catalogs.facilities import list_facilities, load_facility
+@click.pass_context
+def facilities(ctx: click.Context, as_json: bool) -> None:
+    """The facility catalog: where workers can run (options merged with dask.config).
+
+    An invalid facility file is named in a warning and left out; the others are listed.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from esap_dask.catalogs.facilities import (
+        broken_facilities,
+        list_facilities,
+        load_facility,
+        unfilled_placeholders,
+    )
 
     found = _guarded(lambda: [load_facility(f.name) for f in list_facilities()])
+    for err_ in broken_facilities().values():
+        err.print(f"[yellow]warning:[/] {escape(str(err_))}", highlight=False)
     if as_json:
         click.echo(
             json.dumps([{**f.as_record(), "options": dict(f.options)} for f in found], default=str)
@@ -414,8 +523,47 @@ def facilities(as_json: bool) -> None:
         return
     table = Table("name", "type", "runtime", "description")
     for f in found:
-        table.add_row(f.name, f.facilitytype, f.runtimeengine, f.description)
+        name = f"{f.name} (template)" if unfilled_placeholders(f) else f.name
+        table.add_row(name, f.facilitytype, f.runtimeengine, f.description)
     out.print(table)
+
+
+@facilities.command("check")
+@click.argument("name", shell_complete=_complete_facility)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for the worker, then for its task.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def check(name: str, timeout: float, as_json: bool) -> None:
+    """Start one worker on facility NAME, run one task on it, report, and stop it.
+
+    Reports the time the worker took to connect, the worker's host, Python and
+    esap-dask version, and its batch or grid job id. Exits 1 with the reason when
+    the worker does not come (or the task fails), 2 when NAME is unknown or invalid.
+    """
+    from esap_dask.engine.check import FacilityCheckError, check_facility
+
+    try:
+        report = _guarded(lambda: check_facility(name, timeout=timeout))
+    except FacilityCheckError as e:
+        _fail(str(e), EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("facility", report.facility)
+    table.add_row("worker after", f"{report.seconds_to_worker:.1f} s")
+    table.add_row("host", report.host)
+    table.add_row("python", report.python)
+    table.add_row("esap-dask", report.esap_dask)
+    table.add_row("job id", report.job_id or "none (not a batch or grid job)")
+    table.add_row("scheduler", report.scheduler)
+    out.print(table)
+    out.print(f"[green]ok:[/] facility {name} gave a worker that ran a task", highlight=False)
 
 
 @main.command()
@@ -436,7 +584,14 @@ def facilities(as_json: bool) -> None:
     help="Number of synthetic observations.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic data.")
-@click.option("--facility", "-f", default="local", show_default=True)
+@click.option(
+    "--facility",
+    "-f",
+    default="local",
+    show_default=True,
+    help="Where workers run (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
+)
 def demo(directory: str, count: int, seed: int, facility: str) -> None:
     """Generate synthetic DL3 observations and run dl3-products on them."""
     from esap_dask.engine.mapper import map_observations

@@ -152,6 +152,7 @@ def test_the_site_builds_before_any_benchmark_ran(tmp_path: Path) -> None:
     shutil.copytree(DOCS, copy / "docs", ignore=shutil.ignore_patterns("benchmarks"))
     shutil.copy(MKDOCS_YML, copy / "mkdocs.yml")
     shutil.copy(ROOT / "CHANGELOG.md", copy / "CHANGELOG.md")
+    shutil.copytree(ROOT / "clusters", copy / "clusters")  # included by facilities/slurm.md
     done = _mkdocs(tmp_path / "site", copy / "mkdocs.yml", copy)
     _assert_clean(done)
     assert not (tmp_path / "site" / "benchmarks" / "results").exists()

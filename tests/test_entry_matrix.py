@@ -2,7 +2,7 @@
 
 Entry points: ``esap-dask run`` (a subprocess, as from a shell or cron),
 ``map_observations`` (in-process, as from a notebook) and a UWS job driven by pyvo
-against ``esap-dask serve``. Facilities: ``local``, ``slurm`` (the local SLURM),
+against ``esap-dask serve``. Facilities: ``local``, ``slurm-loopback`` (the local SLURM),
 ``ssh`` (the loopback sshd) and ``dirac`` (the local DiracX, its site and moto S3).
 Each cell runs helloworld over the same six observations and must end with every
 observation done and the same products. Grid workers share no filesystem with the
@@ -42,7 +42,7 @@ from tests.conftest import ESAP_DASK, HESS, ROOT, SLURM_START
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.dirac]
 
-FACILITIES = ["local", "slurm", "ssh", "dirac"]
+FACILITIES = ["local", "slurm-loopback", "ssh", "dirac"]
 OBSERVATIONS = "1..6"
 GREETINGS = [f"Hello, {i}!" for i in range(1, 7)]
 DIRACX_STATE = Path(os.environ.get("DIRACX_STATE", ROOT / ".diracx"))
@@ -231,7 +231,7 @@ def test_dl3_products_over_the_hess_runs_through_the_service_on_slurm(
     """The 105 H.E.S.S. DR1 runs as a UWS job on SLURM: the products equal a local run's."""
     s = session()
     files = f"{HESS}/data/*.fits.gz"
-    url = submit(service, s, pipeline="dl3-products", observations=files, facility="slurm")
+    url = submit(service, s, pipeline="dl3-products", observations=files, facility="slurm-loopback")
     s.post(f"{url}/phase", data={"PHASE": "RUN"})
     assert wait_phase(s, url, {"COMPLETED", "ERROR", "ABORTED"}, 600) == "COMPLETED", s.get(
         f"{url}/error"
@@ -279,7 +279,7 @@ def dirac_jobs(group: str) -> dict[int, str]:
     return {int(r["JobID"]): str(r["Status"]) for r in asyncio.run(search())}
 
 
-@pytest.mark.parametrize("facility", ["slurm", "dirac"])
+@pytest.mark.parametrize("facility", ["slurm-loopback", "dirac"])
 def test_abort_ends_every_batch_or_grid_job_and_the_store_resumes(
     facility: str,
     service: ServiceProcess,
@@ -298,7 +298,7 @@ def test_abort_ends_every_batch_or_grid_job_and_the_store_resumes(
     s.post(f"{url}/phase", data={"PHASE": "RUN"})
     wait_phase(s, url, {"EXECUTING"}, 60)
     deadline = time.monotonic() + 180
-    if facility == "slurm":
+    if facility == "slurm-loopback":
         while not slurm_jobs(label):
             assert time.monotonic() < deadline, f"no SLURM job named {label}"
             time.sleep(0.5)
@@ -314,7 +314,7 @@ def test_abort_ends_every_batch_or_grid_job_and_the_store_resumes(
     assert s.post(f"{url}/phase", data={"PHASE": "ABORT"}).status_code in (200, 303)
     assert wait_phase(s, url, {"ABORTED"}, 10) == "ABORTED"
     deadline = time.monotonic() + 60
-    if facility == "slurm":
+    if facility == "slurm-loopback":
         while left := slurm_jobs(label):
             assert time.monotonic() < deadline, f"SLURM jobs {left} still queued after ABORT"
             time.sleep(0.5)

@@ -63,12 +63,12 @@ def calls(slurm: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Slurm
 
 @pytest.fixture
 def open_slurm(calls: SlurmCalls, tmp_path: Path) -> Iterator[Callable[..., object]]:
-    """``open_cluster("slurm", **overrides)`` with logs under tmp_path; every cluster is closed."""
+    """``open_cluster("slurm-loopback", **overrides)``, logs under tmp_path; each one closed."""
     opened = []
 
     def _open(**overrides: object) -> object:
         overrides.setdefault("log_directory", str(tmp_path / "logs"))
-        cluster = facilities.open_cluster("slurm", **overrides)
+        cluster = facilities.open_cluster("slurm-loopback", **overrides)
         opened.append(cluster)
         return cluster
 

@@ -48,7 +48,7 @@ def test_dl3_products_on_slurm_equal_local(hess_dir, tmp_path):
     on_slurm = run_cli(
         "dl3-products",
         "--facility",
-        "slurm",
+        "slurm-loopback",
         "-o",
         str(listing),
         "-s",
@@ -96,7 +96,7 @@ def test_scancel_of_a_worker_mid_run_loses_nothing_and_reruns_only_its_batch(tmp
         subprocess.run(["scancel", victim], check=True)
         cancelled.append(victim)
 
-    with open_cluster("slurm") as cluster, Client(cluster) as c:
+    with open_cluster("slurm-loopback") as cluster, Client(cluster) as c:
         cluster.scale(4)
         c.wait_for_workers(4, timeout=120)
         killer = threading.Thread(target=cancel_one_worker, args=(cluster,))
@@ -130,10 +130,10 @@ def test_scancel_of_a_worker_mid_run_loses_nothing_and_reruns_only_its_batch(tmp
 
 
 def test_a_run_whose_workers_cannot_start_stops_with_slurms_reason(tmp_path):
-    env = {**os.environ, "DASK_ESAP__FACILITIES__SLURM__QUEUE": "no-such-partition"}
+    env = {**os.environ, "DASK_ESAP__FACILITIES__SLURM_LOOPBACK__QUEUE": "no-such-partition"}
     t0 = time.monotonic()
     proc = subprocess.run(
-        [*ESAP_DASK, "run", "helloworld", "--facility", "slurm", "-o", "1..5",
+        [*ESAP_DASK, "run", "helloworld", "--facility", "slurm-loopback", "-o", "1..5",
          "-s", str(tmp_path / "s.zarr")],
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )

@@ -284,7 +284,7 @@ def test_where_job_stores_go(tmp_path: Path) -> None:
     with pytest.raises(StoreRootError, match="--store-root"):
         plain.job_store("j1", "dirac")
     on_disk = ServiceConfig(data_dir=tmp_path / "data", store_root=str(tmp_path / "shared"))
-    assert on_disk.job_store("j1", "slurm")[0] == str(tmp_path / "shared/j1/store.zarr")
+    assert on_disk.job_store("j1", "slurm-loopback")[0] == str(tmp_path / "shared/j1/store.zarr")
     with pytest.raises(StoreRootError, match="not a URL"):
         on_disk.job_store("j1", "dirac")  # grid workers cannot reach a directory
     s3 = ServiceConfig(

@@ -3,8 +3,8 @@
 A facility is one YAML file in a catalog directory, in the shape of ESAP's
 ``batch.facility`` record plus the options of its cluster manager::
 
-    name: slurm
-    description: The local SLURM test cluster
+    name: slurm-loopback
+    description: The local SLURM test cluster (scripts/slurm.sh)
     url: https://slurm.schedmd.com
     facilitytype: slurm        # local, slurm, pbs, sge, htcondor, lsf, ssh, dirac
     runtimeengine: none        # none, apptainer, singularity, docker, podman
@@ -15,7 +15,14 @@ A facility is one YAML file in a catalog directory, in the shape of ESAP's
 
 Catalog directories are searched in this order (a later file of the same name
 wins): the built-in ``clusters/`` of esap-dask, then each directory in the Dask
-config key ``esap.facilities-path``, then ``~/.config/esap-dask/clusters``.
+config key ``esap.facilities-path``, then the user's ``clusters`` directory
+(:func:`user_catalog_dir`: ``~/.config/esap-dask/clusters`` on Linux, from platformdirs).
+An invalid file is left out of the catalog with its error (:func:`broken_facilities`);
+only opening a facility of that file's name raises it.
+
+The fields are validated with pydantic (:class:`_FacilityFile`); the errors name the
+file and each wrong field. A template (the shipped ``slurm``) leaves ``<your-...>``
+placeholders in its options: :func:`open_cluster` refuses it, naming each one.
 
 Options merge with Dask's configuration, so a site configures esap-dask the
 Dask way: ``esap.facilities.<name>.<option>`` in a YAML file of the Dask config
@@ -32,12 +39,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dask.config
+import platformdirs
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from esap_dask.deploy.facility import FACILITY_TYPES, RUNTIME_ENGINES, Facility, FacilityError
 from esap_dask.extras import FACILITY_EXTRAS, MissingExtra, require
@@ -45,13 +56,18 @@ from esap_dask.extras import FACILITY_EXTRAS, MissingExtra, require
 __all__ = [
     "FACILITY_TYPES",
     "MANAGERS",
+    "PLACEHOLDER",
     "RUNTIME_ENGINES",
     "Facility",
     "FacilityError",
+    "broken_facilities",
     "catalog_dirs",
     "list_facilities",
     "load_facility",
     "open_cluster",
+    "ready_facilities",
+    "unfilled_placeholders",
+    "user_catalog_dir",
 ]
 
 #: facility type -> "module:function" of its cluster manager factory.
@@ -66,8 +82,55 @@ MANAGERS: dict[str, str] = {
     "dirac": "esap_dask.deploy.dirac.cluster:open_dirac",
 }
 
-_REQUIRED = ("name", "facilitytype")
-_KNOWN_KEYS = {"name", "description", "url", "facilitytype", "runtimeengine", "options"}
+#: A value the shipped templates (``clusters/slurm.yaml``) leave for the site to fill.
+PLACEHOLDER = re.compile(r"<your[-\w ]*>")
+
+
+class _FacilityFile(BaseModel):
+    """The fields of a facility YAML file, validated by pydantic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    facilitytype: str
+    description: str = ""
+    url: str = ""
+    runtimeengine: str | None = "none"
+    options: dict[str, Any] | None = None
+
+    @field_validator("facilitytype")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in FACILITY_TYPES:
+            raise ValueError(f"{value!r} is not one of {', '.join(FACILITY_TYPES)}")
+        return value
+
+    @field_validator("runtimeengine")
+    @classmethod
+    def _known_engine(cls, value: str | None) -> str:
+        value = value or "none"
+        if value not in RUNTIME_ENGINES:
+            raise ValueError(f"{value!r} is not one of {', '.join(RUNTIME_ENGINES)}")
+        return value
+
+
+def _explain(path: Path, error: ValidationError) -> str:
+    """One line naming ``path`` and each field pydantic refused, with what to do."""
+    parts = []
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "missing":
+            parts.append(f"missing field '{field}'")
+        elif e["type"] == "extra_forbidden":
+            parts.append(f"unknown field '{field}' (cluster options go under 'options:')")
+        else:
+            parts.append(f"field '{field}': {e['msg'].removeprefix('Value error, ')}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def user_catalog_dir() -> Path:
+    """The user's own catalog directory (platformdirs: ``~/.config/esap-dask/clusters``)."""
+    return Path(platformdirs.user_config_dir("esap-dask")) / "clusters"
 
 
 def catalog_dirs() -> list[Path]:
@@ -81,7 +144,7 @@ def catalog_dirs() -> list[Path]:
     if isinstance(extra, str):
         extra = extra.split(os.pathsep)
     dirs += [Path(p).expanduser() for p in extra]
-    dirs.append(Path("~/.config/esap-dask/clusters").expanduser())
+    dirs.append(user_catalog_dir())
     seen: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in seen:
@@ -96,50 +159,75 @@ def _parse(path: Path) -> Facility:
         raise FacilityError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(record, dict):
         raise FacilityError(f"{path}: expected a mapping with 'name' and 'facilitytype'")
-    missing = [k for k in _REQUIRED if k not in record]
-    if missing:
-        raise FacilityError(f"{path}: missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(record) - _KNOWN_KEYS)
-    if unknown:
-        raise FacilityError(
-            f"{path}: unknown field(s) {', '.join(unknown)}; cluster options go under 'options:'"
-        )
-    ftype = record["facilitytype"]
-    if ftype not in FACILITY_TYPES:
-        raise FacilityError(
-            f"{path}: facilitytype {ftype!r} is not one of {', '.join(FACILITY_TYPES)}"
-        )
-    engine = record.get("runtimeengine") or "none"
-    if engine not in RUNTIME_ENGINES:
-        raise FacilityError(
-            f"{path}: runtimeengine {engine!r} is not one of {', '.join(RUNTIME_ENGINES)}"
-        )
-    options = record.get("options") or {}
-    if not isinstance(options, dict):
-        raise FacilityError(f"{path}: 'options' must be a mapping")
+    try:
+        valid = _FacilityFile.model_validate(record)
+    except ValidationError as err:
+        raise FacilityError(_explain(path, err)) from None
     return Facility(
-        name=str(record["name"]),
-        facilitytype=ftype,
-        description=str(record.get("description", "")),
-        url=str(record.get("url", "")),
-        runtimeengine=engine,
-        options=options,
+        name=valid.name,
+        facilitytype=valid.facilitytype,
+        description=valid.description,
+        url=valid.url,
+        runtimeengine=valid.runtimeengine or "none",
+        options=valid.options or {},
         path=path,
     )
 
 
-def _catalog() -> dict[str, Facility]:
+def _catalog() -> tuple[dict[str, Facility], dict[Path, FacilityError]]:
     found: dict[str, Facility] = {}
+    broken: dict[Path, FacilityError] = {}
     for d in catalog_dirs():
         for path in sorted(d.glob("*.yaml")):
-            fac = _parse(path)
+            try:
+                fac = _parse(path)
+            except FacilityError as err:
+                broken[path] = err
+                continue
             found[fac.name] = fac
+    return found, broken
+
+
+def broken_facilities() -> dict[Path, FacilityError]:
+    """Facility files of the catalog that are invalid, with the error naming the field."""
+    return _catalog()[1]
+
+
+def ready_facilities() -> list[Facility]:
+    """The facilities of the catalog that can open: templates with placeholders left out.
+
+    Their options are merged with ``dask.config`` (a template whose placeholders the
+    configuration fills is ready). The job service offers these.
+    """
+    merged = (load_facility(f.name) for f in list_facilities())
+    return [f for f in merged if not unfilled_placeholders(f)]
+
+
+def unfilled_placeholders(facility: Facility) -> list[str]:
+    """The options of ``facility`` that still hold a template's ``<your-...>`` placeholder.
+
+    Each entry names the option (``options.account``, ``options.job_script_prologue[1]``)
+    and the placeholder; empty when the facility is ready to open.
+    """
+    found: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str) and (hit := PLACEHOLDER.search(value)):
+            found.append(f"{where} ({hit.group(0)})")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    walk(dict(facility.options), "options")
     return found
 
 
 def list_facilities() -> list[Facility]:
-    """All facilities of the catalog, sorted by name."""
-    return sorted(_catalog().values(), key=lambda f: f.name)
+    """All valid facilities of the catalog, sorted by name (see :func:`broken_facilities`)."""
+    return sorted(_catalog()[0].values(), key=lambda f: f.name)
 
 
 def load_facility(name: str, /, **overrides: Any) -> Facility:
@@ -150,8 +238,11 @@ def load_facility(name: str, /, **overrides: Any) -> Facility:
     FacilityError
         When no catalog file defines ``name``; the message lists the known ones.
     """
-    catalog = _catalog()
+    catalog, broken = _catalog()
     if name not in catalog:
+        for path, err in broken.items():
+            if path.stem == name:
+                raise err
         known = ", ".join(sorted(catalog)) or "none"
         dirs = ", ".join(str(d) for d in catalog_dirs()) or "none"
         raise FacilityError(
@@ -188,6 +279,14 @@ def open_cluster(name: str = "local", /, **overrides: Any) -> Any:
     >>> client = distributed.Client(cluster)            # doctest: +SKIP
     """
     fac = load_facility(name, **overrides)
+    unfilled = unfilled_placeholders(fac)
+    if unfilled:
+        env = f"DASK_ESAP__FACILITIES__{name.upper().replace('-', '_')}__<OPTION>"
+        raise FacilityError(
+            f"facility {name!r} ({fac.path}) is a template: fill in {', '.join(unfilled)}; "
+            f"copy it to {user_catalog_dir()}/<site>.yaml and edit it there, or set the "
+            f"option in the Dask config ({env})"
+        )
     target = MANAGERS[fac.facilitytype]
     module_name, func_name = target.split(":")
     try:

@@ -182,7 +182,7 @@ def open_jobqueue(facility: Facility, options: dict[str, Any]) -> Cluster:
 
     Examples
     --------
-    >>> cluster = esap_dask.open_cluster("slurm")   # doctest: +SKIP
+    >>> cluster = esap_dask.open_cluster("slurm-loopback")   # doctest: +SKIP
     >>> cluster.scale(8)  # one sbatch --array=0-7  # doctest: +SKIP
     >>> client = distributed.Client(cluster)  # TLS, the cluster's certificate  # doctest: +SKIP
     """

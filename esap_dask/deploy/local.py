@@ -13,6 +13,7 @@ import warnings
 import weakref
 from typing import Any
 
+import dask.config
 from distributed import LocalCluster, Nanny, Worker
 
 from esap_dask.deploy.facility import Facility
@@ -61,6 +62,8 @@ def open_local(facility: Facility, options: dict[str, Any]) -> LocalCluster:
     check_options(facility, options, local_keywords(options), "LocalCluster's and Worker's")
     kwargs = {**_DEFAULTS, **options}
     kwargs.setdefault("threads_per_worker", 1)
+    if level := dask.config.get("esap.log-level"):  # the CLI's -v/-q; LocalCluster's: WARN
+        kwargs.setdefault("silence_logs", str(level).upper())
     if kwargs.get("security") is not None:
         return LocalCluster(**kwargs)
     if not kwargs.pop("tls", True):

@@ -95,7 +95,7 @@ def facility_client(
 
     Examples
     --------
-    >>> with facility_client("slurm") as client:          # doctest: +SKIP
+    >>> with facility_client("slurm-loopback") as client: # doctest: +SKIP
     ...     client.submit(sum, [1, 2]).result()
     3
     """

@@ -2,7 +2,7 @@
 
 Three panels: observations done and failed over time (cumulative, by processing end
 time), the distribution of per-observation processing durations, and failures by
-error type.
+error type. A store without failures gets the first two, and "no failures" in the title.
 """
 
 from __future__ import annotations
@@ -37,9 +37,13 @@ def plot_status(
     start, end = read(group, "ledger_start"), read(group, "ledger_end")
     kinds = read(group, "ledger_error_type").astype(object)
 
-    fig, (ax_time, ax_dur, ax_fail) = plt.subplots(1, 3, figsize=(14, 4.2))
+    failures = Counter(str(k) for k in kinds[status == FAILED])
+    panels = 3 if failures else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.7 * panels, 4.2))
+    ax_time, ax_dur = axes[0], axes[1]
     fig.suptitle(
         f"{store}: {meta.get('pipeline')} {meta.get('version')}, {len(status)} observations"
+        + ("" if failures else ", no failures")
     )
     for code, label, colour in ((DONE, "done", "tab:green"), (FAILED, "failed", "tab:red")):
         t = np.sort(end[(status == code) & np.isfinite(end)])
@@ -57,15 +61,13 @@ def plot_status(
         ax_dur.hist(seconds, bins=min(50, max(5, len(seconds) // 10)), color="tab:blue")
     ax_dur.set(title="Processing time per observation", xlabel="seconds", ylabel="observations")
 
-    failures = Counter(str(k) for k in kinds[status == FAILED])
     if failures:
+        ax_fail = axes[2]
         names, counts = zip(*failures.most_common(10), strict=True)
         ax_fail.barh(names, counts, color="tab:red")
         ax_fail.invert_yaxis()
-    else:
-        ax_fail.text(0.5, 0.5, "no failures", ha="center", va="center", transform=ax_fail.transAxes)
-    ax_fail.set(title="Failures by reason", xlabel="observations")
-    ax_fail.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_fail.set(title="Failures by reason", xlabel="observations")
+        ax_fail.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=100)

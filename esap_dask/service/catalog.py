@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from esap_dask.catalogs.facilities import list_facilities
+from esap_dask.catalogs.facilities import ready_facilities
 from esap_dask.catalogs.workflows import list_pipelines
 from esap_dask.service.jobs import NotFound
 from esap_dask.service.params import RESERVED, JobParameterError, catalog_pipeline
@@ -52,8 +52,8 @@ def make_router(user: Any) -> APIRouter:
 
     @router.get("/facilities")
     def facilities(_: User) -> list[dict[str, Any]]:
-        """Every facility jobs can run on (ESAP ``batch.facility`` records)."""
-        return [f.as_record() for f in list_facilities()]
+        """Every facility jobs can run on (ESAP ``batch.facility`` records; no templates)."""
+        return [f.as_record() for f in ready_facilities()]
 
     @router.get("/workflows")
     def workflows(_: User) -> list[dict[str, Any]]:

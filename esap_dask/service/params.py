@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from esap_dask.catalogs.facilities import FacilityError, load_facility
+from esap_dask.catalogs.facilities import FacilityError, load_facility, unfilled_placeholders
 from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
 from esap_dask.engine.observations import Observation, parse_range
 from esap_dask.pipeline import ParameterError, Pipeline
@@ -118,9 +118,16 @@ def parse_spec(parameters: Mapping[str, Any], sandbox: Sandbox | None = None) ->
     pipeline = catalog_pipeline(_single("pipeline", parameters["pipeline"]))
     facility = _single("facility", parameters.get("facility", "local"))
     try:
-        load_facility(facility)
+        unfilled = unfilled_placeholders(load_facility(facility))
     except FacilityError as err:
         raise JobParameterError("facility", str(err)) from None
+    if unfilled:
+        raise JobParameterError(
+            "facility",
+            f"{facility!r} is a template for a site, not a facility of this service (it "
+            f"leaves {', '.join(unfilled)} to fill); GET /esap/facilities lists this "
+            "service's facilities",
+        )
     if "observations" not in parameters:
         raise JobParameterError(
             "observations",

@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from esap_dask.catalogs.facilities import list_facilities
+from esap_dask.catalogs.facilities import ready_facilities
 from esap_dask.catalogs.workflows import list_pipelines
 from esap_dask.service.jobs import JobService
 
@@ -140,7 +140,7 @@ def make_router(service: JobService, user: Any) -> APIRouter:
             jobs=jobs,
             error=error,
             pipelines=list_pipelines(),
-            facilities=list_facilities(),
+            facilities=ready_facilities(),
         )
 
     @router.get("/", name="index", response_class=HTMLResponse)
