@@ -23,8 +23,8 @@ def store_status(
     """Counts per status, the pipeline, the runs so far and the first failures.
 
     Returns a JSON-ready dict: ``pipeline``, ``version``, ``total``, ``counts``
-    (done/failed/pending, and ``given up``: failed observations tried as many times
-    as the last run's ``max_attempts`` allows, which runs no longer retry),
+    (done/failed/pending), ``given_up`` (how many of the failed were tried as many
+    times as the last run's ``max_attempts`` allows: runs no longer retry them),
     ``max_attempts`` (that of the last run that set one, else None), ``runs`` (the
     run records of the store's attrs) and ``failures`` (observation, error type,
     message, attempts, ``given_up``, and with ``tracebacks`` the traceback tail).
@@ -51,14 +51,13 @@ def store_status(
         }
         for r in failed_rows
     ]
-    counts = ledger.counts()
-    counts["given up"] = int(given_up.sum())
     return {
         "store": store,
         "pipeline": meta.get("pipeline"),
         "version": meta.get("version"),
         "total": len(ledger.ids),
-        "counts": counts,
+        "counts": ledger.counts(),
+        "given_up": int(given_up.sum()),
         "max_attempts": max_attempts,
         "runs": runs,
         "failures": failures,
