@@ -276,10 +276,11 @@ def run(
 
 def _print_plan(plan: Any, store: str) -> None:
     """``run --dry-run``: each observation that would run with its reason, the given up."""
-    n = len(plan.todo)
+    n, given_up = len(plan.todo), len(plan.given_up)
+    gave = f", {given_up} given up" if given_up else ""
     out.print(
-        f"dry run: {n} observation(s) would run, {plan.skipped} skipped (done and unchanged); "
-        f"no cluster started, nothing written to {store}",
+        f"dry run: {n} observation(s) would run, {plan.skipped - given_up} skipped (done and "
+        f"unchanged){gave}; no cluster started, nothing written to {store}",
         highlight=False,
     )
     for e in plan.todo:

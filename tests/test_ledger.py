@@ -275,6 +275,10 @@ def test_max_attempts_gives_a_file_up_after_two_nights(tmp_path: Path, client: A
     table = ledger(store)
     assert table.loc["lost.dat", "attempts"] == 2, "tried twice over three nights"
     assert (table.drop("lost.dat").attempts == 1).all()
+    planned = runner.invoke(main, [*nightly, "--dry-run"])
+    assert planned.exit_code == 0, planned.output
+    assert "3 skipped (done and unchanged), 1 given up" in planned.output
+    assert "given up    lost.dat (failed 2 time(s); last error FileNotFoundError:" in planned.output
     # the API says the same
     again = map_observations("helloworld", observations, store, max_attempts=2, client=client)
     assert not again.ok and again.failed == 0 and again.processed == 0
@@ -294,3 +298,13 @@ def test_max_attempts_gives_a_file_up_after_two_nights(tmp_path: Path, client: A
     assert fixed.exit_code == 0, fixed.output
     assert json.loads(fixed.output)["reasons"] == {"failed": 1}
     assert (esap_dask.ledger(store).status == "done").all()
+
+
+def test_an_unchanged_rerun_writes_nothing_to_the_store(tmp_path: Path, client: Any) -> None:
+    """The consolidated metadata of the ledger group counts as up to date (no rewrite)."""
+    store = tmp_path / "s.zarr"
+    map_observations("helloworld", range(6), store, client=client, chunk=2)
+    stamps = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    again = map_observations("helloworld", range(6), store, client=client)
+    assert again.processed == 0
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == stamps

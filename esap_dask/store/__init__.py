@@ -547,7 +547,9 @@ def _consolidated_differs(group: zarr.Group) -> bool:
     if held is None:
         return True
     shapes = {name: arr.shape for name, arr in obs_arrays(group)}
-    kept = {k: getattr(v, "shape", None) for k, v in held.metadata.items() if k in shapes}
+    kept = {  # nested groups (the ledger's) are flattened to "ledger/<array>" keys
+        k: getattr(v, "shape", None) for k, v in held.flattened_metadata.items() if k in shapes
+    }
     return kept != shapes or fresh.attrs.asdict() != group.attrs.asdict()
 
 
