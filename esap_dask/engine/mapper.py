@@ -30,6 +30,7 @@ from esap_dask.engine import provenance
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
 from esap_dask.engine.ledger import (
     ARRAYS,
+    COLUMNS,
     Ledger,
     Plan,
     fill_given_up,
@@ -75,7 +76,7 @@ def choose_layout(
     thread gets work. With ``shard`` and no ``chunk``, chunks are about a tenth
     of a shard, so one observation can be read without reading the whole shard.
     """
-    per_obs = schema.bytes_per_observation() + ARRAYS.bytes_per_observation()
+    per_obs = schema.bytes_per_observation() + 64 * len(COLUMNS)  # the ledger, as ever
     by_bytes = max(1, CHUNK_BYTES // per_obs)
     if shard:
         if chunk is None:
