@@ -494,4 +494,14 @@ def _raise_store_failure(reports: Sequence[BatchReport]) -> None:
     for report in reports:
         for _, kind, message in report.failures:
             if kind == "StoreError":
-                raise StoreError(message.split("StoreError: ", 1)[-1])
+                said = message.split("StoreError: ", 1)[-1]
+                if "has no array 'ledger_" in said:  # a worker writes the earlier layout
+                    from esap_dask import __version__
+
+                    said += (
+                        "; the workers run an older esap-dask than this driver (they write "
+                        "the ledger as ledger_* columns, the store keeps it in its 'ledger' "
+                        f"group): install esap-dask {__version__} where the workers run (the "
+                        "facility's Python or container)"
+                    )
+                raise StoreError(said)
