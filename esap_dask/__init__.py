@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from esap_dask.catalogs.facilities import Facility, list_facilities, load_facility, open_cluster
     from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
     from esap_dask.engine.ledger import read_ledger
+    from esap_dask.engine.ledger_table import ledger
     from esap_dask.engine.mapper import map_observations
     from esap_dask.engine.observations import Observation, ObservationError, as_observations
     from esap_dask.engine.summary import RunSummary
@@ -44,6 +45,7 @@ _LAZY = {
         "esap_dask.catalogs.facilities",
     ),
     "read_ledger": "esap_dask.engine.ledger",
+    "ledger": "esap_dask.engine.ledger_table",
     "RunSummary": "esap_dask.engine.summary",
     "map_observations": "esap_dask.engine.mapper",
     **dict.fromkeys(
@@ -90,6 +92,7 @@ __all__ = [
     "__version__",
     "as_observations",
     "get_pipeline",
+    "ledger",
     "list_facilities",
     "list_pipelines",
     "load_facility",

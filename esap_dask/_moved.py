@@ -21,6 +21,7 @@ from types import ModuleType
 __all__ = ["MOVED", "install"]
 
 #: old module -> new module, for names users import (pipelines, notebooks, scripts).
+# (esap_dask.ledger, once an alias of esap_dask.engine.ledger, is the ledger() function now)
 MOVED = {
     "esap_dask.gadf": "esap_dask.iact.gadf",
     "esap_dask.dl3": "esap_dask.iact.dl3",
@@ -28,7 +29,6 @@ MOVED = {
     "esap_dask.corsika": "esap_dask.iact.corsika",
     "esap_dask.synthetic": "esap_dask.iact.synthetic",
     "esap_dask.mapper": "esap_dask.engine.mapper",
-    "esap_dask.ledger": "esap_dask.engine.ledger",
     "esap_dask.observations": "esap_dask.engine.observations",
     "esap_dask.provenance": "esap_dask.engine.provenance",
     "esap_dask.lock": "esap_dask.store.lock",

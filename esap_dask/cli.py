@@ -1,8 +1,10 @@
 """The ``esap-dask`` command line.
 
-Exit codes: 0 every observation done; 1 some observations failed; 2 bad usage or
-bad input (parameters, observation list, facility, pipeline, store); 3 the store
-is locked by another run; 130 interrupted.
+Exit codes: 0 every observation done (and for ``run --dry-run``: the plan was printed);
+1 some observations failed; 2 bad usage or bad input (parameters, observation list,
+facility, pipeline, store); 3 the store is locked by another run; 4 none failed in this
+run, but some were given up (they failed ``--max-attempts`` times and were not tried
+again); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from esap_dask.errors import for_cli
 from esap_dask.extras import extra_of, install_hint
 
 EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
+#: ``run``: nothing failed in this run, but observations were given up (``--max-attempts``)
+EXIT_GIVEN_UP = 4
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -115,6 +119,15 @@ def print_summary(summary: Any) -> None:
         )
     if len(summary.failures) > 20:
         out.print(f"… and {len(summary.failures) - 20} more: esap-dask status {summary.store}")
+    for g in getattr(summary, "given_up", [])[:20]:
+        out.print(
+            "[red]given up[/] "
+            + escape(
+                f"{g['observation']} after {g['attempts']} attempt(s): {g['error_type']}: "
+                f"{g['message']}"
+            ),
+            highlight=False,
+        )
     out.print(f"store: {summary.store}", highlight=False)
     if summary.provenance:
         out.print(f"provenance: {summary.provenance}", highlight=False)
@@ -301,6 +314,20 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     "observations inside). See docs/observations.md.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would run and why (new, changed, failed, ...); start no cluster, "
+    "write nothing.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Give up an observation that failed N times: it is not tried again (until its "
+    "file, the parameters or the version change, or --force) and is reported as given up "
+    "(exit 4 when nothing else failed).",
+)
 def run(
     pipeline: str,
     observations: str,
@@ -316,6 +343,8 @@ def run(
     input_storage_options: str | None,
     select: tuple[str, ...],
     as_json: bool,
+    dry_run: bool,
+    max_attempts: int | None,
 ) -> None:
     """Run PIPELINE (a name or a .py file) over the observations into the store.
 
@@ -329,6 +358,29 @@ def run(
     options = _parse_storage_options(storage_options)
     in_options = _parse_storage_options(input_storage_options, "--input-storage-options")
     selection = _parse_select(select)
+
+    if dry_run:
+        plan = _guarded(
+            lambda: map_observations(
+                pipeline,
+                observations,
+                store,
+                facility=facility,
+                params=_parse_params(params),
+                force=force,
+                content_hash=content_hash,
+                storage_options=options,
+                input_storage_options=in_options,
+                select=selection,
+                max_attempts=max_attempts,
+                dry_run=True,
+            )
+        )
+        if as_json:
+            click.echo(json.dumps(plan.to_dict()))
+        else:
+            _print_plan(plan, store)
+        return
     summary = _guarded(
         lambda: map_observations(
             pipeline,
@@ -345,13 +397,41 @@ def run(
             storage_options=options,
             input_storage_options=in_options,
             select=selection,
+            max_attempts=max_attempts,
         )
     )
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:
         print_summary(summary)
-    sys.exit(0 if summary.ok else EXIT_FAILED)
+    sys.exit(0 if summary.ok else EXIT_FAILED if summary.failed else EXIT_GIVEN_UP)
+
+
+def _print_plan(plan: Any, store: str) -> None:
+    """``run --dry-run``: each observation that would run with its reason, the given up."""
+    n, given_up = len(plan.todo), len(plan.given_up)
+    gave = f", {given_up} given up" if given_up else ""
+    out.print(
+        f"dry run: {n} observation(s) would run, {plan.skipped - given_up} skipped (done and "
+        f"unchanged){gave}; no cluster started, nothing written to {store}",
+        highlight=False,
+    )
+    for e in plan.todo:
+        line = f"{e.reason:<11} {e.observation.id}"
+        if e.row in plan.last_errors:
+            kind, message = plan.last_errors[e.row]
+            line += f" (attempt {e.attempts + 1}; last error {kind}: {message})"
+        out.print(escape(line), highlight=False)
+    for g in plan.given_up:
+        out.print(
+            escape(
+                f"{'given up':<11} {g.observation.id} (failed {g.attempts} time(s); last error "
+                f"{g.error_type}: {g.error})"
+            ),
+            highlight=False,
+        )
+    for note in plan.notes:
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 @main.command()
@@ -359,6 +439,12 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
 @click.option(
     "--failures", "max_failures", default=20, show_default=True, help="How many failures to list."
+)
+@click.option(
+    "--failed",
+    "show_failed",
+    is_flag=True,
+    help="Print each failure with its error and the tail of its traceback.",
 )
 @click.option(
     "--plot",
@@ -382,13 +468,18 @@ def status(
     plot: str | None,
     facility: str,
     storage_options: str | None,
+    show_failed: bool,
 ) -> None:
     """What STORE's ledger says: counts per status, runs, and failures with their messages."""
     from esap_dask.engine.status import store_status
     from esap_dask.store.options import storage_options_for
 
     opts = storage_options_for(store, facility, _parse_storage_options(storage_options))
-    report = _guarded(lambda: store_status(store, max_failures=max_failures, storage_options=opts))
+    report = _guarded(
+        lambda: store_status(
+            store, max_failures=max_failures, storage_options=opts, tracebacks=show_failed
+        )
+    )
     if plot:
         from esap_dask.engine.report import plot_status
 
@@ -402,7 +493,10 @@ def status(
         f"{report['total']} observations, {len(report['runs'])} run(s)",
         highlight=False,
     )
-    out.print("  ".join(f"{k}: {v}" for k, v in report["counts"].items()), highlight=False)
+    counts = "  ".join(f"{k}: {v}" for k, v in report["counts"].items())
+    if report.get("max_attempts"):
+        counts += f" (given up: {report['given_up']}, after {report['max_attempts']} attempts)"
+    out.print(counts, highlight=False)
     if report["runs"]:
         last = report["runs"][-1]
         out.print(
@@ -411,10 +505,15 @@ def status(
             highlight=False,
         )
     for f in report["failures"]:
+        label = "given up" if f.get("given_up") else "failed"
         out.print(
-            "[red]failed[/] " + escape(f"{f['observation']}: {f['error_type']}: {f['message']}"),
+            f"[red]{label}[/] " + escape(f"{f['observation']}: {f['error_type']}: {f['message']}"),
             highlight=False,
         )
+        if show_failed:
+            out.print(f"  attempts: {f['attempts']}", highlight=False)
+            for line in str(f.get("traceback") or "(no traceback)").rstrip().splitlines():
+                out.print("  " + escape(line), highlight=False)
 
 
 @main.command()

@@ -182,10 +182,13 @@ class Variable:
     dims
         Its dimensions besides ``obs``; each needs a :class:`Coordinate`.
     units, description
-        Written to the variable's attrs (xarray/CF conventions).
+        Written to the variable's attrs as CF's ``units`` and ``long_name`` (and
+        ``description``); an empty one is not written.
     fill_value
         Value of observations that failed or are not processed yet; defaults to
         NaN for floats, 0 for integers, False for booleans and "" for strings.
+    attrs
+        More attributes for the store (e.g. CF's ``flag_values`` and ``flag_meanings``).
     """
 
     name: str
@@ -194,6 +197,7 @@ class Variable:
     units: str = ""
     description: str = ""
     fill_value: Any = None
+    attrs: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
@@ -233,9 +237,10 @@ class Schema:
             raise SchemaError(f"variable(s) declared twice: {', '.join(dupes)}")
         sizes = self.sizes
         for var in self.variables:
-            if var.name == "obs" or var.name.startswith("ledger_"):
+            if var.name in ("obs", "ledger") or var.name.startswith("ledger_"):
                 raise SchemaError(
-                    f"variable {var.name!r}: the names 'obs' and 'ledger_*' are reserved"
+                    f"variable {var.name!r}: the names 'obs', 'ledger' and 'ledger_*' are "
+                    "reserved; rename it"
                 )
             if "obs" in var.dims:
                 raise SchemaError(f"variable {var.name!r}: 'obs' is added by the mapper")
@@ -246,6 +251,12 @@ class Schema:
                     f"Coordinate; declare Coordinate({missing[0]!r}, values, units=...)"
                 )
             var.numpy_dtype  # noqa: B018 - raises TypeError for an unknown dtype
+        for coord in self.coords:
+            if coord.name in ("obs", "ledger"):
+                raise SchemaError(
+                    f"coordinate {coord.name!r}: the names 'obs' and 'ledger' are reserved; "
+                    "rename it"
+                )
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -372,19 +383,71 @@ def parameter_hash(params: Mapping[str, Any]) -> str:
 def infer_schema(name: str, example: Mapping[str, Any]) -> Schema:
     """A schema from one example result, for plain functions mapped without a Pipeline.
 
-    Each array dimension becomes ``<variable>_<axis>`` with an integer coordinate.
+    Names and units come from the values where they carry them, else are left out:
+
+    - an ``xarray.DataArray`` gives its dimension names, the values and ``units`` of
+      its coordinates along them, and its own ``units`` and ``long_name`` (or
+      ``description``) attrs;
+    - an astropy ``Quantity`` gives its unit;
+    - any other array gets the dimensions ``<variable>_dim0``, ``<variable>_dim1``, ...
+      with an integer index as coordinate (and no units). Two variables of equal
+      lengths do not share a dimension: equal lengths are no evidence of one axis
+      (20 energy bins and 20 time bins); return DataArrays to name shared axes.
+
+    A dimension named by two variables must have the same coordinate in both.
     """
     variables: list[Variable] = []
-    coords: list[Coordinate] = []
+    coords: dict[str, Coordinate] = {}
+    owner: dict[str, str] = {}
     if not isinstance(example, Mapping):
         raise SchemaError(
             f"function {name!r} returned {type(example).__name__}; return a dict of "
             "variable name -> value, or wrap it in an esap_dask.Pipeline"
         )
     for key, value in example.items():
-        arr = np.asarray(value)
+        arr = np.asarray(getattr(value, "value", value) if _is_quantity(value) else value)
         dtype = "str" if arr.dtype.kind in "OUS" else str(arr.dtype)
-        dims = tuple(f"{key}_{i}" for i in range(arr.ndim))
-        coords += [Coordinate(d, np.arange(n)) for d, n in zip(dims, arr.shape, strict=True)]
-        variables.append(Variable(str(key), dtype, dims=dims))
-    return Schema(variables=variables, coords=coords)
+        attrs = dict(getattr(value, "attrs", None) or {}) if _is_dataarray(value) else {}
+        if _is_dataarray(value):
+            dims = tuple(str(d) for d in value.dims)
+        else:
+            dims = tuple(f"{key}_dim{i}" for i in range(arr.ndim))
+        for axis, (dim, size) in enumerate(zip(dims, arr.shape, strict=True)):
+            coord = _inferred_coordinate(value, dim, size)
+            known = coords.get(dim)
+            if known is None:
+                coords[dim], owner[dim] = coord, str(key)
+            elif not np.array_equal(np.asarray(known.values), np.asarray(coord.values)):
+                raise SchemaError(
+                    f"function {name!r}: dimension {dim!r} of {key!r} (axis {axis}) differs "
+                    f"from that of {owner[dim]!r} (length or coordinate); give the axes "
+                    "different names, or declare the schema with an esap_dask.Pipeline"
+                )
+        units = str(attrs.get("units") or "")
+        if _is_quantity(value):
+            units = value.unit.to_string()
+        description = str(attrs.get("long_name") or attrs.get("description") or "")
+        variables.append(Variable(str(key), dtype, dims=dims, units=units, description=description))
+    return Schema(variables=variables, coords=list(coords.values()))
+
+
+def _is_dataarray(value: Any) -> bool:
+    return type(value).__name__ == "DataArray" and hasattr(value, "dims")
+
+
+def _is_quantity(value: Any) -> bool:
+    unit = getattr(value, "unit", None)
+    return unit is not None and hasattr(unit, "to_string") and hasattr(value, "value")
+
+
+def _inferred_coordinate(value: Any, dim: str, size: int) -> Coordinate:
+    """The coordinate of ``dim``: a DataArray's own, else an integer index (unitless)."""
+    if _is_dataarray(value) and dim in value.coords:
+        coord = value.coords[dim]
+        return Coordinate(
+            dim,
+            np.asarray(coord.values),
+            units=str(coord.attrs.get("units") or ""),
+            description=str(coord.attrs.get("long_name") or coord.attrs.get("description") or ""),
+        )
+    return Coordinate(dim, np.arange(size))

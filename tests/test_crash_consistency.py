@@ -24,8 +24,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from esap_dask.engine.ledger import DONE
-from esap_dask.store import open_store, repair
+from esap_dask import ledger
+from esap_dask.store import obs_arrays, open_store, repair
 from tests.conftest import ESAP_DASK
 
 N = 24
@@ -63,7 +63,7 @@ def killed_run(store: Path, step: str, *args: str) -> None:
 
 def products(store: Path) -> xr.Dataset:
     ds = xr.open_zarr(store).load()
-    return ds[[v for v in ds.data_vars if not str(v).startswith("ledger_")]].sortby("obs")
+    return ds.sortby("obs")
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +82,12 @@ def check_after_kill(store: Path, clean: xr.Dataset) -> None:
     if not isinstance(meta, dict) or meta.get("incomplete"):
         return  # a creation cut short: the next run makes the store afresh
     n = repair(group)
-    lengths = {name: arr.shape[0] for name, arr in group.arrays() if name not in ("obs",)}
+    lengths = {name: arr.shape[0] for name, arr in obs_arrays(group) if name not in ("obs",)}
     lengths = {k: v for k, v in lengths.items() if k not in clean.coords or k == "obs"}
     assert set(lengths.values()) <= {n}, lengths
     ds = xr.open_zarr(store).load()  # the consolidated metadata agrees with the arrays
     assert ds.sizes.get("obs", 0) == n
-    done = ds.isel(obs=np.flatnonzero(ds["ledger_status"].values == DONE))
+    done = ds.isel(obs=np.flatnonzero(ledger(store).status == "done"))
     for name in clean.data_vars:
         want = clean[name].sel(obs=done["obs"].values).values
         assert np.array_equal(done[name].values, want), (name, done["obs"].values)
@@ -97,8 +97,9 @@ def check_complete(store: Path, clean: xr.Dataset) -> None:
     ds = xr.open_zarr(store).load()
     ids = ds["obs"].values.tolist()
     assert sorted(ids, key=int) == [str(i) for i in range(1, N + 1)], "each observation once"
-    assert (ds["ledger_status"].values == DONE).all()
-    assert (ds["ledger_run"].values != "").all() and (ds["ledger_worker"].values != "").all()
+    table = ledger(store)
+    assert (table.status == "done").all()
+    assert (table.run != "").all() and (table.worker != "").all()
     got = products(store)
     for name in clean.data_vars:
         assert np.array_equal(got[name].values, clean[name].values), name
@@ -155,9 +156,10 @@ def test_forced_rerun_killed_keeps_ledger_and_products_together(tmp_path: Path, 
     killed_run(store, step, *args, "--force")
     run(store, *args)
     ds = xr.open_zarr(store).load()
-    assert (ds["ledger_status"].values == DONE).all()
-    for k, source in enumerate(ds["ledger_source"].values):
+    table = ledger(store)
+    assert (table.status == "done").all()
+    for k, source in enumerate(table.source):
         data = Path(source).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         assert ds["checksum"].values[k] == sha, f"products of {source} are not its content's"
-        assert ds["ledger_checksum"].values[k] == sha, f"the ledger of {source} is stale"
+        assert table.checksum.iloc[k] == sha, f"the ledger of {source} is stale"

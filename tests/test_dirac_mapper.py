@@ -30,10 +30,9 @@ import xarray as xr
 from distributed import Client
 
 import esap_dask.catalogs.facilities as facilities
-from esap_dask import map_observations
+from esap_dask import ledger, map_observations
 from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.engine.execute import batch_starts
-from esap_dask.engine.ledger import DONE
 from esap_dask.store.lock import LockHeld, StoreLock
 from tests.conftest import ESAP_DASK
 from tests.test_dirac import START, dirac_env, diracx, dx_jobs, submissions, wait_until
@@ -67,7 +66,7 @@ def dirac_s3(dirac_env: str, s3: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def products(ds: xr.Dataset) -> list[str]:
-    return sorted(v for v in ds.data_vars if not str(v).startswith("ledger_"))
+    return sorted(str(v) for v in ds.data_vars)
 
 
 def test_helloworld_and_concordia_on_six_grid_workers_store_on_s3(
@@ -119,10 +118,12 @@ def test_helloworld_and_concordia_on_six_grid_workers_store_on_s3(
         shown = CliRunner().invoke(main, ["status", f"s3://{bucket}/hello.zarr", "--json", *how])
         assert shown.exit_code == 0, shown.output
         assert json.loads(shown.output)["counts"]["done"] == 60, "status reads an S3 store"
-    assert set(ds.ledger_worker.values) <= names and len(set(ds.ledger_worker.values)) > 1
+    made_by = set(ledger(f"s3://{bucket}/hello.zarr", storage_options=opts).worker)
+    assert made_by <= names and len(made_by) > 1
     grid_ds = xr.open_zarr(f"s3://{bucket}/showers.zarr", storage_options=opts)
     assert grid_ds.xmax.shape == (12, 10) and grid_ds.depth.attrs["units"] == "g cm-2"
-    assert set(grid_ds.ledger_worker.values) <= names, "rows written by the grid workers"
+    grid_ledger = ledger(f"s3://{bucket}/showers.zarr", storage_options=opts)
+    assert set(grid_ledger.worker) <= names, "rows written by the grid workers"
     run_doc = fs.cat(showers.provenance.removeprefix("s3://"))
     assert showers.provenance.startswith(f"s3://{bucket}/showers.zarr.provenance/")
     assert json.loads(run_doc)["activity"], "provenance written next to the store"
@@ -257,13 +258,13 @@ def test_a_job_the_site_fails_is_reported_and_its_observations_retried(
     )
     assert interrupted, f"the notes name the batch that was running on {victim}: {first.notes}"
     assert interrupted <= on_victim, "only batches the failed job had were interrupted"
-    ds = xr.open_zarr(store, storage_options=opts)
-    assert (ds.ledger_status.values == DONE).all(), "every observation done in the end"
-    attempts = dict(zip(ds.obs.values.tolist(), ds.ledger_attempts.values.tolist(), strict=True))
+    table = ledger(store, storage_options=opts)
+    assert (table.status == "done").all(), "every observation done in the end"
+    attempts = {str(k): int(v) for k, v in table.attempts.items()}
     twice = {str(4 * i + j) for i in interrupted for j in range(1, 5)}
     assert attempts == {o: 2 if o in twice else 1 for o in attempts}, (
         f"observations {sorted(twice, key=int)} ran twice (on the failed job, then again), "
-        f"every other one once; ledger_attempts says {attempts}"
+        f"every other one once; the ledger's attempts say {attempts}"
     )
     after = dx_jobs([job_id, *others])
     assert after[job_id]["Status"] == "Failed", "a failed job is not overwritten as Killed"

@@ -18,6 +18,7 @@ import pytest
 import xarray as xr
 from distributed import Client
 
+import esap_dask
 import esap_dask.catalogs.facilities as facilities
 from esap_dask import map_observations
 from esap_dask.config import WORKER_ENVIRONMENT
@@ -99,10 +100,10 @@ def test_hess_from_s3_on_grid_workers_equals_local_reruns_only_the_changed(
     finally:
         cluster.close()
 
-    with xr.open_zarr(dl3_store, storage_options=opts) as ds:
-        assert all(str(s).startswith(f"{hess_s3}/data/") for s in ds["ledger_source"].values)
-        assert all(str(fp).startswith("etag:") for fp in ds["ledger_fingerprint"].values)
-        assert all(len(str(c)) == 64 for c in ds["ledger_checksum"].values)
+    table = esap_dask.ledger(dl3_store, storage_options=opts)
+    assert all(str(s).startswith(f"{hess_s3}/data/") for s in table.source)
+    assert all(str(fp).startswith("etag:") for fp in table.fingerprint)
+    assert all(len(str(c)) == 64 for c in table.checksum)
 
     local_dl3, local_spec = tmp_path / "dl3.zarr", tmp_path / "spectrum.zarr"
     ran = map_observations(

@@ -182,3 +182,26 @@ def test_stack_sums_selected_observations_and_leaves_out_those_without_off() -> 
     assert float(total.significance) == pytest.approx(li_ma_significance(70, 250, 40 / 250))
     first = stack(ds, where=[True, False, False, False])
     assert int(first.n_on) == 30 and float(first.alpha) == pytest.approx(0.1)
+
+
+def test_stack_of_a_store_leaves_out_what_its_ledger_says_failed(
+    tmp_path: Path, client: object
+) -> None:
+    """The products no longer carry the ledger: stack reads it from the store they came from."""
+    import xarray as xr
+
+    import esap_dask
+
+    paths = [str(p) for p in write_observations(tmp_path / "obs", 3, seed=5, n_events=400)]
+    bad = tmp_path / "obs" / "not_fits.fits"
+    bad.write_text("not a FITS file\n" * 50)
+    store = tmp_path / "dl3.zarr"
+    summary = esap_dask.map_observations(
+        "dl3-products", [*paths, str(bad)], store, client=client, progress=False
+    )
+    assert (summary.succeeded, summary.failed) == (3, 1)
+    ds = xr.open_zarr(store)
+    assert "ledger_status" not in ds and ds.sizes["obs"] == 4
+    assert int(stack(ds).n_obs) == 3, "the failed observation is left out"
+    assert int(stack(ds.load()).n_obs) == 3
+    assert not bool(rate_outliers(ds).sel(obs="not_fits.fits"))

@@ -15,9 +15,9 @@ import pytest
 import xarray as xr
 import zarr
 
-from esap_dask import ObservationError, map_observations, read_ledger
+from esap_dask import ObservationError, ledger, map_observations, read_ledger
 from esap_dask.engine.ledger import DONE, FAILED
-from esap_dask.store import open_store
+from esap_dask.store import obs_arrays, open_store
 
 HERE = Path(__file__).parent
 VECTOR = str(HERE / "pipelines" / "vector.py")
@@ -49,10 +49,17 @@ def test_helloworld_store_opens_with_xarray(tmp_path, client):
         assert checksum == hashlib.sha256(data).hexdigest()
         assert greeting == f"Hi, {Path(f).name}!"
     assert ds["size"].attrs["units"] == "byte"
-    assert (ds.ledger_status.values == DONE).all()
-    assert (ds.ledger_checksum.values == ds.checksum.values).all()
-    assert ds.ledger_start.dtype.kind == "M"  # decoded to datetime64
+    assert sorted(ds.data_vars) == ["checksum", "greeting", "size"]  # products only
+    table = ledger(store)
+    assert table.index.tolist() == ds.obs.values.tolist()
+    assert (table.status == "done").all()
+    assert (table.checksum.to_numpy() == ds.checksum.values).all()
+    assert table.start.dtype.kind == "M" and (table.seconds >= 0).all()
     assert ds.attrs["esap"]["pipeline"] == "helloworld"
+    raw = xr.open_zarr(store, group="ledger")  # the ledger's own arrays, CF attrs
+    assert raw.status.attrs["flag_meanings"] == "pending done failed"
+    assert raw.status.attrs["flag_values"] == [0, 1, 2] and "units" not in raw.status.attrs
+    assert raw.time.dtype.kind == "M"  # decoded to datetime64
 
 
 def test_plain_values_and_duplicates(tmp_path, client):
@@ -76,6 +83,8 @@ def test_plain_function_schema_inferred(tmp_path, client):
     ds = xr.open_zarr(tmp_path / "f.zarr")
     assert ds.square.values.tolist() == [1, 4, 9]
     assert ds.pair.values.tolist() == [[1, -1], [2, -2], [3, -3]]
+    assert ds.pair.dims == ("obs", "pair_dim0")
+    assert "units" not in ds.pair.attrs and "units" not in ds.pair_dim0.attrs
 
 
 def test_rerun_appends_and_skips(tmp_path, client):
@@ -83,6 +92,7 @@ def test_rerun_appends_and_skips(tmp_path, client):
     store = tmp_path / "s.zarr"
     map_observations("helloworld", files, store, client=client)
     before = xr.open_zarr(store).load()
+    made_by = ledger(store).run.iloc[0]
     more = files + make_files(tmp_path / "in", 5, start=20)
     summary = map_observations("helloworld", more, store, client=client)
     assert (summary.processed, summary.skipped, summary.reasons) == (5, 20, {"new": 5})
@@ -92,7 +102,7 @@ def test_rerun_appends_and_skips(tmp_path, client):
         after[["size", "checksum"]].isel(obs=slice(0, 20)), before[["size", "checksum"]]
     )
     # the earlier rows keep the run that made them
-    assert set(after.ledger_run.values[:20]) == {before.ledger_run.values[0]}
+    assert set(ledger(store).run.iloc[:20]) == {made_by}
 
 
 def test_changed_failed_params_version_force(tmp_path, client):
@@ -115,7 +125,7 @@ def test_changed_failed_params_version_force(tmp_path, client):
         "helloworld", files, store, client=client, params={"message": "Bye"}, force=True
     )
     assert summary.reasons == {"forced": 12}
-    assert xr.open_zarr(store).ledger_attempts.values.min() >= 3
+    assert ledger(store).attempts.min() >= 3
 
 
 def test_version_change_reprocesses_all(tmp_path, client):
@@ -129,7 +139,7 @@ def test_version_change_reprocesses_all(tmp_path, client):
     summary = map_observations(replace(hello, version="9.9"), range(5), store, client=client)
     assert summary.reasons == {"version": 5}
     assert "another pipeline version" in summary.notes[0]
-    assert set(xr.open_zarr(store).ledger_version.values) == {"9.9"}
+    assert set(ledger(store).version) == {"9.9"}
 
 
 def test_one_failure_does_not_spoil_its_batch(tmp_path, client):
@@ -141,8 +151,10 @@ def test_one_failure_does_not_spoil_its_batch(tmp_path, client):
     ds = xr.open_zarr(store)
     assert ds["size"].values[4] == 0 and ds.checksum.values[4] == ""
     assert (ds["size"].values[[0, 1, 2, 3, 5, 6, 7, 8, 9]] > 0).all()
-    assert ds.ledger_error_type.values[4] == "FileNotFoundError"
-    assert "FileNotFoundError" in ds.ledger_traceback.values[4]
+    table = ledger(store)
+    assert table.error_type.iloc[4] == "FileNotFoundError"
+    assert "FileNotFoundError" in table.traceback.iloc[4]
+    assert table.status.iloc[4] == "failed" and table.attempts.iloc[4] == 1
 
 
 @pytest.mark.slow
@@ -161,7 +173,7 @@ def test_sharded_concurrent_writes_are_exact(tmp_path):
         summary = map_observations(
             VECTOR, runs, store, client=c, shard=10, chunk=2, batch_size=1, params={"scale": 0.5}
         )
-        workers = set(xr.open_zarr(store).ledger_worker.values)
+        workers = set(ledger(store).worker)
     assert summary.succeeded == 1000 and summary.failed == 0
     assert len(workers) == 4  # all four wrote
     arr = zarr.open_group(str(store), mode="r")["vector"]
@@ -254,13 +266,13 @@ def test_interrupted_append_is_repaired(tmp_path, client):
     store = tmp_path / "s.zarr"
     map_observations("helloworld", range(6), store, client=client)
     group = open_store(str(store))
-    for name, arr in group.arrays():  # a crash after growing the data arrays only
-        if arr.metadata.dimension_names[0] == "obs" and name != "obs":
+    for name, arr in obs_arrays(group):  # a crash after growing the data arrays only
+        if name != "obs":
             arr.resize((9, *arr.shape[1:]))
     summary = map_observations("helloworld", range(8), store, client=client)
     assert (summary.processed, summary.skipped) == (2, 6)
     ds = xr.open_zarr(store)
-    assert ds.sizes["obs"] == 8 and (ds.ledger_status.values == DONE).all()
+    assert ds.sizes["obs"] == 8 and (ledger(store).status == "done").all()
 
 
 @pytest.mark.slow
@@ -278,8 +290,7 @@ def test_incremental_over_10000_observations(tmp_path, client):
         os.utime(f, (later, later))
     third = map_observations("helloworld", pattern, store, client=client)
     assert (third.processed, third.reasons) == (10, {"changed": 10})
-    ds = xr.open_zarr(store)
-    runs = dict(zip(ds.obs.values, ds.ledger_run.values, strict=True))
+    runs = ledger(store).run.to_dict()
     assert {o for o, r in runs.items() if r == third.run_id} == {Path(f).name for f in touched}
 
 
@@ -339,7 +350,9 @@ def test_editing_a_file_a_parameter_names_reprocesses(tmp_path, client):
         return {"value": run * factor}
 
     pipe = Pipeline(
-        name="scaled", version="1", function=scaled,
+        name="scaled",
+        version="1",
+        function=scaled,
         parameters=[Parameter("config", str, "", "a file holding the factor", file=True)],
         schema=[Variable("value", "float64")],
     )
@@ -357,8 +370,17 @@ def test_editing_a_file_a_parameter_names_reprocesses(tmp_path, client):
 
 @pytest.mark.parametrize(
     "pattern",
-    ["*.fits", "run_0[0-4]*.fits", "run_?1.fits", ".*", "*", "sub/*.fits", "*/*.fits",
-     "**/*.fits", "none*.fits"],
+    [
+        "*.fits",
+        "run_0[0-4]*.fits",
+        "run_?1.fits",
+        ".*",
+        "*",
+        "sub/*.fits",
+        "*/*.fits",
+        "**/*.fits",
+        "none*.fits",
+    ],
 )
 def test_globs_match_what_glob_matches(tmp_path, pattern):
     """The one-listing fast path for globs finds exactly what ``glob.glob`` finds, sorted."""
@@ -391,8 +413,14 @@ def test_provenance_written_in_pieces_is_one_document(monkeypatch, n_inputs):
     monkeypatch.setattr(provenance, "_INPUTS_AT_ONCE", 3)
     now = datetime.now(UTC)
     doc = provenance.build_document(
-        run_id="r1", pipeline={"name": "p", "version": "1"}, params={"x": 1},
-        facility="local", store="/s.zarr", started=now, ended=now, user="u",
+        run_id="r1",
+        pipeline={"name": "p", "version": "1"},
+        params={"x": 1},
+        facility="local",
+        store="/s.zarr",
+        started=now,
+        ended=now,
+        user="u",
         summary={"total": n_inputs},
     )
     ids = [f"obs{i}" for i in range(n_inputs)]
@@ -403,8 +431,11 @@ def test_provenance_written_in_pieces_is_one_document(monkeypatch, n_inputs):
         "checksum": np.asarray(["ab" if i % 2 else "" for i in range(n_inputs)], dtype=object),
     }
     parsed = json.loads("".join(provenance.encode_document(doc, "r1", inputs)))
-    entities = {e["voprov:name"]: e for e in parsed["entity"].values()
-                if e["prov:type"] == "voprov:Entity" and "esap:fingerprint" in e}
+    entities = {
+        e["voprov:name"]: e
+        for e in parsed["entity"].values()
+        if e["prov:type"] == "voprov:Entity" and "esap:fingerprint" in e
+    }
     assert sorted(entities) == sorted(ids)
     assert [entities[i]["prov:location"] for i in ids] == [f'/d/"é\\{i}' for i in ids]
     assert [entities[i].get("voprov:checksum") for i in ids] == [

@@ -1,4 +1,4 @@
-"""ledger_attempts after a worker dies mid-run, on a local cluster: starts, not assignments.
+"""The ledger's attempts after a worker dies mid-run, on a local cluster: starts, not assignments.
 
 Distributed blames a dying worker for every task assigned to it, the ones queued
 behind the running batch too. Only the batch that was running counts a second
@@ -18,13 +18,11 @@ from typing import Any
 import dask
 import numpy as np
 import pytest
-import xarray as xr
 from distributed import Client, LocalCluster
 
-from esap_dask import map_observations
+from esap_dask import ledger, map_observations
 from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.engine.execute import batch_starts
-from esap_dask.engine.ledger import DONE
 from esap_dask.engine.observations import Observation
 from esap_dask.engine.task import Batch, BatchStarts, RunContext, run_batch
 from esap_dask.store import open_store, store_layout
@@ -91,25 +89,25 @@ def test_only_the_batch_running_on_a_lost_worker_counts_two_attempts(
         )
     }
     assert len(interrupted) == 1, f"the notes name the batch running on {victim}: {summary.notes}"
-    ds = xr.open_zarr(store)
-    assert (ds.ledger_status.values == DONE).all()
-    attempts = dict(zip(ds.obs.values.tolist(), ds.ledger_attempts.values.tolist(), strict=True))
+    table = ledger(store)
+    assert (table.status == "done").all()
+    attempts = {str(k): int(v) for k, v in table.attempts.items()}
     twice = {str(4 * i + j) for i in interrupted for j in range(1, 5)}
     assert attempts == {o: 2 if o in twice else 1 for o in attempts}, attempts
 
 
 def _batch_of(store: Path) -> tuple[Batch, Any]:
     """Rows 0..3 of ``store`` as the batch a run planned, and the store's ledger."""
-    ds = xr.open_zarr(store)
-    ids = ds.obs.values.tolist()
+    table = ledger(store)
+    ids = table.index.tolist()
     batch = Batch(
         index=0,
         rows=np.arange(len(ids), dtype=np.int64),
         observations=[Observation.of(int(i)) for i in ids],
-        fingerprints=[str(f) for f in ds.ledger_fingerprint.values],
-        attempts=[int(a) for a in ds.ledger_attempts.values],
+        fingerprints=[str(f) for f in table.fingerprint],
+        attempts=[int(a) for a in table.attempts],
     )
-    return batch, ds
+    return batch, table
 
 
 @pytest.mark.parametrize("same_run", [True, False])
@@ -120,7 +118,7 @@ def test_a_task_started_again_counts_its_starts_or_reads_its_committed_rows(
 
     When its run had committed the rows (the result was lost before the driver fetched
     it), the new start reads the report back from the ledger and does not run the
-    pipeline again; otherwise it runs, and ``ledger_attempts`` counts both starts.
+    pipeline again; otherwise it runs, and the ledger's ``attempts`` counts both starts.
     """
     store = tmp_path / "s.zarr"
     first = map_observations("helloworld", "1..4", store, client=client)
@@ -145,12 +143,12 @@ def test_a_task_started_again_counts_its_starts_or_reads_its_committed_rows(
     report = client.submit(run_batch, ctx, batch, key=key, pure=False).result()
     assert report.started_on[0] == "lost-worker" and len(report.started_on) == 2
     assert (report.done, report.failed) == (4, 0), report.failures
-    after = xr.open_zarr(store)
+    after = ledger(store)
     assert report.from_ledger is same_run
     if same_run:  # nothing written again
-        assert after.ledger_end.values.tolist() == before.ledger_end.values.tolist()
-        assert after.ledger_attempts.values.tolist() == [1] * 4
+        assert after.end.tolist() == before.end.tolist()
+        assert after.attempts.tolist() == [1] * 4
     else:
-        assert after.ledger_run.values.tolist() == ["another-run"] * 4
-        assert after.ledger_attempts.values.tolist() == [2] * 4, "both starts counted"
+        assert after.run.tolist() == ["another-run"] * 4
+        assert after.attempts.tolist() == [2] * 4, "both starts counted"
     client.sync(client.scheduler.esap_batch_forget, prefix=key)

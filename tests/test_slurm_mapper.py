@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-import zarr
 from distributed import Client
 
-from esap_dask import map_observations, open_cluster
+from esap_dask import ledger, map_observations, open_cluster, read_ledger
 from esap_dask.engine.ledger import DONE
 from tests.conftest import ESAP_DASK
 
@@ -25,7 +24,7 @@ def products(store) -> xr.Dataset:
     """The products with their coordinates and attrs; the store's run records differ."""
     ds = xr.open_zarr(store).load()
     ds.attrs = {}
-    return ds[[v for v in ds.data_vars if not v.startswith("ledger_")]]
+    return ds
 
 
 def run_cli(*args: str) -> dict:
@@ -64,7 +63,7 @@ def test_dl3_products_on_slurm_equal_local(hess_dir, tmp_path):
         str(tmp_path / "local.zarr"),
     )
     assert on_slurm["succeeded"] == on_local["succeeded"] == 6
-    workers = set(xr.open_zarr(tmp_path / "slurm.zarr").ledger_worker.values)
+    workers = set(ledger(tmp_path / "slurm.zarr").worker)
     assert all("-" in w for w in workers), workers  # array-task workers, <job>-<index>
     xr.testing.assert_identical(
         products(tmp_path / "slurm.zarr"), products(tmp_path / "local.zarr")
@@ -73,7 +72,7 @@ def test_dl3_products_on_slurm_equal_local(hess_dir, tmp_path):
 
 def _done(store) -> int:
     try:
-        return int((zarr.open_group(str(store), mode="r")["ledger_status"][...] == DONE).sum())
+        return int((read_ledger(str(store)).status == DONE).sum())
     except Exception:
         return 0
 
@@ -109,11 +108,12 @@ def test_scancel_of_a_worker_mid_run_loses_nothing_and_reruns_only_its_batch(tmp
     assert (summary.succeeded, summary.failed) == (60, 0)
     got, ref = xr.open_zarr(store), xr.open_zarr(tmp_path / "local.zarr")
     np.testing.assert_array_equal(got.obs.values, ref.obs.values)  # each row once, in order
-    assert (got.ledger_status.values == DONE).all()
+    table = ledger(store)
+    assert (table.status == "done").all()
     # The victim's batch may run again on another worker before the victim's thread ends
     # (scancel sends SIGTERM; the scheduler reschedules at once). Such a batch counts two
     # starts and the summary names it; every other observation ran exactly once.
-    attempts = dict(zip(got.obs.values.tolist(), got.ledger_attempts.values.tolist(), strict=True))
+    attempts = {str(k): int(v) for k, v in table.attempts.items()}
     twice = sorted((o for o, a in attempts.items() if a != 1), key=int)
     assert set(attempts.values()) <= {1, 2}, attempts
     for first in range(0, 60, 5):
@@ -121,8 +121,7 @@ def test_scancel_of_a_worker_mid_run_loses_nothing_and_reruns_only_its_batch(tmp
         if set(batch) & set(twice):
             assert set(batch) <= set(twice), attempts
             assert any(
-                f"observations {batch[0]} … {batch[-1]} (5 observation(s)) were running on"
-                in note
+                f"observations {batch[0]} … {batch[-1]} (5 observation(s)) were running on" in note
                 for note in summary.notes
             ), summary.notes
     assert len(twice) <= 5 * len(cancelled), twice
@@ -141,6 +140,10 @@ def test_a_run_whose_workers_cannot_start_stops_with_slurms_reason(tmp_path):
     assert "Invalid partition name specified" in proc.stderr
     assert "unprocessed observations stay pending" in proc.stderr
     assert time.monotonic() - t0 < 120, "the run should stop, not wait for workers"
-    status = subprocess.run([*ESAP_DASK, "status", str(tmp_path / "s.zarr"), "--json"],
-                            capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        [*ESAP_DASK, "status", str(tmp_path / "s.zarr"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(status.stdout)["counts"] == {"pending": 5, "done": 0, "failed": 0}

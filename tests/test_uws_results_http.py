@@ -23,11 +23,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pandas as pd
 import pytest
 import requests
 import s3fs
 import xarray as xr
 
+import esap_dask
 from esap_dask.testing.service import ServiceProcess, wait_for_phase, write_tokens
 
 pytestmark = pytest.mark.slow
@@ -118,6 +120,11 @@ def test_local_store_opens_over_http_as_on_disk(service: ServiceProcess) -> None
     xr.testing.assert_identical(remote, direct)
     assert list(remote["obs"].values) == [str(i) for i in range(1, 8)]
     assert list(remote["greeting"].values) == [f"Hi, {i}!" for i in range(1, 8)]
+    assert not [v for v in remote.data_vars if str(v).startswith("ledger")]  # products only
+    table = esap_dask.ledger(f"{url}/results/store", storage_options={"headers": ALICE})
+    local = esap_dask.ledger(service.data_dir / "jobs" / job_id / "store.zarr")
+    pd.testing.assert_frame_equal(table, local)  # the ledger group over HTTP as on disk
+    assert (table.status == "done").all() and table.index.tolist() == [str(i) for i in range(1, 8)]
 
 
 def test_store_keys_head_range_and_missing(service: ServiceProcess) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
-from esap_dask.engine.ledger import FAILED, Plan
+from esap_dask.engine.ledger import FAILED, Plan, pack
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import Batch, BatchReport, BatchStarts, RunContext, run_batch
 from esap_dask.store import StoreLayout, write_rows
@@ -365,18 +365,19 @@ def _batch_failed(
         message = f"the batch {batch.describe()} failed as a whole: {kind}: {err}"
     n = len(batch.rows)
     now = time.time()
-    columns = {
-        "ledger_status": np.full(n, FAILED, dtype="i1"),
-        "ledger_fingerprint": np.asarray(batch.fingerprints, dtype=object),
-        "ledger_params": np.full(n, ctx.param_hash, dtype=object),
-        "ledger_version": np.full(n, ctx.pipeline.version, dtype=object),
-        "ledger_attempts": np.asarray(batch.attempts, dtype="i4"),
-        "ledger_error_type": np.full(n, kind, dtype=object),
-        "ledger_error": np.full(n, message, dtype=object),
-        "ledger_run": np.full(n, ctx.run_id, dtype=object),
-        "ledger_end": np.full(n, now),
+    columns = {  # whole rows: the columns not given here are written blank
+        "status": np.full(n, FAILED, dtype="i1"),
+        "source": np.asarray([str(o.value) for o in batch.observations], dtype=object),
+        "fingerprint": np.asarray(batch.fingerprints, dtype=object),
+        "params": np.full(n, ctx.param_hash, dtype=object),
+        "version": np.full(n, ctx.pipeline.version, dtype=object),
+        "attempts": np.asarray(batch.attempts, dtype="i4"),
+        "error_type": np.full(n, kind, dtype=object),
+        "error": np.full(n, message, dtype=object),
+        "run": np.full(n, ctx.run_id, dtype=object),
+        "end": np.full(n, now),
     }
     with contextlib.suppress(Exception):
-        write_rows(group, batch.rows, columns)
+        write_rows(group, batch.rows, pack(columns))
     failures = [(o.id, kind, message) for o in batch.observations]
     return BatchReport(batch.index, 0, n, failures, worker="", seconds=0.0)

@@ -1,6 +1,6 @@
 """The ledger: one row per observation inside the store, the memory of every run.
 
-Columns (``ledger_*`` variables along ``obs``):
+Its columns (as :func:`esap_dask.ledger` returns them):
 
 ==================  ======================================================
 status              0 pending, 1 done, 2 failed
@@ -18,63 +18,65 @@ run                 id of the run that processed it
 start, end          when processing began and ended (UTC, decoded by xarray)
 ==================  ======================================================
 
+On disk they are packed into five arrays of the store's ``ledger`` subgroup
+(:mod:`esap_dask.engine.ledger_layout`); stores of the earlier layout are read as they
+are and moved by the next run (:mod:`esap_dask.engine.migrate`).
+
 A batch writes its products first and its ledger rows last, ``status`` after
-every other column, each chunk write atomic; a run first marks the ``done`` rows
+every other array, each chunk write atomic; a run first marks the ``done`` rows
 it will redo as pending (:func:`reopen`). So a row that reads ``done`` has its
 products and all its ledger columns from the same processing, whenever a run
 was cut short. A rerun plans
 from the ledger (:func:`plan`): only new, changed, failed or unfinished
-observations run, and all of them when the parameters or the version changed.
+observations run, and all of them when the parameters or the version changed;
+with ``max_attempts``, a failed observation tried that many times is given up.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
 
+from esap_dask.engine.ledger_layout import (  # re-exported: the ledger's one import path
+    ARRAYS,
+    COLUMNS,
+    DONE,
+    FAILED,
+    PENDING,
+    STATUS_NAMES,
+    blank,
+    pack,
+    read_columns,
+)
 from esap_dask.engine.observations import Observation
-from esap_dask.pipeline import Variable
-from esap_dask.store import TIME_UNITS, read_many, write_rows
+from esap_dask.store import open_store, read_many, write_rows
 
 __all__ = [
+    "ARRAYS",
     "COLUMNS",
     "DONE",
     "FAILED",
     "PENDING",
+    "STATUS_NAMES",
+    "GivenUp",
     "Ledger",
     "Plan",
     "PlannedRow",
+    "blank",
+    "fill_given_up",
+    "fill_last_errors",
+    "pack",
     "plan",
+    "read_columns",
     "read_ledger",
     "reopen",
 ]
-
-PENDING, DONE, FAILED = 0, 1, 2
-STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
-
-COLUMNS: tuple[Variable, ...] = (
-    Variable("ledger_status", "int8", description="0 pending, 1 done, 2 failed"),
-    Variable("ledger_source", "str", description="path, URL or value of the input"),
-    Variable("ledger_fingerprint", "str", description="input fingerprint when processed"),
-    Variable("ledger_checksum", "str", description="SHA-256 of the input file"),
-    Variable("ledger_params", "str", description="hash of the parameters used"),
-    Variable("ledger_version", "str", description="pipeline version used"),
-    Variable("ledger_attempts", "int32", description="times processed"),
-    Variable("ledger_error_type", "str", description="exception type of the last failure"),
-    Variable("ledger_error", "str", description="message of the last failure"),
-    Variable("ledger_traceback", "str", description="tail of the last failure's traceback"),
-    Variable("ledger_worker", "str", description="Dask worker that processed it"),
-    Variable("ledger_run", "str", description="run that processed it"),
-    Variable("ledger_start", "float64", units=TIME_UNITS, description="processing start (UTC)"),
-    Variable("ledger_end", "float64", units=TIME_UNITS, description="processing end (UTC)"),
-)
-
-_PLAN_COLUMNS = ("status", "fingerprint", "params", "version", "attempts")
 
 
 @dataclass
@@ -100,12 +102,58 @@ class Ledger:
         return {name: found.get(code, 0) for code, name in STATUS_NAMES.items()}
 
 
-def read_ledger(group: zarr.Group) -> Ledger:
-    """Read the planning columns of ``group``'s ledger."""
-    ids, status, fingerprint, params, version, attempts = read_many(
-        group, ["obs", *(f"ledger_{c}" for c in _PLAN_COLUMNS)]
+def read_ledger(
+    store: zarr.Group | str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Ledger:
+    """Read the planning columns of a store's ledger.
+
+    Parameters
+    ----------
+    store
+        The store: a path or URL (opened read-only with ``storage_options``), or
+        its open ``zarr.Group``.
+
+    Returns
+    -------
+    Ledger
+        ``ids``, ``status``, ``fingerprint``, ``params``, ``version``, ``attempts``:
+        one entry per row. For every column as a table, see :func:`esap_dask.ledger`.
+    """
+    group = _group_of(store, storage_options)
+    (ids,) = read_many(group, ["obs"])
+    cols = read_columns(group, ["status", "fingerprint", "params", "version", "attempts"])
+    n = committed_length(ids)  # a store cut short mid-append, read before its repair
+    return Ledger(
+        ids[:n].astype(object),
+        cols["status"][:n],
+        cols["fingerprint"][:n],
+        cols["params"][:n],
+        cols["version"][:n],
+        cols["attempts"][:n],
     )
-    return Ledger(ids.astype(object), status, fingerprint, params, version, attempts)
+
+
+def committed_length(ids: np.ndarray) -> int:
+    """Rows up to the last assigned observation id (see :func:`esap_dask.store.repair`)."""
+    n = len(ids)
+    while n and not ids[n - 1]:
+        n -= 1
+    return n
+
+
+def _group_of(
+    store: zarr.Group | str | os.PathLike[str], storage_options: Mapping[str, Any] | None
+) -> zarr.Group:
+    if isinstance(store, zarr.Group):
+        return store
+    if isinstance(store, (str, os.PathLike)):
+        return open_store(os.fspath(store), storage_options=storage_options, mode="r")
+    raise TypeError(
+        f"store must be a path, a URL or a zarr.Group, not {type(store).__name__} "
+        "(give the store's path, e.g. read_ledger('products.zarr'))"
+    )
 
 
 class PlannedRow(NamedTuple):
@@ -118,6 +166,19 @@ class PlannedRow(NamedTuple):
     fingerprint: str
     #: Attempts so far (0 for a new observation).
     attempts: int
+    #: Why it runs: new, forced, failed, unfinished, version, parameters, changed.
+    reason: str = ""
+
+
+class GivenUp(NamedTuple):
+    """An observation that failed ``max_attempts`` times and is not tried again."""
+
+    row: int
+    observation: Observation
+    attempts: int
+    #: its last error: exception type and message (filled in from the ledger)
+    error_type: str = ""
+    error: str = ""
 
 
 @dataclass
@@ -131,6 +192,42 @@ class Plan:
     skipped: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    #: failed observations not tried again: they failed ``max_attempts`` times
+    given_up: list[GivenUp] = field(default_factory=list)
+    #: the last error (type, message) of each planned row that failed before, by row
+    #: (filled in by :func:`fill_last_errors`, for a dry run)
+    last_errors: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: each observation that would run with its reason, the given up."""
+        return {
+            "run": [
+                {
+                    "observation": e.observation.id,
+                    "reason": e.reason,
+                    "attempts": e.attempts,
+                    "source": str(e.observation.value),
+                    **(
+                        dict(zip(("error_type", "message"), self.last_errors[e.row], strict=True))
+                        if e.row in self.last_errors
+                        else {}
+                    ),
+                }
+                for e in self.todo
+            ],
+            "skipped": self.skipped,
+            "reasons": dict(self.reasons),
+            "given_up": [
+                {
+                    "observation": g.observation.id,
+                    "attempts": g.attempts,
+                    "error_type": g.error_type,
+                    "message": g.error,
+                }
+                for g in self.given_up
+            ],
+            "notes": list(self.notes),
+        }
 
 
 def _rows_in_ledger(ids: np.ndarray, ledger: Ledger) -> np.ndarray:
@@ -150,13 +247,17 @@ def plan(
     param_hash: str,
     version: str,
     force: bool = False,
+    max_attempts: int | None = None,
 ) -> Plan:
     """Compare the observation list with the ledger and decide what runs.
 
     New observations are appended after the store's last row. Existing ones
     run when forced, failed, unfinished, changed, or processed with other
     parameters or another pipeline version; the reasons are counted, and
-    :attr:`Plan.notes` says in words why a whole store is reprocessed.
+    :attr:`Plan.notes` says in words why a whole store is reprocessed. With
+    ``max_attempts``, an observation whose last attempt failed and that was tried
+    that many times (or more) is not run again, unless it changed (a new file, new
+    parameters or version) or ``force``: it is in :attr:`Plan.given_up`.
     """
     result = Plan()
     n = len(observations)
@@ -166,32 +267,38 @@ def plan(
     r = rows[known]
     fps = np.asarray(fingerprints, dtype=object)[known]
     status = ledger.status[r]
-    conditions = [
-        np.full(len(r), force),
-        status == FAILED,
-        status == PENDING,
-        ledger.version[r] != version,
-        ledger.params[r] != param_hash,
-        ledger.fingerprint[r] != fps,
-    ]
-    names = np.array(["", "forced", "failed", "unfinished", "version", "parameters", "changed"])
+    same = (
+        (ledger.version[r] == version)
+        & (ledger.params[r] == param_hash)
+        & (ledger.fingerprint[r] == fps)
+    )
+    conditions = [np.full(len(r), force), status == FAILED, status == PENDING, ~same]
+    names = np.array(["", "forced", "failed", "unfinished", "changed"])
     reason = names[np.select(conditions, np.arange(1, len(conditions) + 1), default=0)]
+    other_version = ledger.version[r] != version
+    reason[(reason == "changed") & other_version] = "version"
+    reason[(reason == "changed") & ~other_version & (ledger.params[r] != param_hash)] = "parameters"
     reasons = np.full(n, "", dtype=reason.dtype)
     reasons[known] = reason
+    unchanged = np.zeros(n, dtype=bool)
+    unchanged[known] = same
     next_row = len(ledger.ids)
     attempts = ledger.attempts
     for i in np.flatnonzero(~known | (reasons != "")).tolist():
         obs = observations[i]
         if rows[i] < 0:
-            result.todo.append(PlannedRow(next_row, obs, fingerprints[i], 0))
+            result.todo.append(PlannedRow(next_row, obs, fingerprints[i], 0, "new"))
             result.new.append(obs)
             result.reasons["new"] += 1
             next_row += 1
-        else:
-            result.todo.append(
-                PlannedRow(int(rows[i]), obs, fingerprints[i], int(attempts[rows[i]]))
-            )
-            result.reasons[str(reasons[i])] += 1
+            continue
+        tried = int(attempts[rows[i]])
+        why = str(reasons[i])
+        if why == "failed" and max_attempts is not None and tried >= max_attempts and unchanged[i]:
+            result.given_up.append(GivenUp(int(rows[i]), obs, tried))
+            continue
+        result.todo.append(PlannedRow(int(rows[i]), obs, fingerprints[i], tried, why))
+        result.reasons[why] += 1
     result.skipped = n - len(result.todo)
     if result.reasons["version"]:
         result.notes.append(
@@ -203,8 +310,34 @@ def plan(
             f"{result.reasons['parameters']} observation(s) were processed with other "
             "parameters; reprocessing them with the parameters given now"
         )
+    if result.given_up:
+        result.notes.append(
+            f"{len(result.given_up)} observation(s) failed {max_attempts} time(s) or more and "
+            "were given up (not tried again); fix them and run with --force, or raise "
+            "--max-attempts"
+        )
     result.reasons = +result.reasons  # drop zero counts
     return result
+
+
+def fill_given_up(group: zarr.Group, todo: Plan) -> None:
+    """Fill in the last error of each of ``todo``'s given-up observations from the ledger."""
+    if not todo.given_up:
+        return
+    cols = read_columns(group, ["error_type", "error"])
+    todo.given_up = [
+        g._replace(error_type=str(cols["error_type"][g.row]), error=str(cols["error"][g.row]))
+        for g in todo.given_up
+    ]
+
+
+def fill_last_errors(group: zarr.Group, todo: Plan) -> None:
+    """Fill in :attr:`Plan.last_errors`: the last error of each planned row that failed."""
+    rows = [e.row for e in todo.todo if e.reason == "failed"]
+    if not rows:
+        return
+    cols = read_columns(group, ["error_type", "error"])
+    todo.last_errors = {r: (str(cols["error_type"][r]), str(cols["error"][r])) for r in rows}
 
 
 def reopen(group: zarr.Group, todo: Plan, ledger: Ledger) -> int:
@@ -220,5 +353,5 @@ def reopen(group: zarr.Group, todo: Plan, ledger: Ledger) -> int:
     rows = np.fromiter((e.row for e in todo.todo if e.row < known), dtype=np.int64)
     rows = np.sort(rows[ledger.status[rows] == DONE]) if len(rows) else rows
     if len(rows):
-        write_rows(group, rows, {"ledger_status": np.full(len(rows), PENDING, dtype="i1")})
+        write_rows(group, rows, pack({"status": np.full(len(rows), PENDING, dtype="i1")}))
     return len(rows)

@@ -22,14 +22,25 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.deploy.protocol import worker_jobs
 from esap_dask.engine import provenance
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
-from esap_dask.engine.ledger import COLUMNS, Ledger, plan, read_ledger, reopen
-from esap_dask.engine.observations import as_observations, fingerprints
+from esap_dask.engine.ledger import (
+    ARRAYS,
+    COLUMNS,
+    Ledger,
+    Plan,
+    fill_given_up,
+    fill_last_errors,
+    plan,
+    read_ledger,
+    reopen,
+)
+from esap_dask.engine.migrate import migrate
+from esap_dask.engine.observations import Observation, as_observations, fingerprints
 from esap_dask.engine.remote import input_options
 from esap_dask.engine.summary import RunSummary, summarise
 from esap_dask.engine.task import BatchReport, RunContext, call_on
@@ -66,7 +77,7 @@ def choose_layout(
     thread gets work. With ``shard`` and no ``chunk``, chunks are about a tenth
     of a shard, so one observation can be read without reading the whole shard.
     """
-    per_obs = schema.bytes_per_observation() + 64 * len(COLUMNS)
+    per_obs = schema.bytes_per_observation() + 64 * len(COLUMNS)  # the ledger, as ever
     by_bytes = max(1, CHUNK_BYTES // per_obs)
     if shard:
         if chunk is None:
@@ -194,6 +205,7 @@ def _cluster_notes(client: Any) -> list[str]:
         return []
 
 
+@overload
 def map_observations(
     pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
     observations: Any,
@@ -212,7 +224,56 @@ def map_observations(
     input_storage_options: Mapping[str, Any] | None = None,
     select: Mapping[str, Any] | None = None,
     user: str | None = None,
-) -> RunSummary:
+    max_attempts: int | None = None,
+    dry_run: Literal[False] = False,
+) -> RunSummary: ...
+
+
+@overload
+def map_observations(
+    pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
+    observations: Any,
+    store: str | os.PathLike[str],
+    *,
+    client: Any = None,
+    params: Mapping[str, Any] | None = None,
+    facility: str = "local",
+    force: bool = False,
+    content_hash: bool = False,
+    chunk: int | None = None,
+    shard: int | None = None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    input_storage_options: Mapping[str, Any] | None = None,
+    select: Mapping[str, Any] | None = None,
+    user: str | None = None,
+    max_attempts: int | None = None,
+    dry_run: Literal[True],
+) -> Plan: ...
+
+
+def map_observations(
+    pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
+    observations: Any,
+    store: str | os.PathLike[str],
+    *,
+    client: Any = None,
+    params: Mapping[str, Any] | None = None,
+    facility: str = "local",
+    force: bool = False,
+    content_hash: bool = False,
+    chunk: int | None = None,
+    shard: int | None = None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    input_storage_options: Mapping[str, Any] | None = None,
+    select: Mapping[str, Any] | None = None,
+    user: str | None = None,
+    max_attempts: int | None = None,
+    dry_run: bool = False,
+) -> RunSummary | Plan:
     """Run ``pipeline`` on every observation that needs it and write the results into ``store``.
 
     Parameters
@@ -257,10 +318,24 @@ def map_observations(
         match, e.g. ``{"target": "Crab", "zenith": (0, 40), "obs_id": "23523..23600"}``
         (keys: see :func:`esap_dask.iact.gadf.select_observations`, and docs/observations.md).
 
+
+    user
+        Who runs it, for the provenance record (default: the login name).
+    max_attempts
+        Give up an observation that failed this many times: it is not tried again
+        (unless its input, the parameters or the version change, or ``force``) and
+        the summary lists it under ``given_up`` with its last error. Default: retry
+        failed observations on every run.
+    dry_run
+        Plan only: return the :class:`~esap_dask.engine.ledger.Plan` (what would
+        run and why, what is given up) without starting a cluster or writing
+        anything.
+
     Returns
     -------
     RunSummary
-        Counts, failures with their messages, the provenance document's path.
+        Counts, failures with their messages, the provenance document's path
+        (a :class:`~esap_dask.engine.ledger.Plan` with ``dry_run=True``).
 
     Examples
     --------
@@ -269,20 +344,21 @@ def map_observations(
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC)
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
     run_store = RunStore.resolve(store, facility=facility, storage_options=storage_options)
+    if dry_run:
+        obs_list, _, fps = _observations(
+            observations, select, input_storage_options, facility, content_hash
+        )
+        return _dry_run(pipeline, obs_list, fps, run_store, params, force, max_attempts)
     store, opts = run_store.url, run_store.storage_options
     run_store.check_writable()
-    with gc_paused():
-        obs_list = as_observations(
-            observations,
-            select=select,
-            input_storage_options=input_storage_options,
-            facility=facility,
-        )
-        urls = [o.value for o in obs_list if o.kind == "url"]
-        in_opts = input_options(urls, facility, input_storage_options) if urls else {}
-        fps = fingerprints(obs_list, content=content_hash, input_options=in_opts)
+    obs_list, in_opts, fps = _observations(
+        observations, select, input_storage_options, facility, content_hash
+    )
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    migrated: list[str] = []
     with run_store.lock(run_id) as lock:
         group = run_store.open_existing()
         named = isinstance(pipeline, (Pipeline, str, os.PathLike))
@@ -297,6 +373,9 @@ def map_observations(
             )
         if group is not None:
             repair(group)
+            if migrate(group):  # a store of the earlier layout: its ledger into the subgroup
+                note = "moved the store's ledger into its 'ledger' subgroup (the new layout)"
+                migrated = [note]
             ledger = read_ledger(group)
             meta = run_store.attrs
             if meta.get("pipeline") != name:
@@ -315,7 +394,11 @@ def map_observations(
                 param_hash=pipe.parameter_hash(resolved) if pipe else parameter_hash(resolved),
                 version=version,
                 force=force,
+                max_attempts=max_attempts,
             )
+        todo.notes[:0] = migrated
+        if group is not None:
+            fill_given_up(group, todo)
         if lock.took_over is not None:
             held = lock.took_over
             todo.notes.insert(
@@ -324,6 +407,8 @@ def map_observations(
                 f"{held.get('host')}, pid {held.get('pid')}, run {held.get('run')})",
             )
         if group is not None and not todo.todo:  # nothing to do: no cluster started
+            if migrated:
+                run_store.consolidate()
             return summarise(store, run_id, name, version, facility, obs_list, todo, [], t0)
         client_notes: list[str] = []
         with _client_for(client, facility, client_notes) as cl:
@@ -335,7 +420,7 @@ def map_observations(
                 layout = choose_layout(
                     schema, len(obs_list), nthreads(cl), chunk=chunk, shard=shard
                 )
-                group = run_store.create(schema, layout, COLUMNS, pipeline=pipe, created=started)
+                group = run_store.create(schema, layout, ARRAYS, pipeline=pipe, created=started)
             else:
                 check_schema(group, schema)
                 layout = run_store.layout
@@ -371,10 +456,87 @@ def map_observations(
                 todo.todo,
                 started=started,
                 user=user,
+                max_attempts=max_attempts,
             )
         run_store.consolidate()
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
+
+
+def _observations(
+    observations: Any,
+    select: Mapping[str, Any] | None,
+    input_storage_options: Mapping[str, Any] | None,
+    facility: str,
+    content_hash: bool,
+) -> tuple[list[Observation], dict[str, Any], list[str]]:
+    """The run's observations, the fsspec options of its URLs, and their fingerprints."""
+    with gc_paused():
+        obs_list = as_observations(
+            observations,
+            select=select,
+            input_storage_options=input_storage_options,
+            facility=facility,
+        )
+        urls = [o.value for o in obs_list if o.kind == "url"]
+        in_opts = input_options(urls, facility, input_storage_options) if urls else {}
+        fps = fingerprints(obs_list, content=content_hash, input_options=in_opts)
+    return obs_list, in_opts, fps
+
+
+def _dry_run(
+    pipeline: Any,
+    obs_list: list[Observation],
+    fps: list[str],
+    run_store: RunStore,
+    params: Mapping[str, Any] | None,
+    force: bool,
+    max_attempts: int | None,
+) -> Plan:
+    """What a run would do, read from the store without its lock: no cluster, no writes.
+
+    The store is read as it is (a store of the earlier layout is not moved, a store
+    cut short is not repaired: the planned rows are those of its committed length).
+    """
+    if isinstance(pipeline, (Pipeline, str, os.PathLike)):
+        pipe = _as_pipeline(pipeline, None, [])
+        name, version = pipe.name, pipe.version
+        resolved = pipe.resolve(params)
+        param_hash = pipe.parameter_hash(resolved)
+    elif callable(pipeline):
+        name, version = _function_identity(pipeline)
+        param_hash = parameter_hash(dict(params or {}))
+    else:
+        raise TypeError(
+            f"pipeline must be a Pipeline, a name, a .py path or a function: {pipeline!r}"
+        )
+    try:
+        group = run_store.open(mode="r")
+        meta = run_store.attrs
+    except StoreError:
+        group, meta = None, {}
+    if group is not None and meta.get("incomplete"):
+        group = None  # a creation cut short: the run creates the store afresh
+    if group is not None and meta.get("pipeline") != name:
+        raise SchemaError(
+            f"{run_store.url}: holds products of pipeline {meta.get('pipeline')!r}, not {name!r}",
+            ANOTHER_STORE,
+        )
+    ledger = read_ledger(group) if group is not None else Ledger.empty()
+    with gc_paused():
+        todo = plan(
+            obs_list,
+            fps,
+            ledger,
+            param_hash=param_hash,
+            version=version,
+            force=force,
+            max_attempts=max_attempts,
+        )
+    if group is not None:
+        fill_given_up(group, todo)
+        fill_last_errors(group, todo)
+    return todo
 
 
 def _raise_store_failure(reports: Sequence[BatchReport]) -> None:
@@ -382,4 +544,14 @@ def _raise_store_failure(reports: Sequence[BatchReport]) -> None:
     for report in reports:
         for _, kind, message in report.failures:
             if kind == "StoreError":
-                raise StoreError(message.split("StoreError: ", 1)[-1])
+                said = message.split("StoreError: ", 1)[-1]
+                if "has no array 'ledger_" in said:  # a worker writes the earlier layout
+                    from importlib.metadata import version
+
+                    said += (
+                        "; the workers run an older esap-dask than this driver (they write "
+                        "the ledger as ledger_* columns, the store keeps it in its 'ledger' "
+                        f"group): install esap-dask {version('esap-dask')} where the workers "
+                        "run (the facility's Python or container)"
+                    )
+                raise StoreError(said)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 
-from esap_dask.store import crash_point, read
+from esap_dask.store import crash_point
 
 if TYPE_CHECKING:
     from esap_dask.engine.ledger import PlannedRow
@@ -229,6 +229,7 @@ def record_run(
     *,
     started: datetime,
     user: str | None = None,
+    max_attempts: int | None = None,
 ) -> str:
     """Write the run's PROV-JSON next to the store and list it in the store's attrs.
 
@@ -238,13 +239,16 @@ def record_run(
     """
     group, store, storage_options = run_store.group, run_store.url, run_store.storage_options
     rows = np.fromiter((entry.row for entry in todo), dtype=np.int64, count=len(todo))
-    ran = np.flatnonzero(read(group, "ledger_run")[rows] == summary.run_id)  # not cancelled
+    from esap_dask.engine.ledger import read_columns
+
+    cols = read_columns(group, ["run", "checksum"])
+    ran = np.flatnonzero(cols["run"][rows] == summary.run_id)  # not cancelled
     done = [todo[k] for k in ran.tolist()]
     inputs = {  # what the driver knows; the checksums were computed by the workers
         "id": np.asarray([entry.observation.id for entry in done], dtype=object),
         "source": np.asarray([str(entry.observation.value) for entry in done], dtype=object),
         "fingerprint": np.asarray([entry.fingerprint for entry in done], dtype=object),
-        "checksum": read(group, "ledger_checksum")[rows[ran]].astype(object),
+        "checksum": cols["checksum"][rows[ran]].astype(object),
     }
     ended = datetime.now(UTC)
     user = user or getpass.getuser()
@@ -281,6 +285,7 @@ def record_run(
             "params": dict(ctx.params),
             "version": ctx.pipeline.version,
             "provenance": path,
+            **({"max_attempts": max_attempts} if max_attempts is not None else {}),
             **counts,
         }
     )

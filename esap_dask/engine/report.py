@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.engine.ledger import DONE, FAILED
-from esap_dask.store import esap_attrs, open_store, read
+from esap_dask.engine.ledger import DONE, FAILED, read_columns
+from esap_dask.store import esap_attrs, open_store
 
 __all__ = ["plot_status"]
 
@@ -33,9 +33,9 @@ def plot_status(
 
     group = open_store(store, storage_options=storage_options, mode="r")
     meta = esap_attrs(group)
-    status = read(group, "ledger_status")
-    start, end = read(group, "ledger_start"), read(group, "ledger_end")
-    kinds = read(group, "ledger_error_type").astype(object)
+    cols = read_columns(group, ["status", "start", "end", "error_type"])
+    status, start, end = cols["status"], cols["start"], cols["end"]
+    kinds = cols["error_type"].astype(object)
 
     failures = Counter(str(k) for k in kinds[status == FAILED])
     panels = 3 if failures else 2

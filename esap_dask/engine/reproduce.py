@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
-from esap_dask.engine.ledger import DONE
+from esap_dask.engine.ledger import DONE, read_columns
 from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.errors import Remedy, Worded
 from esap_dask.store import StoreError, esap_attrs, open_store, read
@@ -62,8 +62,9 @@ def _recorded_runs(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def _select(group: Any, meta: Mapping[str, Any], run: str | None) -> tuple[np.ndarray, dict]:
     """Rows to reproduce and the run record (version, params) they share."""
     runs = _recorded_runs(meta)
-    made_by = read(group, "ledger_run").astype(object)
-    done = read(group, "ledger_status") == DONE
+    cols = read_columns(group, ["run", "status"])
+    made_by = cols["run"].astype(object)
+    done = cols["status"] == DONE
     if run is not None:
         if run not in runs:
             raise ReproductionError(
@@ -180,8 +181,9 @@ def reproduce(
             f"pipeline is version {pipeline.version}; install that version to reproduce it"
         )
     ids = read(old, "obs").astype(object)[rows]
-    sources = read(old, "ledger_source").astype(object)[rows]
-    checksums = read(old, "ledger_checksum").astype(object)[rows]
+    recorded = read_columns(old, ["source", "checksum"])
+    sources = recorded["source"].astype(object)[rows]
+    checksums = recorded["checksum"].astype(object)[rows]
     _check_inputs(sources, checksums)
     summary = map_observations(
         pipeline,

@@ -33,11 +33,14 @@ class RunSummary:
     failures: list[dict[str, str]] = field(default_factory=list)
     provenance: str | None = None
     dashboard: str | None = None
+    #: failed observations not tried again (``max_attempts``): observation, attempts,
+    #: error_type and message of the last failure
+    given_up: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when every observation of the run ended done."""
-        return self.failed == 0
+        """True when every observation of the run ended done and none was given up."""
+        return self.failed == 0 and not self.given_up
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -76,5 +79,14 @@ def summarise(
             {"observation": oid, "error_type": kind, "message": msg}
             for r in reports
             for oid, kind, msg in r.failures
+        ],
+        given_up=[
+            {
+                "observation": g.observation.id,
+                "attempts": g.attempts,
+                "error_type": g.error_type,
+                "message": g.error,
+            }
+            for g in todo.given_up
         ],
     )

@@ -13,7 +13,7 @@ An exception in one observation fails that observation only: its products keep
 their fill values, its ledger row says what went wrong, and the rest of the
 batch is written as usual.
 
-``ledger_attempts`` counts the times the pipeline started on an observation, no
+The ledger's ``attempts`` counts the times the pipeline started on an observation, no
 more: a task assigned to a worker that died before running it is not an attempt.
 Only the worker knows when a task starts, so a task tells the scheduler before it
 runs the pipeline (:class:`BatchStarts`, one round trip per batch) and learns how
@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from esap_dask.engine.ledger import COLUMNS, DONE, FAILED
+from esap_dask.engine.ledger import DONE, FAILED, blank, pack, read_columns
 from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.engine.remote import local_copy
 from esap_dask.pipeline import Pipeline, Schema
-from esap_dask.store import array, crash_point, open_store, write_rows
+from esap_dask.store import crash_point, open_store, write_rows
 
 __all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "call_on", "run_batch"]
 
@@ -182,7 +182,7 @@ def _process(
 ) -> tuple[str, str, str] | None:
     """Run the pipeline on ``obs`` into row ``i`` of ``buffers`` and row ``k`` of ``ledger``."""
     schema = ctx.schema
-    ledger["ledger_start"][k] = time.time()
+    ledger["start"][k] = time.time()
     failure = None
     try:
         check_input(obs)
@@ -190,22 +190,22 @@ def _process(
             with local_copy(obs.value, ctx.input_options) as path:
                 _place(schema, ctx.pipeline.function(path, **ctx.params), buffers, i)
                 if ctx.checksums:
-                    ledger["ledger_checksum"][k] = sha256_file(path)
+                    ledger["checksum"][k] = sha256_file(path)
         else:
             _place(schema, ctx.pipeline.function(obs.value, **ctx.params), buffers, i)
-        ledger["ledger_status"][k] = DONE
+        ledger["status"][k] = DONE
     except Exception as err:
         for v in schema.variables:
             buffers[v.name][i] = v.fill
         message = (str(err) or repr(err))[:MAX_MESSAGE]
-        ledger["ledger_status"][k] = FAILED
-        ledger["ledger_error_type"][k] = type(err).__name__
-        ledger["ledger_error"][k] = message
-        ledger["ledger_traceback"][k] = traceback.format_exc()[-MAX_TRACEBACK:]
+        ledger["status"][k] = FAILED
+        ledger["error_type"][k] = type(err).__name__
+        ledger["error"][k] = message
+        ledger["traceback"][k] = traceback.format_exc()[-MAX_TRACEBACK:]
         failure = (obs.id, type(err).__name__, message)
     if ctx.checksums and obs.kind == "file" and os.path.isfile(obs.value):
-        ledger["ledger_checksum"][k] = sha256_file(obs.value)
-    ledger["ledger_end"][k] = time.time()
+        ledger["checksum"][k] = sha256_file(obs.value)
+    ledger["end"][k] = time.time()
     return failure
 
 
@@ -293,14 +293,7 @@ def _record_start(ctx: RunContext, worker: str) -> tuple[str, ...]:
 
 
 #: Ledger columns read back to rebuild the report of a batch its run already committed.
-_COMMITTED = (
-    "ledger_run",
-    "ledger_fingerprint",
-    "ledger_status",
-    "ledger_worker",
-    "ledger_error_type",
-    "ledger_error",
-)
+_COMMITTED = ("run", "fingerprint", "status", "worker", "error_type", "error")
 
 
 def _committed_report(
@@ -314,16 +307,19 @@ def _committed_report(
     """
     rows = np.asarray(batch.rows)
     lo, hi = int(rows[0]), int(rows[-1]) + 1
-    cols = {name: np.asarray(array(group, name)[lo:hi])[rows - lo] for name in _COMMITTED}
-    status = cols["ledger_status"]
+    cols = {
+        name: values[rows - lo]
+        for name, values in read_columns(group, _COMMITTED, slice(lo, hi)).items()
+    }
+    status = cols["status"]
     if not (
-        (cols["ledger_run"] == ctx.run_id).all()
-        and (cols["ledger_fingerprint"] == np.asarray(batch.fingerprints, dtype=object)).all()
+        (cols["run"] == ctx.run_id).all()
+        and (cols["fingerprint"] == np.asarray(batch.fingerprints, dtype=object)).all()
         and np.isin(status, (DONE, FAILED)).all()
     ):
         return None
     failures = [
-        (o.id, str(cols["ledger_error_type"][k]), str(cols["ledger_error"][k]))
+        (o.id, str(cols["error_type"][k]), str(cols["error"][k]))
         for k, o in enumerate(batch.observations)
         if status[k] == FAILED
     ]
@@ -332,7 +328,7 @@ def _committed_report(
         done=int((status == DONE).sum()),
         failed=len(failures),
         failures=failures,
-        worker=str(cols["ledger_worker"][0]),
+        worker=str(cols["worker"][0]),
         seconds=0.0,
         started_on=started_on,
         from_ledger=True,
@@ -344,7 +340,7 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
 
     Products are written one write unit (``ctx.unit`` rows of the store) at a time, as
     soon as its observations are done, so a worker holds at most one unit of products;
-    the ledger rows of the whole batch are written last. ``ledger_attempts`` adds the
+    the ledger rows of the whole batch are written last. The ledger's ``attempts`` adds the
     starts of this task (usually one) to ``batch.attempts``; a task started again after
     its run committed its rows returns their report without running the pipeline.
     """
@@ -358,7 +354,7 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
         committed = _committed_report(group, ctx, batch, started_on)
         if committed is not None:
             return committed
-    ledger = {v.name: np.full(n, v.fill, dtype=v.numpy_dtype) for v in COLUMNS}
+    ledger = blank(n)
     failures: list[tuple[str, str, str]] = []
     units = np.asarray(batch.rows) // max(1, ctx.unit)
     bounds = [*np.flatnonzero(np.diff(units)).tolist(), n - 1]
@@ -376,17 +372,17 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
         write_rows(group, batch.rows[first : last + 1], buffers)
         first = last + 1
     crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
-    ledger["ledger_source"][:] = [str(o.value) for o in batch.observations]
-    ledger["ledger_fingerprint"][:] = batch.fingerprints
-    ledger["ledger_params"][:] = ctx.param_hash
-    ledger["ledger_version"][:] = ctx.pipeline.version
-    ledger["ledger_attempts"][:] = np.asarray(batch.attempts) + len(started_on)
-    ledger["ledger_worker"][:] = worker
-    ledger["ledger_run"][:] = ctx.run_id
-    write_rows(group, batch.rows, ledger)  # the commit point: after every product
+    ledger["source"][:] = [str(o.value) for o in batch.observations]
+    ledger["fingerprint"][:] = batch.fingerprints
+    ledger["params"][:] = ctx.param_hash
+    ledger["version"][:] = ctx.pipeline.version
+    ledger["attempts"][:] = np.asarray(batch.attempts) + len(started_on)
+    ledger["worker"][:] = worker
+    ledger["run"][:] = ctx.run_id
+    write_rows(group, batch.rows, pack(ledger))  # the commit point: after every product
     return BatchReport(
         index=batch.index,
-        done=int((ledger["ledger_status"] == DONE).sum()),
+        done=int((ledger["status"] == DONE).sum()),
         failed=len(failures),
         failures=failures,
         worker=worker,

@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -356,6 +357,38 @@ def observation_products(
     }
 
 
+def done_mask(ds: Any) -> np.ndarray:
+    """Which observations of ``ds`` (along ``obs``) are done, by the ledger of its store.
+
+    The status comes from a ``ledger_status`` variable when ``ds`` has one (a store of
+    the earlier layout, or a dataset joined with its ledger), else from the ledger of
+    the store ``xr.open_zarr`` read ``ds`` from (``ds.encoding["source"]``), matched by
+    observation id. A dataset from no store counts every observation as done; a store
+    whose ledger cannot be read (a remote store needing credentials) too, with a
+    warning.
+    """
+    n = ds.sizes["obs"]
+    if "ledger_status" in ds:
+        return np.asarray(ds["ledger_status"]) == DONE
+    source = getattr(ds, "encoding", {}).get("source")
+    if not source:
+        return np.ones(n, dtype=bool)
+    from esap_dask.engine.ledger import read_ledger
+
+    try:
+        ledger = read_ledger(str(source))
+    except Exception as err:
+        warnings.warn(
+            f"{source}: could not read the store's ledger ({type(err).__name__}: {err}); "
+            "counting every observation as done: pass where=esap_dask.ledger(store, "
+            "storage_options=...).status.eq('done') to leave out the others",
+            stacklevel=3,
+        )
+        return np.ones(n, dtype=bool)
+    done = dict(zip(ledger.ids.tolist(), (ledger.status == DONE).tolist(), strict=True))
+    return np.fromiter((done.get(str(i), False) for i in ds["obs"].values), bool, count=n)
+
+
 def stack(ds: Any, where: Any = None) -> Any:
     """Sum the products of the selected observations of a store opened with xarray.
 
@@ -381,9 +414,7 @@ def stack(ds: Any, where: Any = None) -> Any:
     """
     import xarray as xr
 
-    mask = np.ones(ds.sizes["obs"], dtype=bool)
-    if "ledger_status" in ds:
-        mask &= np.asarray(ds["ledger_status"]) == DONE
+    mask = done_mask(ds)
     if where is not None:
         chosen = where.values if hasattr(where, "values") else where
         mask &= np.broadcast_to(np.asarray(chosen, dtype=bool), mask.shape)
@@ -420,8 +451,7 @@ def rate_outliers(ds: Any, *, nsigma: float = 5.0, where: Any = None) -> Any:
     DataArray along ``obs``.
     """
     rate = ds["rate"].load()  # one number per observation; medians need it in memory
-    if "ledger_status" in ds:
-        rate = rate.where(ds["ledger_status"].load() == DONE)
+    rate = rate.where(done_mask(ds))
     if where is not None:
         rate = rate.where(np.asarray(where.values if hasattr(where, "values") else where, bool))
     median = rate.median("obs")

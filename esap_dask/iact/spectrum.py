@@ -597,7 +597,7 @@ def read_datasets(
         The Zarr store (path or URL) written by the ``gammapy-spectrum`` pipeline.
     obs
         Only these observations: OBS_ID integers or the store's ``obs`` names
-        (file names); default all that are done (``ledger_status`` done).
+        (file names); default all that are done (their ledger status).
     stack
         Return ``Datasets([datasets.stack_reduce()])``: the stacked dataset.
     storage_options
@@ -634,7 +634,7 @@ def read_datasets(
     from gammapy.maps import MapAxis, RegionGeom, RegionNDMap
     from regions import CircleSkyRegion, PointSkyRegion
 
-    from esap_dask.engine.ledger import DONE
+    from esap_dask.engine.ledger import DONE, read_ledger
 
     where = os.fspath(store)
     ds = xr.open_zarr(where, storage_options=dict(storage_options or {}) or None)
@@ -644,7 +644,9 @@ def read_datasets(
             f"{where}: not a gammapy-spectrum store (no {', '.join(missing)}); run the "
             "gammapy-spectrum pipeline into it first"
         )
-    ds = ds.isel(obs=np.flatnonzero(ds["ledger_status"].values == DONE))
+    ledger = read_ledger(where, storage_options=storage_options)
+    done = set(ledger.ids[ledger.status == DONE].tolist())
+    ds = ds.isel(obs=np.flatnonzero([str(i) in done for i in ds["obs"].values]))
     ds = _select(ds, obs, where).load()
     energy_axis, energy_axis_true = _axes(ds["energy_edges"].values, ds["energy_true_edges"].values)
     edisp_energy = MapAxis.from_energy_edges(

@@ -50,12 +50,13 @@ def ledger_summary(group: Any) -> dict[str, Any]:
     """Counts per ledger status, and each failed observation with its error."""
     import numpy as np
 
-    from esap_dask.engine.ledger import FAILED, read_ledger
+    from esap_dask.engine.ledger import FAILED, read_columns, read_ledger
 
     ledger = read_ledger(group)
     failed = np.flatnonzero(np.asarray(ledger.status) == FAILED)
-    errors = np.asarray(group["ledger_error"][...], dtype=object)
-    kinds = np.asarray(group["ledger_error_type"][...], dtype=object)
+    cols = read_columns(group, ["error", "error_type"])
+    errors = np.asarray(cols["error"], dtype=object)
+    kinds = np.asarray(cols["error_type"], dtype=object)
     return {
         "observations": len(ledger.ids),
         "counts": ledger.counts(),

@@ -1,12 +1,19 @@
 """The Zarr store layout: products and ledger along ``obs``, readable with ``xr.open_zarr``.
 
-Layout of a store (Zarr v3, one group)::
+Layout of a store (Zarr v3, a group and its ``ledger`` subgroup)::
 
     obs                 (obs)        str      observation id: the dimension coordinate
-    <product>           (obs, ...)   declared dtype, units and description in attrs
+    <product>           (obs, ...)   declared dtype; CF attrs units, long_name
     <coordinate>        (dim)        coordinates of the products' other dimensions
-    ledger_<column>     (obs)        one row per observation (see esap_dask.engine.ledger)
+    ledger/             a subgroup:  one row per observation, along the same ``obs``
+                                     (its arrays: see esap_dask.engine.ledger)
     attrs["esap"]       pipeline, version, schema, layout, and the runs so far
+
+``xr.open_zarr(store)`` shows the products (subgroups are not variables);
+``xr.open_zarr(store, group="ledger")`` or ``esap_dask.ledger(store)`` the ledger.
+Stores written before the subgroup (``ledger_<column>`` arrays beside the products)
+are read as they are and moved to the subgroup by the next run
+(:func:`esap_dask.engine.ledger.migrate`).
 
 Every array is chunked along ``obs`` on one grid (``chunk`` observations a
 chunk, optionally ``shard`` observations a shard); the *write unit* is the shard
@@ -22,7 +29,7 @@ any point leaves a store the next run repairs and completes:
   run creates it afresh.
 - appending: data arrays grow first, the ``obs`` coordinate (the commit point)
   last; :func:`repair` brings the others back to its length.
-- rows: a batch writes its products, then its ledger rows with ``ledger_status``
+- rows: a batch writes its products, then its ledger rows with ``ledger/status``
   last (:func:`write_rows`); the driver first marks the rows it will redo as
   pending (:func:`esap_dask.engine.ledger.reopen`), so a row reads ``done`` only once its
   products and every ledger column are the new ones.
@@ -59,10 +66,11 @@ import zarr
 import zarr.errors
 
 from esap_dask.errors import Remedy, Worded
-from esap_dask.pipeline import Schema, SchemaError, Variable
+from esap_dask.pipeline import Schema, SchemaError
 
 __all__ = [
     "CRASH_STEPS",
+    "LEDGER_GROUP",
     "StoreError",
     "StoreLayout",
     "append_observations",
@@ -79,6 +87,9 @@ __all__ = [
 ]
 
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
+
+#: The subgroup that holds the ledger, along the same ``obs`` rows as the products.
+LEDGER_GROUP = "ledger"
 
 
 #: What to do about a store that cannot take the run, in each caller's words.
@@ -303,12 +314,12 @@ def create_store(
     store: str,
     schema: Schema,
     layout: StoreLayout,
-    ledger: Sequence[Variable],
+    ledger: Schema,
     attrs: Mapping[str, Any],
     *,
     storage_options: Mapping[str, Any] | None = None,
 ) -> zarr.Group:
-    """Create an empty store (``obs`` of length 0) for ``schema`` plus the ``ledger`` columns.
+    """Create an empty store (``obs`` of length 0) for ``schema``, ``ledger`` in its subgroup.
 
     The group is written with its attrs marked ``incomplete`` in one write, the
     arrays after it, the attrs without the mark last: a creation cut short is
@@ -328,9 +339,24 @@ def create_store(
     return group
 
 
-def _create_arrays(
-    group: zarr.Group, schema: Schema, layout: StoreLayout, ledger: Sequence[Variable]
-) -> None:
+def cf_attrs(units: str, description: str, extra: Mapping[str, Any] | None = None) -> dict:
+    """CF attrs of a variable: ``units`` and ``long_name`` (and ``description``) when given.
+
+    An empty ``units`` is left out (CF: a variable without units has no ``units``
+    attribute); a time in :data:`TIME_UNITS` gets its ``calendar``.
+    """
+    attrs: dict[str, Any] = {}
+    if description:
+        attrs["long_name"] = attrs["description"] = description
+    if units:
+        attrs["units"] = units
+        if units == TIME_UNITS:
+            attrs["calendar"] = "proleptic_gregorian"
+    attrs.update(extra or {})
+    return attrs
+
+
+def _create_arrays(group: zarr.Group, schema: Schema, layout: StoreLayout, ledger: Schema) -> None:
     _create(
         group,
         "obs",
@@ -339,8 +365,40 @@ def _create_arrays(
         shape=(0,),
         layout=layout,
         fill="",
-        attrs={"description": "observation id"},
+        attrs=cf_attrs("", "observation id"),
     )
+    _create_variables(group, schema, layout)
+    create_ledger_group(group, ledger, layout, n=0)
+
+
+def create_ledger_group(group: zarr.Group, ledger: Schema, layout: StoreLayout, n: int) -> None:
+    """Create the ledger subgroup of ``group`` with ``n`` rows of ``ledger``'s arrays.
+
+    The subgroup is created with its attrs marked ``incomplete`` and unmarked last (by
+    :func:`complete_ledger_group`, here for a new store), so a move of an old store's
+    ledger cut short is recognized and redone.
+    """
+    sub = group.create_group(LEDGER_GROUP, attributes={"incomplete": True})
+    _create_variables(sub, ledger, layout, n=n)
+    if n == 0:
+        complete_ledger_group(group)
+
+
+def complete_ledger_group(group: zarr.Group) -> None:
+    """Mark the ledger subgroup complete (its commit point)."""
+    sub = group[LEDGER_GROUP]
+    sub.attrs.put({"description": "the ledger: one row per observation of the store's obs"})
+
+
+def ledger_group(group: zarr.Group) -> zarr.Group | None:
+    """The complete ledger subgroup of ``group``; None for a store of the old layout."""
+    sub = group.get(LEDGER_GROUP)
+    if isinstance(sub, zarr.Group) and not sub.attrs.get("incomplete"):
+        return sub
+    return None
+
+
+def _create_variables(group: zarr.Group, schema: Schema, layout: StoreLayout, n: int = 0) -> None:
     for coord in schema.coords:
         values = np.asarray(coord.values)
         _create(
@@ -351,14 +409,12 @@ def _create_arrays(
             shape=values.shape,
             layout=None,
             fill=None,
-            attrs={"units": coord.units, "description": coord.description},
+            attrs=cf_attrs(coord.units, coord.description),
         )
         array(group, coord.name)[...] = values
-    for var in [*schema.variables, *ledger]:
-        shape = (0, *schema.shape(var))
-        attrs_v = {"units": var.units, "description": var.description}
-        if var.units == TIME_UNITS:
-            attrs_v["calendar"] = "proleptic_gregorian"
+    for var in schema.variables:
+        shape = (n, *schema.shape(var))
+        attrs_v = cf_attrs(var.units, var.description, var.attrs)
         _create(
             group,
             var.name,
@@ -470,9 +526,8 @@ def repair(group: zarr.Group) -> int:
         n -= 1
     changed = n != len(ids)
     with disk_errors(str(group.store)):
-        for _name, arr in group.arrays():
-            dims = dims_of(arr)
-            if dims and dims[0] == "obs" and arr.shape[0] != n:
+        for _name, arr in obs_arrays(group):
+            if arr.shape[0] != n:
                 arr.resize((n, *arr.shape[1:]))
                 changed = True
         if changed or _consolidated_differs(group):
@@ -491,9 +546,24 @@ def _consolidated_differs(group: zarr.Group) -> bool:
     held = fresh.metadata.consolidated_metadata
     if held is None:
         return True
-    shapes = {name: arr.shape for name, arr in group.arrays()}
-    kept = {k: getattr(v, "shape", None) for k, v in held.metadata.items() if k in shapes}
+    shapes = {name: arr.shape for name, arr in obs_arrays(group)}
+    kept = {  # nested groups (the ledger's) are flattened to "ledger/<array>" keys
+        k: getattr(v, "shape", None) for k, v in held.flattened_metadata.items() if k in shapes
+    }
     return kept != shapes or fresh.attrs.asdict() != group.attrs.asdict()
+
+
+def obs_arrays(group: zarr.Group) -> list[tuple[str, zarr.Array]]:
+    """Every array along ``obs`` of the store and of its ledger subgroup, by path."""
+    found = [(name, arr) for name, arr in group.arrays() if dims_of(arr)[:1] == ("obs",)]
+    sub = group.get(LEDGER_GROUP)
+    if isinstance(sub, zarr.Group):
+        found += [
+            (f"{LEDGER_GROUP}/{name}", arr)
+            for name, arr in sub.arrays()
+            if dims_of(arr)[:1] == ("obs",)
+        ]
+    return found
 
 
 def append_observations(group: zarr.Group, ids: Sequence[str]) -> int:
@@ -502,9 +572,8 @@ def append_observations(group: zarr.Group, ids: Sequence[str]) -> int:
     old = obs.shape[0]
     new = old + len(ids)
     with disk_errors(str(group.store)):
-        for name, arr in group.arrays():
-            dims = dims_of(arr)
-            if name != "obs" and dims and dims[0] == "obs":
+        for name, arr in obs_arrays(group):
+            if name != "obs":
                 arr.resize((new, *arr.shape[1:]))
                 crash_point("append")
         obs.resize((new,))
@@ -561,8 +630,8 @@ def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int, int, int]]:
     ]
 
 
-#: The ledger column :func:`write_rows` writes after all the others (a row's commit point).
-COMMIT_COLUMN = "ledger_status"
+#: The ledger array :func:`write_rows` writes after all the others (a row's commit point).
+COMMIT_COLUMN = f"{LEDGER_GROUP}/status"
 
 #: Largest block, in bytes, that :func:`write_rows` reads back to patch scattered rows.
 PATCH_BYTES = 64 * 2**20
@@ -572,7 +641,7 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
     """Write ``columns`` (name -> values, one per row) at sorted ``rows``, all columns at once.
 
     The caller owns every write unit that ``rows`` touch (no other task writes between
-    ``rows[0]`` and ``rows[-1]``). ``ledger_status`` (:data:`COMMIT_COLUMN`), when
+    ``rows[0]`` and ``rows[-1]``). ``ledger/status`` (:data:`COMMIT_COLUMN`), when
     given, is written after every other column. The columns are written concurrently
     (:func:`_all_at_once`: a batch writes 17 and more arrays); writes that must follow
     others (the ledger after the products) are a later call. Contiguous rows are one
@@ -599,10 +668,10 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
 
     def write_column(name: str, arr: zarr.Array, values: np.ndarray) -> None:
         write(arr, values)
-        if name.startswith("ledger_"):
+        if name.startswith(f"{LEDGER_GROUP}/"):
             crash_point("ledger-column")
 
-    # ledger_status is the commit point of a row: written after every other column
+    # ledger/status is the commit point of a row: written after every other column
     targets = list(columns.items())
     parts = [
         [t for t in targets if t[0] != COMMIT_COLUMN],

@@ -41,6 +41,19 @@ holder's record. The holder's heartbeat thread checks its token before every
 beat and stops, setting :attr:`StoreLock.lost`, when the lock is no longer its own.
 The same holds for a local lock whose holder was suspended beyond ``stale_after``:
 a lease lock cannot fence a process that sleeps through its lease.
+
+Why ours and not ``filelock`` for local stores (kept after trying it here, filelock
+4.3.1 on Linux/ext4): ``FileLock`` is ``flock(2)`` on a file of its own. Measured: a
+run refused by it learns only "The file lock '...' could not be acquired." where ours
+names the holder's host, pid, run and start (the message ``esap-dask run`` prints and
+``tests/test_cli.py`` checks, what an operator needs to decide whether to wait); a
+holder killed with SIGKILL frees it at once, which ours does as well on the same host
+(its pid is dead, or names another process: ``process_start``). What flock cannot do
+is the cross-host case this lock exists for: two login nodes, or a batch job, running
+on one store on a shared file system where flock is per host or refused (Lustre
+mounted ``localflock`` or without ``flock``, the default on many sites); the
+heartbeat covers those. Object stores need this code anyway (no flock there), so one
+implementation serves both, with one record format and one stale rule.
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import zarr
 
-from esap_dask.pipeline import Schema, Variable
+from esap_dask.pipeline import Schema
 from esap_dask.store import (
     StoreError,
     StoreLayout,
@@ -112,12 +112,12 @@ class RunStore:
         self,
         schema: Schema,
         layout: StoreLayout,
-        ledger: Sequence[Variable],
+        ledger: Schema,
         *,
         pipeline: Any,
         created: datetime,
     ) -> zarr.Group:
-        """Create the store for ``pipeline``'s ``schema`` and the ``ledger`` columns.
+        """Create the store for ``pipeline``'s ``schema``, the ``ledger`` arrays in its subgroup.
 
         Its ``esap`` attrs record the pipeline (name, version, description), the schema,
         the layout, when it was created, and no runs yet.
