@@ -22,12 +22,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.deploy.protocol import worker_jobs
 from esap_dask.engine import provenance
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
+from esap_dask.engine.handle import RunHandle
 from esap_dask.engine.ledger import COLUMNS, Ledger, plan, read_ledger, reopen
 from esap_dask.engine.observations import as_observations, fingerprints
 from esap_dask.engine.summary import RunSummary, summarise
@@ -182,7 +183,29 @@ def _cluster_notes(client: Any) -> list[str]:
         return []
 
 
+@overload
 def map_observations(
+    pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
+    observations: Any,
+    store: str | os.PathLike[str],
+    *,
+    wait: Literal[True] = ...,
+    **options: Any,
+) -> RunSummary: ...
+
+
+@overload
+def map_observations(
+    pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
+    observations: Any,
+    store: str | os.PathLike[str],
+    *,
+    wait: Literal[False],
+    **options: Any,
+) -> RunHandle: ...
+
+
+def map_observations(  # type: ignore[misc]  # the overloads name the options as **options
     pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
     observations: Any,
     store: str | os.PathLike[str],
@@ -195,10 +218,11 @@ def map_observations(
     chunk: int | None = None,
     shard: int | None = None,
     batch_size: int | None = None,
-    progress: bool | None = None,
+    progress: bool | Callable[[str], None] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     user: str | None = None,
-) -> RunSummary:
+    wait: bool = True,
+) -> RunSummary | RunHandle:
     """Run ``pipeline`` on every observation that needs it and write the results into ``store``.
 
     Parameters
@@ -227,22 +251,31 @@ def map_observations(
         Minimum observations per task (default: automatic, batches of a quarter of a
         thread's share of the rows left, shrinking towards one write unit at the end).
     progress
-        Show a progress bar (default: when attached to a terminal or a notebook).
+        Show a progress bar (default: when attached to a terminal or a notebook); a
+        function instead receives a progress line now and then (a log).
     storage_options
         fsspec options of a URL store (``s3://bucket/run.zarr``); default: the
         facility's ``storage_options`` option, for S3 completed from the
         environment (see :func:`esap_dask.store.options.storage_options_for`).
+    wait
+        Return when the run has ended (the default); with ``False``, return a
+        :class:`~esap_dask.engine.handle.RunHandle` at once while the run goes on in a
+        thread of this process (``.progress``, ``.result()``, ``.cancel()``).
 
     Returns
     -------
-    RunSummary
-        Counts, failures with their messages, the provenance document's path.
+    RunSummary or RunHandle
+        Counts, failures with their messages, the provenance document's path; with
+        ``wait=False``, the handle whose ``.result()`` is that summary.
 
     Examples
     --------
     >>> summary = map_observations("helloworld", "runs/*.fits", "hello.zarr")  # doctest: +SKIP
     >>> xr.open_zarr("hello.zarr")                                             # doctest: +SKIP
     """
+    if not wait:
+        arguments = {k: v for k, v in locals().items() if k != "wait"}  # the parameters
+        return RunHandle(map_observations, arguments, store=os.fspath(store))
     t0 = time.perf_counter()
     started = datetime.now(UTC)
     run_store = RunStore.resolve(store, facility=facility, storage_options=storage_options)
