@@ -166,11 +166,12 @@ class Progress:
             try:
                 from tqdm.notebook import tqdm as notebook_tqdm
 
-                label = html.escape(self.description)
-                if self.dashboard:
+                if self.dashboard:  # the bar's label is text (tqdm escapes it): a link above
+                    from IPython.display import HTML, display
+
                     link = html.escape(self.dashboard, quote=True)
-                    label = f'<a href="{link}" target="_blank" title="Dask dashboard">{label}</a>'
-                return notebook_tqdm(desc=label, **kwargs)
+                    display(HTML(f'Dashboard: <a href="{link}" target="_blank">{link}</a>'))
+                return notebook_tqdm(desc=self.description, **kwargs)
             except ImportError:
                 warnings.warn(
                     "no ipywidgets: the progress bar is text; install the notebook extra "
