@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
-from esap_dask.engine.handle import current_control
+from esap_dask.engine.handle import cancel_tasks, current_control, drain
 from esap_dask.engine.ledger import FAILED, Plan
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import Batch, BatchReport, BatchStarts, RunContext, run_batch
@@ -178,7 +178,7 @@ def execute(
 
     def cancel() -> None:
         cancelled.set()
-        _cancel(client, list(futures), prefix, tracked)
+        cancel_tasks(client, list(futures), prefix, tracked)
 
     if control is None or control.attach(
         cancel, run_id=ctx.run_id, dashboard=getattr(client, "dashboard_link", None)
@@ -264,7 +264,7 @@ def execute(
         if control is not None:
             control.detach()
         if cancelled.is_set() and not tracked:
-            _drain(client, prefix)
+            drain(client, prefix)
         if tracked:
             with contextlib.suppress(Exception):
                 client.sync(client.scheduler.esap_batch_forget, prefix=prefix)
@@ -282,55 +282,6 @@ def execute(
             "unprocessed observations stay pending for the next run"
         ) from watch.failure
     return reports
-
-
-def _cancel(client: Any, futures: list[Any], prefix: str, tracked: bool) -> None:
-    """Stop a run: no batch starts any more, those not started are cancelled.
-
-    With the scheduler's record of starts (``tracked``), the batches already started
-    finish and commit (their reports come back as usual), and a batch that was about to
-    start refuses to (:func:`esap_dask.engine.task.run_batch`). Without it every task is
-    cancelled and :func:`_drain` waits for the ones still running on a worker.
-    """
-    started: set[str] | None = None
-    if tracked:
-        try:
-            started = set(client.sync(client.scheduler.esap_batch_cancel, prefix=prefix))
-        except Exception:  # a scheduler with an older record: cancel them all
-            started = None
-    chosen = [f for f in futures if started is None or str(f.key) not in started]
-    with contextlib.suppress(Exception):
-        client.cancel(chosen)
-
-
-#: Worker task states of a task that runs, or may still start.
-_LIVE = ("waiting", "ready", "constrained", "executing", "long-running", "cancelled", "resumed")
-
-
-def _drain(client: Any, prefix: str, poll: float = 0.25) -> None:
-    """Wait until no worker runs, or may start, a task whose key starts with ``prefix``.
-
-    A cancelled task's thread runs to its end on its worker, and would commit its rows
-    after the run released the store's lock. Two clean polls in a row are required:
-    a cancel reaches the workers over the scheduler's stream, the poll over another.
-    """
-
-    def live(dask_worker: Any, prefix: str) -> int:
-        return sum(
-            1
-            for ts in dask_worker.state.tasks.values()
-            if str(ts.key).startswith(prefix) and ts.state in _LIVE
-        )
-
-    clean = 0
-    while clean < 2:
-        try:
-            counts = client.run(live, prefix=prefix, on_error="return")
-        except Exception:  # the cluster is gone: nothing of it writes any more
-            return
-        busy = sum(c for c in counts.values() if isinstance(c, int))
-        clean = clean + 1 if busy == 0 else 0
-        time.sleep(poll)
 
 
 def _track_starts(client: Any) -> bool:

@@ -22,17 +22,19 @@ signature stays that of a blocking run.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import html
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from esap_dask.engine.progress import ProgressState
 from esap_dask.engine.summary import RunSummary
 
-__all__ = ["RunCancelled", "RunControl", "RunHandle", "current_control"]
+__all__ = ["RunCancelled", "RunControl", "RunHandle", "cancel_tasks", "current_control", "drain"]
 
 
 class RunCancelled(concurrent.futures.CancelledError):
@@ -106,6 +108,55 @@ _CONTROL: contextvars.ContextVar[RunControl | None] = contextvars.ContextVar(
 def current_control() -> RunControl | None:
     """The control of the background run this thread drives, if it is one."""
     return _CONTROL.get()
+
+
+def cancel_tasks(client: Any, futures: list[Any], prefix: str, tracked: bool) -> None:
+    """Stop a run: no batch starts any more, those not started are cancelled.
+
+    With the scheduler's record of starts (``tracked``), the batches already started
+    finish and commit (their reports come back as usual), and a batch that was about to
+    start refuses to (:func:`esap_dask.engine.task.run_batch`). Without it every task is
+    cancelled and :func:`drain` waits for the ones still running on a worker.
+    """
+    started: set[str] | None = None
+    if tracked:
+        try:
+            started = set(client.sync(client.scheduler.esap_batch_cancel, prefix=prefix))
+        except Exception:  # a scheduler with an older record: cancel them all
+            started = None
+    chosen = [f for f in futures if started is None or str(f.key) not in started]
+    with contextlib.suppress(Exception):
+        client.cancel(chosen)
+
+
+#: Worker task states of a task that runs, or may still start.
+_LIVE = ("waiting", "ready", "constrained", "executing", "long-running", "cancelled", "resumed")
+
+
+def drain(client: Any, prefix: str, poll: float = 0.25) -> None:
+    """Wait until no worker runs, or may start, a task whose key starts with ``prefix``.
+
+    A cancelled task's thread runs to its end on its worker, and would commit its rows
+    after the run released the store's lock. Two clean polls in a row are required:
+    a cancel reaches the workers over the scheduler's stream, the poll over another.
+    """
+
+    def live(dask_worker: Any, prefix: str) -> int:
+        return sum(
+            1
+            for ts in dask_worker.state.tasks.values()
+            if str(ts.key).startswith(prefix) and ts.state in _LIVE
+        )
+
+    clean = 0
+    while clean < 2:
+        try:
+            counts = client.run(live, prefix=prefix, on_error="return")
+        except Exception:  # the cluster is gone: nothing of it writes any more
+            return
+        busy = sum(c for c in counts.values() if isinstance(c, int))
+        clean = clean + 1 if busy == 0 else 0
+        time.sleep(poll)
 
 
 class RunHandle:
