@@ -9,8 +9,11 @@ and the failed ones as a postfix.
 Why tqdm, and not what was here or distributed's bar:
 
 - the hand-written rich bar before it needed ipywidgets in Jupyter too, and without it
-  showed nothing but a ``UserWarning``; rich's live display was also 2 ms of import for a
-  bar (``python -X importtime``), tqdm's 0.3 ms;
+  showed nothing but a ``UserWarning``; tqdm brings the widget bar, the text bar, the rate
+  and the ETA in one well-kept package. It is not lighter to import (``python -X
+  importtime``, best of 5 at load 7.5 on 2 cores: ``tqdm.std`` 63 ms, ``tqdm.notebook``
+  192 ms, ``rich.progress`` 41 ms), so it is imported only when a bar is shown: runs
+  without one (the job service, ``--json``, scripts) import neither;
 - ``distributed.diagnostics.progressbar.progress`` counts Dask tasks: a run's tasks are
   batches of unequal size, a batch lost with its worker is submitted again under another
   key, and a task's failed observations are no task failure, so its bar would show
