@@ -102,3 +102,27 @@ def test_an_unknown_facility_names_the_config_key() -> None:
         pytest.raises(FacilityError, match="DASK_ESAP__LABEXTENSION__FACILITY"),
     ):
         facility_cluster()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_the_launcher_opens_the_slurm_facility(slurm, tmp_path: Path, monkeypatch) -> None:
+    """dask-labextension issues 68 and 78: SLURM clusters from the launcher, here a facility."""
+    from dask_labextension.manager import DaskClusterManager
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    factory = _documented_config()["labextension"]["factory"]
+
+    async def launch() -> tuple[dict, int]:
+        async with DaskClusterManager() as manager:
+            model = await manager.start_cluster(configuration={"workers": 1})
+            address = model["scheduler_address"]
+            async with Client(address, security=lab_security(address), asynchronous=True) as client:
+                await client.wait_for_workers(1, timeout=120)
+                answer = await client.submit(sum, [20, 22])
+            await manager.close_cluster(model["id"])
+            return model, answer
+
+    with dask.config.set({"labextension.factory": factory, "esap.labextension.facility": "slurm"}):
+        model, answer = asyncio.run(launch())
+    assert model["name"].startswith("SLURMArrayCluster") and answer == 42
