@@ -22,6 +22,7 @@ _install_moved()  # old module paths (esap_dask.gadf, ...) import with a Depreca
 if TYPE_CHECKING:
     from esap_dask.catalogs.facilities import Facility, list_facilities, load_facility, open_cluster
     from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
+    from esap_dask.engine.handle import RunCancelled, RunHandle
     from esap_dask.engine.ledger import read_ledger
     from esap_dask.engine.ledger_table import ledger
     from esap_dask.engine.mapper import map_observations
@@ -47,6 +48,7 @@ _LAZY = {
     "read_ledger": "esap_dask.engine.ledger",
     "ledger": "esap_dask.engine.ledger_table",
     "RunSummary": "esap_dask.engine.summary",
+    **dict.fromkeys(("RunCancelled", "RunHandle"), "esap_dask.engine.handle"),
     "map_observations": "esap_dask.engine.mapper",
     **dict.fromkeys(
         ("Observation", "ObservationError", "as_observations"), "esap_dask.engine.observations"
@@ -85,6 +87,8 @@ __all__ = [
     "Parameter",
     "ParameterError",
     "Pipeline",
+    "RunCancelled",
+    "RunHandle",
     "RunSummary",
     "Schema",
     "SchemaError",

@@ -21,13 +21,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
 from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
+from esap_dask.engine.handle import cancel_tasks, current_control, drain
 from esap_dask.engine.ledger import FAILED, Plan, pack
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import Batch, BatchReport, BatchStarts, RunContext, run_batch
@@ -126,8 +127,15 @@ def execute(
     todo: Plan,
     layout: StoreLayout,
     batch_size: int | None,
-    progress: bool | None,
+    progress: bool | Callable[[str], None] | None,
 ) -> list[BatchReport]:
+    """Run the batches of ``todo`` on ``client``'s cluster; the reports of those that ended.
+
+    ``progress`` is a bar's switch, or a function that receives progress lines (see
+    :class:`esap_dask.engine.progress.Progress`). In a run started with ``wait=False``
+    the run's :class:`~esap_dask.engine.handle.RunControl` follows the counts and may
+    cancel the run (:func:`_cancel`): the batches that never started stay pending.
+    """
     from distributed import as_completed
 
     with gc_paused():
@@ -165,8 +173,20 @@ def execute(
         futures.append(fut)
         return fut
 
-    for b in batches:
-        submit(b)
+    control = current_control()
+    cancelled = threading.Event()
+
+    def cancel() -> None:
+        cancelled.set()
+        cancel_tasks(client, list(futures), prefix, tracked)
+
+    if control is None or control.attach(
+        cancel, run_id=ctx.run_id, dashboard=getattr(client, "dashboard_link", None)
+    ):
+        for b in batches:
+            submit(b)
+    else:  # cancelled before anything was submitted
+        cancelled.set()
     reports: list[BatchReport] = []
     # A dying worker takes the blame for every task assigned to it. Those it had not
     # started are innocent: submitted again as they were (not an attempt). Those it was
@@ -180,6 +200,7 @@ def execute(
         description=f"{ctx.pipeline.name} → {os.path.basename(ctx.store)}",
         enabled=progress,
         dashboard=getattr(client, "dashboard_link", None),
+        state=control.state if control is not None else None,
     )
     watch = _ClusterWatch(client, futures)
     try:
@@ -196,12 +217,16 @@ def execute(
                 except Exception as err:
                     error = err
                 fut.release()
+                if report is not None and report.cancelled:
+                    continue  # refused to start after the run's cancel: its rows stay pending
                 if error is not None:  # count the starts the task had before it failed
                     started = _starts(client, fut.key, error, tracked)
                     batch = dataclasses.replace(
                         batch, attempts=[a + len(started) for a in batch.attempts]
                     )
                 killed = type(error).__name__ == "KilledWorker"
+                if killed and cancelled.is_set():
+                    continue  # a cancelled run submits nothing more: its rows stay pending
                 if killed and not started and requeues.get(batch.index, 0) < MAX_REQUEUES:
                     requeues[batch.index] = requeues.get(batch.index, 0) + 1
                     pending.add(submit(batch, alone=batch.index == alone))
@@ -227,7 +252,7 @@ def execute(
                         )
                     reports.append(report)
                     bar.advance(len(batch.rows), failed=report.failed)
-                if suspects and alone is None:
+                if suspects and alone is None and not cancelled.is_set():
                     again = suspects.pop(0)
                     isolated.add(again.index)
                     alone = again.index
@@ -236,9 +261,19 @@ def execute(
         client.cancel(futures)
         raise
     finally:
+        if control is not None:
+            control.detach()
+        if cancelled.is_set() and not tracked:
+            drain(client, prefix)
         if tracked:
             with contextlib.suppress(Exception):
                 client.sync(client.scheduler.esap_batch_forget, prefix=prefix)
+    if cancelled.is_set():
+        left = n - bar.state.done
+        todo.notes.append(
+            f"the run was cancelled: {left} observation(s) were not processed; they stay "
+            "pending for the next run"
+        )
     if watch.failure is not None:
         from esap_dask.catalogs.facilities import FacilityError
 

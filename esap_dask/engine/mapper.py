@@ -28,6 +28,7 @@ from esap_dask.catalogs.workflows import get_pipeline
 from esap_dask.deploy.protocol import worker_jobs
 from esap_dask.engine import provenance
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
+from esap_dask.engine.handle import RunHandle
 from esap_dask.engine.ledger import (
     ARRAYS,
     COLUMNS,
@@ -211,21 +212,9 @@ def map_observations(
     observations: Any,
     store: str | os.PathLike[str],
     *,
-    client: Any = None,
-    params: Mapping[str, Any] | None = None,
-    facility: str = "local",
-    force: bool = False,
-    content_hash: bool = False,
-    chunk: int | None = None,
-    shard: int | None = None,
-    batch_size: int | None = None,
-    progress: bool | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    input_storage_options: Mapping[str, Any] | None = None,
-    select: Mapping[str, Any] | None = None,
-    user: str | None = None,
-    max_attempts: int | None = None,
-    dry_run: Literal[False] = False,
+    wait: Literal[True] = ...,
+    dry_run: Literal[False] = ...,
+    **options: Any,
 ) -> RunSummary: ...
 
 
@@ -235,25 +224,24 @@ def map_observations(
     observations: Any,
     store: str | os.PathLike[str],
     *,
-    client: Any = None,
-    params: Mapping[str, Any] | None = None,
-    facility: str = "local",
-    force: bool = False,
-    content_hash: bool = False,
-    chunk: int | None = None,
-    shard: int | None = None,
-    batch_size: int | None = None,
-    progress: bool | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    input_storage_options: Mapping[str, Any] | None = None,
-    select: Mapping[str, Any] | None = None,
-    user: str | None = None,
-    max_attempts: int | None = None,
+    wait: Literal[False],
+    dry_run: Literal[False] = ...,
+    **options: Any,
+) -> RunHandle: ...
+
+
+@overload
+def map_observations(
+    pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
+    observations: Any,
+    store: str | os.PathLike[str],
+    *,
     dry_run: Literal[True],
+    **options: Any,
 ) -> Plan: ...
 
 
-def map_observations(
+def map_observations(  # type: ignore[misc]  # the overloads name the options as **options
     pipeline: Pipeline | str | Callable[..., Mapping[str, Any]],
     observations: Any,
     store: str | os.PathLike[str],
@@ -266,14 +254,15 @@ def map_observations(
     chunk: int | None = None,
     shard: int | None = None,
     batch_size: int | None = None,
-    progress: bool | None = None,
+    progress: bool | Callable[[str], None] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     input_storage_options: Mapping[str, Any] | None = None,
     select: Mapping[str, Any] | None = None,
     user: str | None = None,
     max_attempts: int | None = None,
     dry_run: bool = False,
-) -> RunSummary | Plan:
+    wait: bool = True,
+) -> RunSummary | RunHandle | Plan:
     """Run ``pipeline`` on every observation that needs it and write the results into ``store``.
 
     Parameters
@@ -302,7 +291,8 @@ def map_observations(
         Minimum observations per task (default: automatic, batches of a quarter of a
         thread's share of the rows left, shrinking towards one write unit at the end).
     progress
-        Show a progress bar (default: when attached to a terminal or a notebook).
+        Show a progress bar (default: when attached to a terminal or a notebook); a
+        function instead receives a progress line now and then (a log).
     storage_options
         fsspec options of a URL store (``s3://bucket/run.zarr``); default: the
         facility's ``storage_options`` option, for S3 completed from the
@@ -317,8 +307,6 @@ def map_observations(
         Only the observations of an observation index (``obs-index.fits.gz``) that
         match, e.g. ``{"target": "Crab", "zenith": (0, 40), "obs_id": "23523..23600"}``
         (keys: see :func:`esap_dask.iact.gadf.select_observations`, and docs/observations.md).
-
-
     user
         Who runs it, for the provenance record (default: the login name).
     max_attempts
@@ -330,18 +318,26 @@ def map_observations(
         Plan only: return the :class:`~esap_dask.engine.ledger.Plan` (what would
         run and why, what is given up) without starting a cluster or writing
         anything.
+    wait
+        Return when the run has ended (the default); with ``False``, return a
+        :class:`~esap_dask.engine.handle.RunHandle` at once while the run goes on in a
+        thread of this process (``.progress``, ``.result()``, ``.cancel()``).
 
     Returns
     -------
-    RunSummary
-        Counts, failures with their messages, the provenance document's path
-        (a :class:`~esap_dask.engine.ledger.Plan` with ``dry_run=True``).
+    RunSummary, RunHandle or Plan
+        Counts, failures with their messages, the provenance document's path; with
+        ``wait=False``, the handle whose ``.result()`` is that summary; with
+        ``dry_run=True``, the :class:`~esap_dask.engine.ledger.Plan`.
 
     Examples
     --------
     >>> summary = map_observations("helloworld", "runs/*.fits", "hello.zarr")  # doctest: +SKIP
     >>> xr.open_zarr("hello.zarr")                                             # doctest: +SKIP
     """
+    if not wait and not dry_run:  # a dry run is quick: it returns its plan at once
+        arguments = {k: v for k, v in locals().items() if k != "wait"}  # the parameters
+        return RunHandle(map_observations, arguments, store=os.fspath(store))
     t0 = time.perf_counter()
     started = datetime.now(UTC)
     if max_attempts is not None and max_attempts < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -10,7 +11,12 @@ from typing import Any
 from esap_dask.engine.ledger import Plan
 from esap_dask.engine.task import BatchReport
 
-__all__ = ["RunSummary", "summarise"]
+__all__ = ["HTML_FAILURES", "RunSummary", "summarise"]
+
+#: Failures listed in a summary's HTML repr (the ledger has them all: ``esap-dask status``).
+HTML_FAILURES = 20
+#: Characters of one failure's message shown in the HTML repr.
+HTML_MESSAGE = 300
 
 
 @dataclass
@@ -45,6 +51,73 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
+
+    def _repr_html_(self) -> str:
+        """A table for Jupyter: counts, timings, reasons, notes, the first failures, links.
+
+        Every text that comes from the run (messages, ids, paths) is escaped.
+        """
+        e = html.escape
+        state = (
+            '<span style="color:#1a7f37">ok</span>'
+            if self.ok
+            else f'<span style="color:#cf222e">{self.failed} failed</span>'
+        )
+        rate = f", {self.processed / self.seconds:.3g} obs/s" if self.seconds else ""
+        rows = [
+            ("pipeline", f"{e(self.pipeline)} {e(self.version)} on {e(self.facility)}"),
+            ("result", state),
+            (
+                "observations",
+                f"{self.total} total: {self.processed} processed ({self.succeeded} succeeded, "
+                f"{self.failed} failed), {self.skipped} skipped",
+            ),
+            ("time", f"{self.seconds:g} s{rate}"),
+        ]
+        if self.reasons:
+            why = ", ".join(f"{e(str(k))}: {v}" for k, v in sorted(self.reasons.items()))
+            rows.append(("why processed", why))
+        rows.append(("store", f"<code>{e(self.store)}</code>"))
+        rows.append(("run", f"<code>{e(self.run_id)}</code>"))
+        if self.provenance:
+            rows.append(("provenance", f"<code>{e(self.provenance)}</code>"))
+        if self.dashboard:
+            link = e(self.dashboard, quote=True)
+            rows.append(("dashboard", f'<a href="{link}" target="_blank">{link}</a>'))
+        cell = 'style="text-align:left;vertical-align:top"'
+        parts = ["<div><strong>esap-dask RunSummary</strong><table>"]
+        parts += [f"<tr><th {cell}>{k}</th><td {cell}>{v}</td></tr>" for k, v in rows]
+        parts.append("</table>")
+        if self.notes:
+            parts.append("<details open><summary>notes</summary><ul>")
+            parts += [f"<li>{e(note)}</li>" for note in self.notes]
+            parts.append("</ul></details>")
+        if self.failures:
+            shown = self.failures[:HTML_FAILURES]
+            parts.append(f"<details open><summary>failures ({len(self.failures)})</summary>")
+            parts.append(
+                f"<table><tr><th {cell}>observation</th><th {cell}>error</th>"
+                f"<th {cell}>message</th></tr>"
+            )
+            for f in shown:
+                message = str(f.get("message", ""))
+                if len(message) > HTML_MESSAGE:
+                    message = message[:HTML_MESSAGE] + "…"
+                parts.append(
+                    f"<tr><td {cell}><code>{e(str(f.get('observation', '')))}</code></td>"
+                    f"<td {cell}>{e(str(f.get('error_type', '')))}</td>"
+                    f'<td {cell}><pre style="margin:0;white-space:pre-wrap">{e(message)}</pre>'
+                    "</td></tr>"
+                )
+            parts.append("</table>")
+            if len(self.failures) > len(shown):
+                parts.append(
+                    f"<p>and {len(self.failures) - len(shown)} more: "
+                    f"<code>esap-dask status {e(self.store)}</code> lists them all</p>"
+                )
+            parts.append("</details>")
+        parts.append("</div>")
+        return "".join(parts)
 
 
 def summarise(

@@ -111,6 +111,8 @@ class BatchReport:
     #: the rows were committed by an earlier start of this task, whose result was lost:
     #: the report was read back from the ledger and the pipeline did not run again
     from_ledger: bool = False
+    #: the task did not start: its run was cancelled (its rows stay pending)
+    cancelled: bool = False
 
 
 def check_input(obs: Observation) -> None:
@@ -236,11 +238,14 @@ def _run_group(ctx: RunContext) -> Any:
 class BatchStarts(SchedulerPlugin):
     """The scheduler's record of the workers that started each batch task, by task key.
 
-    The driver registers it (once per scheduler: it is idempotent); it adds three
+    The driver registers it (once per scheduler: it is idempotent); it adds four
     handlers to the scheduler: ``esap_batch_started(key, worker)``, called by a task
     before it runs the pipeline, records the start and returns the workers that started
-    ``key``, this one last; ``esap_batch_starts(keys)`` returns the record of ``keys``;
-    ``esap_batch_forget(prefix)`` drops the keys of a run that ended.
+    ``key``, this one last (none when the run was cancelled: the task must not start);
+    ``esap_batch_starts(keys)`` returns the record of ``keys``;
+    ``esap_batch_cancel(prefix)`` refuses every later start of the run's keys and
+    returns the keys started so far; ``esap_batch_forget(prefix)`` drops the keys of a
+    run that ended.
     """
 
     name = "esap-batch-starts"
@@ -248,15 +253,22 @@ class BatchStarts(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.starts: dict[str, list[str]] = {}
+        self.cancelled: set[str] = set()
 
     async def start(self, scheduler: Any) -> None:
         """Add the handlers to ``scheduler``."""
         scheduler.handlers["esap_batch_started"] = self.started
         scheduler.handlers["esap_batch_starts"] = self.lookup
         scheduler.handlers["esap_batch_forget"] = self.forget
+        scheduler.handlers["esap_batch_cancel"] = self.cancel
 
     def started(self, key: str, worker: str) -> list[str]:
-        """Record that ``worker`` starts ``key``; the workers that started it so far."""
+        """Record that ``worker`` starts ``key``; the workers that started it so far.
+
+        None (an empty list) when the run of ``key`` was cancelled: the task must not start.
+        """
+        if any(key.startswith(prefix) for prefix in self.cancelled):
+            return []
         self.starts.setdefault(key, []).append(worker)
         return list(self.starts[key])
 
@@ -264,8 +276,14 @@ class BatchStarts(SchedulerPlugin):
         """The workers that started each of ``keys`` (none for a key never started)."""
         return {k: list(self.starts.get(k, ())) for k in keys}
 
+    def cancel(self, prefix: str) -> list[str]:
+        """Refuse every later start of a key starting with ``prefix``; the keys started."""
+        self.cancelled.add(prefix)
+        return [k for k in self.starts if k.startswith(prefix)]
+
     def forget(self, prefix: str) -> int:
         """Drop the record of every key starting with ``prefix``; how many were dropped."""
+        self.cancelled.discard(prefix)
         gone = [k for k in self.starts if k.startswith(prefix)]
         for k in gone:
             del self.starts[k]
@@ -276,7 +294,7 @@ def _record_start(ctx: RunContext, worker: str) -> tuple[str, ...]:
     """Tell the scheduler that this task starts; the workers that started it, this one last.
 
     Outside a run that tracks starts (or outside a Dask worker) the task counts as
-    started once, here.
+    started once, here. Empty when the run was cancelled: the task must not start.
     """
     if not ctx.track_starts:
         return (worker,)
@@ -350,6 +368,8 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     group = _run_group(ctx)
     worker = _worker_name()
     started_on = _record_start(ctx, worker)
+    if not started_on:  # the run was cancelled before this task started
+        return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
     if len(started_on) > 1:
         committed = _committed_report(group, ctx, batch, started_on)
         if committed is not None:

@@ -294,7 +294,7 @@ class JobRunner:
                         client=client,
                         params=spec.params,
                         facility=spec.facility,
-                        progress=False,
+                        progress=lambda line: self.log(job_id, line),  # every 10 s
                         user=owner,
                         storage_options=store_options,
                     )
