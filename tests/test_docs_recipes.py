@@ -51,6 +51,7 @@ SETUP: dict[str, list[str]] = {
         "esap-dask -q run gammapy-spectrum -s crab.zarr"
         f" -o '{HESS}/data/hess_dl3_dr1_obs_id_02352[36].fits.gz'",
     ],
+    "observations.md": [f"ln -s {HESS} hess-dl3-dr1"],
     "troubleshooting.md": [
         "mkdir bad && printf 'x%.0s' $(seq 5000) > bad/truncated.fits",
         "esap-dask -q run dl3-products -o 'bad/*.fits' -s bad.zarr || test $? = 1",

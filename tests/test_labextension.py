@@ -123,6 +123,8 @@ def test_the_launcher_opens_the_slurm_facility(slurm, tmp_path: Path, monkeypatc
             await manager.close_cluster(model["id"])
             return model, answer
 
-    with dask.config.set({"labextension.factory": factory, "esap.labextension.facility": "slurm"}):
+    with dask.config.set(
+        {"labextension.factory": factory, "esap.labextension.facility": "slurm-loopback"}
+    ):
         model, answer = asyncio.run(launch())
     assert model["name"].startswith("SLURMArrayCluster") and answer == 42
