@@ -28,9 +28,9 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -38,9 +38,9 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from esap_dask.engine.ledger import COLUMNS, DONE, FAILED
 from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.pipeline import Pipeline, Schema
-from esap_dask.store import array, crash_point, open_store, write_rows
+from esap_dask.store import crash_point, open_store, write_rows
 
-__all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "run_batch"]
+__all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "SharedContext", "run_batch"]
 
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
@@ -80,11 +80,63 @@ class Batch:
     fingerprints: list[str]
     attempts: list[int]
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # by column: a list of 1,000s of named tuples pickles 5x slower than its columns
+        columns = tuple(map(list, zip(*self.observations, strict=True)))
+        attempts = np.asarray(self.attempts, dtype=np.int64)
+        return _batch_of_columns, (self.index, self.rows, columns, self.fingerprints, attempts)
+
     def describe(self) -> str:
         """``"obs_a … obs_b (n observations)"`` for messages."""
         first, last = self.observations[0].id, self.observations[-1].id
         span = first if first == last else f"{first} … {last}"
         return f"{span} ({len(self.observations)} observation(s))"
+
+
+def _batch_of_columns(
+    index: int, rows: np.ndarray, columns: tuple[list[Any], ...], fps: list[str], att: np.ndarray
+) -> Batch:
+    observations = list(map(Observation._make, zip(*columns, strict=True))) if columns else []
+    return Batch(index, rows, observations, fps, att.tolist())
+
+
+class SharedContext:
+    """A :class:`RunContext` pickled once by the driver, unpickled once per worker process.
+
+    Every batch task of a run takes the same context; pickled with each task it cost the
+    driver about 0.1 s of a 10,000-observation run (cloudpickle of the pipeline, its
+    function and schema, see docs/benchmarks/profiles.md). This wrapper carries the
+    bytes, and the worker unpickles them to the same :class:`RunContext` object for every
+    task of the run (:func:`_shared_context`), which also lets a worker keep per-run state.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        import hashlib
+
+        import cloudpickle
+
+        self.ctx = ctx
+        self.data = cloudpickle.dumps(ctx)
+        self.key = f"{ctx.run_id}-{hashlib.sha1(self.data).hexdigest()}"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _shared_context, (self.key, self.data)
+
+
+#: Contexts unpickled by this process, by :attr:`SharedContext.key` (the newest few runs).
+_CONTEXTS: dict[str, RunContext] = {}
+
+
+def _shared_context(key: str, data: bytes) -> RunContext:
+    import pickle
+
+    with _GROUPS_LOCK:
+        ctx = _CONTEXTS.get(key)
+        if ctx is None:
+            while len(_CONTEXTS) >= 4:  # the oldest runs first
+                _CONTEXTS.pop(next(iter(_CONTEXTS)))
+            ctx = _CONTEXTS[key] = pickle.loads(data)
+    return ctx
 
 
 @dataclass
@@ -116,30 +168,78 @@ def check_input(obs: Observation) -> None:
         raise IsADirectoryError(f"{path}: is a directory, not an observation file")
 
 
+class _Slot(NamedTuple):
+    """What :func:`_place` checks of one variable, computed once per schema."""
+
+    name: str
+    shape: tuple[int, ...]
+    text: bool  # a "str" variable
+    dtype: np.dtype[Any]
+    fill: Any
+
+
+#: Validation plans of the schemas this process met: (names, slots) by ``id(schema)``
+#: (the schema is kept in the value, so its id is not reused while it is here).
+_SLOTS: dict[int, tuple[Schema, frozenset[str], tuple[_Slot, ...]]] = {}
+#: ``np.can_cast(got, declared, "same_kind")`` by (got, declared).
+_CASTS: dict[tuple[np.dtype[Any], np.dtype[Any]], bool] = {}
+
+
+def _slots(schema: Schema) -> tuple[frozenset[str], tuple[_Slot, ...]]:
+    """The names and per-variable checks of ``schema``, computed once per schema object.
+
+    ``Schema.shape`` rebuilds the dimension sizes on every call; validating each variable
+    of each observation with it was 28% of a worker's time at 10,000 tiny observations
+    (docs/benchmarks/profiles.md).
+    """
+    found = _SLOTS.get(id(schema))
+    if found is None or found[0] is not schema:
+        sizes = schema.sizes
+        slots = tuple(
+            _Slot(
+                v.name,
+                tuple(sizes[d] for d in v.dims),
+                v.dtype == "str",
+                v.numpy_dtype,
+                v.fill,
+            )
+            for v in schema.variables
+        )
+        if len(_SLOTS) >= 16:
+            _SLOTS.clear()
+        found = _SLOTS[id(schema)] = (schema, frozenset(s.name for s in slots), slots)
+    return found[1], found[2]
+
+
 def _place(schema: Schema, out: Mapping[str, Any], buffers: dict[str, np.ndarray], i: int) -> None:
+    names, slots = _slots(schema)
     if not isinstance(out, Mapping):
         raise TypeError(f"the pipeline returned {type(out).__name__}, not a mapping of products")
-    extra = sorted(set(out) - set(buffers))
-    if extra:
-        raise KeyError(f"the pipeline returned undeclared variable(s): {', '.join(extra)}")
-    for var in schema.variables:
-        if var.name not in out:
-            raise KeyError(f"the pipeline returned no {var.name!r}")
-        want = schema.shape(var)
-        if var.dtype == "str":
-            value = np.asarray(out[var.name], dtype=object)
+    if out.keys() != names:
+        extra = sorted(set(out) - names)
+        if extra:
+            raise KeyError(f"the pipeline returned undeclared variable(s): {', '.join(extra)}")
+    for slot in slots:
+        name = slot.name
+        if name not in out:
+            raise KeyError(f"the pipeline returned no {name!r}")
+        if slot.text:
+            value = np.asarray(out[name], dtype=object)
             if value.shape == ():
                 value = np.asarray(str(value.item()), dtype=object)
         else:
-            value = np.asarray(out[var.name])
-            target = var.numpy_dtype
-            if not np.can_cast(value.dtype, target, casting="same_kind"):
+            value = np.asarray(out[name])
+            key = (value.dtype, slot.dtype)
+            castable = _CASTS.get(key)
+            if castable is None:
+                castable = _CASTS[key] = bool(np.can_cast(*key, casting="same_kind"))
+            if not castable:
                 raise TypeError(
-                    f"variable {var.name!r}: got dtype {value.dtype}, declared {target}"
+                    f"variable {name!r}: got dtype {value.dtype}, declared {slot.dtype}"
                 )
-        if value.shape != want:
-            raise ValueError(f"variable {var.name!r}: got shape {value.shape}, declared {want}")
-        buffers[var.name][i] = value
+        if value.shape != slot.shape:
+            raise ValueError(f"variable {name!r}: got shape {value.shape}, declared {slot.shape}")
+        buffers[name][i] = value
 
 
 def _worker_name() -> str:
@@ -168,8 +268,8 @@ def _process(
         _place(schema, ctx.pipeline.function(obs.value, **ctx.params), buffers, i)
         ledger["ledger_status"][k] = DONE
     except Exception as err:
-        for v in schema.variables:
-            buffers[v.name][i] = v.fill
+        for slot in _slots(schema)[1]:
+            buffers[slot.name][i] = slot.fill
         message = (str(err) or repr(err))[:MAX_MESSAGE]
         ledger["ledger_status"][k] = FAILED
         ledger["ledger_error_type"][k] = type(err).__name__
@@ -182,28 +282,31 @@ def _process(
     return failure
 
 
-#: The store group of the runs a worker served last: (store, run id) -> group.
-_GROUPS: dict[tuple[str, str], Any] = {}
+#: The store group of the runs a worker served last, and its arrays by name:
+#: (store, run id) -> (group, arrays).
+_GROUPS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
 _GROUPS_LOCK = threading.Lock()
 
 
-def _run_group(ctx: RunContext) -> Any:
-    """The store's group for ``ctx``'s run, opened once per worker process and run.
+def _run_group(ctx: RunContext) -> tuple[Any, dict[str, Any]]:
+    """The store's group for ``ctx``'s run and its arrays, opened once per worker and run.
 
     Array shapes change only between runs (the driver appends before any task starts),
     so the consolidated metadata read by a run's first task on this worker serves the
-    run's other tasks here too.
+    run's other tasks here too; so do the array objects (looking each up in the group
+    again took 8% of a worker's time at 10,000 tiny observations).
     """
     key = (ctx.store, ctx.run_id)
     with _GROUPS_LOCK:
-        group = _GROUPS.get(key)
-    if group is None:
+        found = _GROUPS.get(key)
+    if found is None:
         group = open_store(ctx.store, storage_options=ctx.storage_options, consolidated=True)
+        found = (group, dict(group.arrays()))
         with _GROUPS_LOCK:
             while len(_GROUPS) >= 4:  # the oldest runs first
                 _GROUPS.pop(next(iter(_GROUPS)))
-            _GROUPS[key] = group
-    return group
+            _GROUPS[key] = found
+    return found
 
 
 class BatchStarts(SchedulerPlugin):
@@ -265,6 +368,30 @@ def _record_start(ctx: RunContext, worker: str) -> tuple[str, ...]:
     return tuple(str(s) for s in started)
 
 
+#: Products a task buffers before it writes them (whole write units, at least one).
+FLUSH_BYTES = 32 * 2**20
+
+
+def _flushes(ends: list[int], slots: Sequence[_Slot]) -> list[int]:
+    """The last positions of the product writes of a batch whose write units end at ``ends``.
+
+    Consecutive units are written together while they hold at most :data:`FLUSH_BYTES`:
+    each write waits for its slowest array, and a batch of tiny observations spanning
+    several units spent most of its time waiting on writes of a few KiB.
+    """
+    row = sum(
+        (64 if s.text else s.dtype.itemsize) * int(np.prod(s.shape, dtype=np.int64)) for s in slots
+    )
+    out: list[int] = []
+    start = 0
+    for k, end in enumerate(ends):
+        nxt = ends[k + 1] if k + 1 < len(ends) else None
+        if nxt is None or (nxt + 1 - start) * max(1, row) > FLUSH_BYTES:
+            out.append(end)
+            start = end + 1
+    return out
+
+
 #: Ledger columns read back to rebuild the report of a batch its run already committed.
 _COMMITTED = (
     "ledger_run",
@@ -277,7 +404,7 @@ _COMMITTED = (
 
 
 def _committed_report(
-    group: Any, ctx: RunContext, batch: Batch, started_on: tuple[str, ...]
+    arrays: Mapping[str, Any], ctx: RunContext, batch: Batch, started_on: tuple[str, ...]
 ) -> BatchReport | None:
     """The report of ``batch`` read back from its ledger rows if this run committed them.
 
@@ -287,7 +414,7 @@ def _committed_report(
     """
     rows = np.asarray(batch.rows)
     lo, hi = int(rows[0]), int(rows[-1]) + 1
-    cols = {name: np.asarray(array(group, name)[lo:hi])[rows - lo] for name in _COMMITTED}
+    cols = {name: np.asarray(arrays[name][lo:hi])[rows - lo] for name in _COMMITTED}
     status = cols["ledger_status"]
     if not (
         (cols["ledger_run"] == ctx.run_id).all()
@@ -312,41 +439,43 @@ def _committed_report(
     )
 
 
-def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
+def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     """Process ``batch`` and write its rows into ``ctx.store``; return its report.
 
-    Products are written one write unit (``ctx.unit`` rows of the store) at a time, as
-    soon as its observations are done, so a worker holds at most one unit of products;
+    Products are written as soon as their write units (``ctx.unit`` rows of the store)
+    are done, a few units at a time (up to :data:`FLUSH_BYTES`, always whole units), so a
+    worker holds at most one unit or :data:`FLUSH_BYTES` of products, whichever is more;
     the ledger rows of the whole batch are written last. ``ledger_attempts`` adds the
     starts of this task (usually one) to ``batch.attempts``; a task started again after
     its run committed its rows returns their report without running the pipeline.
     """
     t0 = time.perf_counter()
+    if isinstance(ctx, SharedContext):  # a client whose workers share its process
+        ctx = ctx.ctx
     n = len(batch.rows)
-    schema = ctx.schema
-    group = _run_group(ctx)
+    group, arrays = _run_group(ctx)
     worker = _worker_name()
     started_on = _record_start(ctx, worker)
     if len(started_on) > 1:
-        committed = _committed_report(group, ctx, batch, started_on)
+        committed = _committed_report(arrays, ctx, batch, started_on)
         if committed is not None:
             return committed
     ledger = {v.name: np.full(n, v.fill, dtype=v.numpy_dtype) for v in COLUMNS}
+    slots = _slots(ctx.schema)[1]
     failures: list[tuple[str, str, str]] = []
     units = np.asarray(batch.rows) // max(1, ctx.unit)
-    bounds = [*np.flatnonzero(np.diff(units)).tolist(), n - 1]
+    bounds = _flushes([*np.flatnonzero(np.diff(units)).tolist(), n - 1], slots)
     first = 0
-    for last in bounds:  # positions first..last share one write unit
+    for last in bounds:  # positions first..last: whole write units
         size = last - first + 1
         buffers = {  # every row is assigned below: a product or its fill value
-            v.name: np.empty((size, *schema.shape(v)), dtype=v.numpy_dtype)
-            for v in schema.variables
+            slot.name: np.empty((size, *slot.shape), dtype=slot.dtype) for slot in slots
         }
         for i in range(size):
             failure = _process(ctx, batch.observations[first + i], buffers, i, ledger, first + i)
             if failure:
                 failures.append(failure)
-        write_rows(group, batch.rows[first : last + 1], buffers)
+        write_rows(group, batch.rows[first : last + 1], buffers, arrays=arrays)
         first = last + 1
     crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
     ledger["ledger_source"][:] = [str(o.value) for o in batch.observations]
@@ -356,7 +485,7 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     ledger["ledger_attempts"][:] = np.asarray(batch.attempts) + len(started_on)
     ledger["ledger_worker"][:] = worker
     ledger["ledger_run"][:] = ctx.run_id
-    write_rows(group, batch.rows, ledger)  # the commit point: after every product
+    write_rows(group, batch.rows, ledger, arrays=arrays)  # the commit point: after every product
     return BatchReport(
         index=batch.index,
         done=int((ledger["ledger_status"] == DONE).sum()),

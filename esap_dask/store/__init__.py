@@ -568,7 +568,13 @@ COMMIT_COLUMN = "ledger_status"
 PATCH_BYTES = 64 * 2**20
 
 
-def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+def write_rows(
+    group: zarr.Group,
+    rows: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    *,
+    arrays: Mapping[str, zarr.Array] | None = None,
+) -> None:
     """Write ``columns`` (name -> values, one per row) at sorted ``rows``, all columns at once.
 
     The caller owns every write unit that ``rows`` touch (no other task writes between
@@ -580,6 +586,9 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
     sharded arrays). Scattered rows (a rerun of some failed or changed observations) are
     patched into the block that covers them, read once and written once: one write per
     row would re-encode the same chunk again and again.
+
+    ``arrays`` are the group's arrays by name, when the caller keeps them (a worker, for
+    the tasks of one run: shapes do not change during a run); else each is looked up.
     """
     rows = np.asarray(rows)
     runs = contiguous_runs(rows)
@@ -612,7 +621,12 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
         for part in parts:
             _all_at_once(
                 [
-                    functools.partial(write_column, name, array(group, name), values)
+                    functools.partial(
+                        write_column,
+                        name,
+                        arrays[name] if arrays is not None else array(group, name),
+                        values,
+                    )
                     for name, values in part
                 ]
             )
