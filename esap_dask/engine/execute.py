@@ -6,7 +6,7 @@ they come. Batches killed with their worker are retried alone before being blame
 cluster that reports its workers can never start (``cluster.error``) stops the run.
 
 Which batches a dead worker had started is asked of the scheduler's record of starts
-(:class:`esap_dask.engine.task.BatchStarts`), because distributed fails every task assigned
+(:class:`esap_dask.engine.starts.BatchStarts`), because distributed fails every task assigned
 to the worker, queued ones too: a batch it had not started is submitted again as it
 was (it is no attempt), and only the batches it was running count an attempt, are
 retried alone, and are named in the run's notes.
@@ -33,7 +33,6 @@ from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import (
     Batch,
     BatchReport,
-    BatchStarts,
     RunContext,
     SharedContext,
     run_batch,
@@ -334,6 +333,8 @@ def _track_starts(client: Any) -> bool:
     Without the record (a scheduler whose Python lacks esap_dask) a batch lost with its
     worker counts as started there, as every task assigned to a dying worker is blamed.
     """
+    from esap_dask.engine.starts import BatchStarts
+
     try:
         client.register_plugin(BatchStarts())
     except Exception:

@@ -28,7 +28,6 @@ from importlib.metadata import version as pkg_version
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps's string escaper
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import numpy as np
 
 from esap_dask.store import crash_point, read
@@ -272,6 +271,8 @@ def record_run(
         summary=counts,
     )
     path = f"{store.rstrip('/')}.provenance/{summary.run_id}.json"
+    import fsspec  # here: an unchanged rerun writes no provenance, and needs no fsspec
+
     fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(fs_path, "wb") as f:

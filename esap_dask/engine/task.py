@@ -12,10 +12,10 @@ batch is written as usual.
 ``ledger_attempts`` counts the times the pipeline started on an observation, no
 more: a task assigned to a worker that died before running it is not an attempt.
 Only the worker knows when a task starts, so a task tells the scheduler before it
-runs the pipeline (:class:`BatchStarts`, one round trip per batch) and learns how
-many times its key started already: a task the scheduler ran again after a worker
-loss (``distributed.scheduler.allowed-failures``, or a result that died with its
-worker before the driver fetched it) counts every start; the driver asks the same
+runs the pipeline (:class:`~esap_dask.engine.starts.BatchStarts`, one round trip per
+batch) and learns how many times its key started already: a task the scheduler ran
+again after a worker loss (``distributed.scheduler.allowed-failures``, or a result that
+died with its worker before the driver fetched it) counts every start; the driver asks the same
 record whether a batch lost with its worker had started (:mod:`esap_dask.engine.execute`).
 A task that finds its rows already committed by its run (its earlier start finished,
 and only the result was lost) returns their report from the ledger instead of
@@ -33,14 +33,21 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from distributed.diagnostics.plugin import SchedulerPlugin
 
 from esap_dask.engine.ledger import COLUMNS, DONE, FAILED
 from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.pipeline import Pipeline, Schema
 from esap_dask.store import crash_point, open_store, write_rows
 
-__all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "SharedContext", "run_batch"]
+__all__ = ["Batch", "BatchReport", "RunContext", "SharedContext", "run_batch"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BatchStarts":  # a scheduler plugin: its module imports distributed
+        from esap_dask.engine.starts import BatchStarts
+
+        return BatchStarts
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
@@ -307,45 +314,6 @@ def _run_group(ctx: RunContext) -> tuple[Any, dict[str, Any]]:
                 _GROUPS.pop(next(iter(_GROUPS)))
             _GROUPS[key] = found
     return found
-
-
-class BatchStarts(SchedulerPlugin):
-    """The scheduler's record of the workers that started each batch task, by task key.
-
-    The driver registers it (once per scheduler: it is idempotent); it adds three
-    handlers to the scheduler: ``esap_batch_started(key, worker)``, called by a task
-    before it runs the pipeline, records the start and returns the workers that started
-    ``key``, this one last; ``esap_batch_starts(keys)`` returns the record of ``keys``;
-    ``esap_batch_forget(prefix)`` drops the keys of a run that ended.
-    """
-
-    name = "esap-batch-starts"
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.starts: dict[str, list[str]] = {}
-
-    async def start(self, scheduler: Any) -> None:
-        """Add the handlers to ``scheduler``."""
-        scheduler.handlers["esap_batch_started"] = self.started
-        scheduler.handlers["esap_batch_starts"] = self.lookup
-        scheduler.handlers["esap_batch_forget"] = self.forget
-
-    def started(self, key: str, worker: str) -> list[str]:
-        """Record that ``worker`` starts ``key``; the workers that started it so far."""
-        self.starts.setdefault(key, []).append(worker)
-        return list(self.starts[key])
-
-    def lookup(self, keys: list[str]) -> dict[str, list[str]]:
-        """The workers that started each of ``keys`` (none for a key never started)."""
-        return {k: list(self.starts.get(k, ())) for k in keys}
-
-    def forget(self, prefix: str) -> int:
-        """Drop the record of every key starting with ``prefix``; how many were dropped."""
-        gone = [k for k in self.starts if k.startswith(prefix)]
-        for k in gone:
-            del self.starts[k]
-        return len(gone)
 
 
 def _record_start(ctx: RunContext, worker: str) -> tuple[str, ...]:
