@@ -25,6 +25,7 @@ running the pipeline again.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 import traceback
@@ -48,6 +49,7 @@ def __getattr__(name: str) -> Any:
 
         return BatchStarts
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
@@ -164,15 +166,21 @@ class BatchReport:
     from_ledger: bool = False
 
 
-def check_input(obs: Observation) -> None:
-    """Raise a clear error for a file observation that is missing or not a file."""
+def check_input(obs: Observation) -> bool:
+    """Raise a clear error for a file observation that is missing or not a file.
+
+    True when ``obs`` is a regular file (one ``stat``: its checksum goes to the ledger).
+    """
     if obs.kind != "file":
-        return
+        return False
     path = obs.value
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file; check the observation list")
-    if os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; check the observation list") from None
+    if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"{path}: is a directory, not an observation file")
+    return stat.S_ISREG(st.st_mode)
 
 
 class _Slot(NamedTuple):
@@ -270,8 +278,9 @@ def _process(
     schema = ctx.schema
     ledger["ledger_start"][k] = time.time()
     failure = None
+    is_file = False
     try:
-        check_input(obs)
+        is_file = check_input(obs)
         _place(schema, ctx.pipeline.function(obs.value, **ctx.params), buffers, i)
         ledger["ledger_status"][k] = DONE
     except Exception as err:
@@ -283,7 +292,7 @@ def _process(
         ledger["ledger_error"][k] = message
         ledger["ledger_traceback"][k] = traceback.format_exc()[-MAX_TRACEBACK:]
         failure = (obs.id, type(err).__name__, message)
-    if ctx.checksums and obs.kind == "file" and os.path.isfile(obs.value):
+    if ctx.checksums and is_file:
         ledger["ledger_checksum"][k] = sha256_file(obs.value)
     ledger["ledger_end"][k] = time.time()
     return failure
@@ -413,7 +422,9 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     Products are written as soon as their write units (``ctx.unit`` rows of the store)
     are done, a few units at a time (up to :data:`FLUSH_BYTES`, always whole units), so a
     worker holds at most one unit or :data:`FLUSH_BYTES` of products, whichever is more;
-    the ledger rows of the whole batch are written last. ``ledger_attempts`` adds the
+    the ledger rows of the whole batch are written last, ``ledger_status`` after the
+    others. A batch that fits one flush writes its products with its ledger columns, at
+    once (one wait for the slowest array instead of two). ``ledger_attempts`` adds the
     starts of this task (usually one) to ``batch.attempts``; a task started again after
     its run committed its rows returns their report without running the pipeline.
     """
@@ -433,6 +444,13 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     failures: list[tuple[str, str, str]] = []
     units = np.asarray(batch.rows) // max(1, ctx.unit)
     bounds = _flushes([*np.flatnonzero(np.diff(units)).tolist(), n - 1], slots)
+    ledger["ledger_source"][:] = [str(o.value) for o in batch.observations]
+    ledger["ledger_fingerprint"][:] = batch.fingerprints
+    ledger["ledger_params"][:] = ctx.param_hash
+    ledger["ledger_version"][:] = ctx.pipeline.version
+    ledger["ledger_attempts"][:] = np.asarray(batch.attempts) + len(started_on)
+    ledger["ledger_worker"][:] = worker
+    ledger["ledger_run"][:] = ctx.run_id
     first = 0
     for last in bounds:  # positions first..last: whole write units
         size = last - first + 1
@@ -443,17 +461,16 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
             failure = _process(ctx, batch.observations[first + i], buffers, i, ledger, first + i)
             if failure:
                 failures.append(failure)
+        if size == n:  # one write of the whole batch: products and ledger together below
+            break
         write_rows(group, batch.rows[first : last + 1], buffers, arrays=arrays)
         first = last + 1
+    else:
+        buffers = {}
     crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
-    ledger["ledger_source"][:] = [str(o.value) for o in batch.observations]
-    ledger["ledger_fingerprint"][:] = batch.fingerprints
-    ledger["ledger_params"][:] = ctx.param_hash
-    ledger["ledger_version"][:] = ctx.pipeline.version
-    ledger["ledger_attempts"][:] = np.asarray(batch.attempts) + len(started_on)
-    ledger["ledger_worker"][:] = worker
-    ledger["ledger_run"][:] = ctx.run_id
-    write_rows(group, batch.rows, ledger, arrays=arrays)  # the commit point: after every product
+    # the commit point: write_rows writes ledger_status after every other column, so a row
+    # reads done or failed only once its products and ledger columns are written
+    write_rows(group, batch.rows, {**buffers, **ledger}, arrays=arrays)
     return BatchReport(
         index=batch.index,
         done=int((ledger["ledger_status"] == DONE).sum()),

@@ -94,7 +94,8 @@ class StoreError(Worded, RuntimeError):
 CRASH_STEPS = (
     "create",  # a new store: after its group, before its arrays
     "append",  # growing the store for new observations: after each array's resize
-    "products",  # a batch on a worker: after its products, before its ledger rows
+    "products",  # a batch on a worker: after its products, before its ledger rows (a
+    # batch written in one flush writes both at once: before that write)
     "ledger-column",  # a batch's ledger rows: after each column written
     "consolidate-before",  # before each rewrite of the consolidated metadata
     "consolidate-after",  # after each rewrite of the consolidated metadata
