@@ -1,6 +1,7 @@
 """Where a run's time goes: pyinstrument on the driver, cProfile on the workers.
 
 ``python -m bench.profile_run [--n 10000] [--files] [--top 25] [--rounds 3]``
+``python -m bench.profile_run --pipeline dl3-products --glob 'HESS_DIR/*.fits.gz'``
 
 Starts a LocalCluster of 2 workers x 1 thread, warms it up with one run, then profiles
 ``--rounds`` runs of ``map_observations("helloworld", ...)`` into fresh stores: the driver
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-workers", action="store_true", help="driver profile only")
+    parser.add_argument("--pipeline", default="helloworld", help="a catalog pipeline")
+    parser.add_argument("--glob", help="observation files (instead of --n values)")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [*filter(None, [os.environ.get("PYTHONPATH")]), str(Path(__file__).parents[1])]
@@ -78,7 +81,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="esap-profile-"))
     items: list[Any] = list(range(1, args.n + 1))
-    if args.files:
+    if args.glob:
+        import glob
+
+        items = sorted(glob.glob(args.glob))
+    elif args.files:
         d = work / "files"
         d.mkdir()
         items = []
@@ -91,7 +98,7 @@ def main() -> None:
             LocalCluster(n_workers=WORKERS, threads_per_worker=1, dashboard_address=":0") as lc,
             Client(lc) as client,
         ):
-            esap_dask.map_observations("helloworld", items, work / "warm.zarr", progress=False)
+            esap_dask.map_observations(args.pipeline, items, work / "warm.zarr", progress=False)
             if not args.no_workers:
                 client.run(_install_profiler)
             seconds = []
@@ -100,11 +107,11 @@ def main() -> None:
                 profiler = Profiler(interval=0.0005)
                 profiler.start()
                 t0 = time.perf_counter()
-                esap_dask.map_observations("helloworld", items, store, progress=False)
+                esap_dask.map_observations(args.pipeline, items, store, progress=False)
                 seconds.append(time.perf_counter() - t0)
                 profiler.stop()
             t0 = time.perf_counter()
-            esap_dask.map_observations("helloworld", items, work / "r0.zarr", progress=False)
+            esap_dask.map_observations(args.pipeline, items, work / "r0.zarr", progress=False)
             rerun = time.perf_counter() - t0
             print(f"load {os.getloadavg()}; runs {[round(s, 3) for s in seconds]} s;")
             print(f"unchanged rerun {rerun:.3f} s")

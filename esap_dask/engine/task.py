@@ -239,11 +239,22 @@ def _place(schema: Schema, out: Mapping[str, Any], buffers: dict[str, np.ndarray
         if name not in out:
             raise KeyError(f"the pipeline returned no {name!r}")
         if slot.text:
-            value = np.asarray(out[name], dtype=object)
+            value = out[name]
+            if type(value) is str and not slot.shape:  # the common case: no numpy round trip
+                buffers[name][i] = value
+                continue
+            value = np.asarray(value, dtype=object)
             if value.shape == ():
                 value = np.asarray(str(value.item()), dtype=object)
         else:
-            value = np.asarray(out[name])
+            value = out[name]
+            kind = slot.dtype.kind
+            if not slot.shape and (
+                (type(value) is int and kind in "iuf") or (type(value) is float and kind in "fc")
+            ):  # a Python scalar of the declared kind: numpy checks its range on assignment
+                buffers[name][i] = value
+                continue
+            value = np.asarray(value)
             key = (value.dtype, slot.dtype)
             castable = _CASTS.get(key)
             if castable is None:
