@@ -34,24 +34,21 @@ Figures: ``bench/results.json`` (cases ``gammapy/<case>``), ``docs/benchmarks/ga
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import select
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
-from bench.peers import _peak_rss_mib, _reset_peak, _rm, revision
+from bench.common import DriverProcess, serve
+from bench.peers import _rm, revision
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks" / "gammapy.md"
@@ -165,51 +162,21 @@ class Driver:
 
 
 def driver_main(contender: str, address: str, data_store: str) -> None:
-    """Serve run requests (JSON lines on stdin) for one contender; answer on stdout."""
-    out: TextIO = sys.stdout
-    sys.stdout = sys.stderr  # whatever a library prints stays out of the answers
+    """Serve run requests for one contender (:func:`bench.common.serve`)."""
     driver = Driver(contender, address, data_store or None)
     try:
-        for line in sys.stdin:
-            req = json.loads(line)
-            _reset_peak()
-            try:
-                answer = driver.run(req["files"], req["store"])
-            except Exception as exc:  # reported to the bench
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            answer["rss_mib"] = _peak_rss_mib()
-            out.write("GPBENCH " + json.dumps(answer) + "\n")
-            out.flush()
+        serve(lambda req: driver.run(req["files"], req["store"]), "GPBENCH")
     finally:
         if driver.client is not None:
             driver.client.close()
 
 
-class Contender:
-    """The bench's handle on one driver process."""
+class Contender(DriverProcess):
+    """The bench's handle on one driver process (:class:`bench.common.DriverProcess`)."""
 
     def __init__(self, name: str, address: str, data_store: str | None, log: Path) -> None:
-        self.name = name
-        self.log = log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.gammapy_peer",
-                "--driver",
-                name,
-                "--address",
-                address,
-                "--data-store",
-                data_store or "",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=ROOT,
-            start_new_session=True,  # a timed-out driver is killed with its pool
-        )
+        argv = [sys.executable, "-m", "bench.gammapy_peer", "--driver", name, "--address"]
+        super().__init__(name, [*argv, address, "--data-store", data_store or ""], log, "GPBENCH")
 
     def run(self, files: list[str], store: Path, limit: float | None = None) -> dict[str, Any]:
         """The driver's answer: ``seconds``, ``rss_mib`` (peak, MiB), esap-dask's failures.
@@ -217,51 +184,7 @@ class Contender:
         After ``limit`` seconds without an answer the driver is killed and the answer is
         ``{"timed_out": limit}`` (the contender must then be started again).
         """
-        assert self.proc.stdin and self.proc.stdout
-        try:
-            self.proc.stdin.write(json.dumps({"files": files, "store": str(store)}) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            raise RuntimeError(f"{self.name}'s driver exited:\n{self._log_tail()}") from None
-        deadline = None if limit is None else time.monotonic() + limit
-        while True:
-            if deadline is not None:
-                ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-                if not ready:
-                    self.kill()
-                    return {"timed_out": limit}
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("GPBENCH "):
-                answer: dict[str, Any] = json.loads(line[8:])
-                if "error" in answer:
-                    raise RuntimeError(f"{self.name} failed: {answer['error']}\n{self._log_tail()}")
-                return answer
-        raise RuntimeError(f"{self.name}'s driver exited:\n{self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()[-3000:]
-
-    def kill(self) -> None:
-        """Stop the driver and its pool's processes (its own process group)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
-
-    def close(self) -> None:
-        if self.log.closed:
-            return
-        if self.proc.stdin:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        return self.request({"files": files, "store": str(store)}, limit)
 
 
 # ---------------------------------------------------------------- cases

@@ -1,6 +1,7 @@
 """esap-dask against fair peers: the same work, end to end, on one shared LocalCluster.
 
-``python -m bench.peers [--quick] [--repeats 5] [--case tiny,tiny-files,hess,tiny-100k,realistic]``
+``python -m bench.peers [--quick] [--repeats 5] [--case tiny,tiny-files,hess,...]``
+(cases: tiny, tiny-files, hess, tiny-100k, realistic, rss; default all)
 
 Every contender goes from the observation list to a consolidated Zarr v3 store that
 ``xr.open_zarr`` opens, with the same products (values and ``obs`` order) as esap-dask's;
@@ -25,6 +26,9 @@ before every run and read after it):
 - ``esap-dask rerun``: esap-dask again on its complete store (nothing changed; the peers
   must redo all their work).
 
+The ``rss`` case runs esap-dask alone at 100 to 100,000 tiny observations, a fresh driver
+process per size, for its driver's peak RSS (it should stay flat).
+
 After one warm-up run of each (imports on the workers, page cache), ``--repeats`` rounds
 run every contender once, in an order rotated every round so that the machine's load
 (shared, noisy) hits every contender alike. Times are medians with min and max; the
@@ -38,7 +42,6 @@ The figures are merged into ``bench/results.json`` (cases ``peers/<case>``; the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -52,7 +55,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, TextIO
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +76,9 @@ ESAP, RERUN, BATCHED, PARSL, SERIAL = (
 REFERENCE = "one task per obs (reference)"
 BAGS = [f"dask.bag {p}" for p in BAG_PARTITIONS]
 DISTRIBUTED_PEERS = [BATCHED, *BAGS, PARSL]
-CASES = ("tiny", "tiny-files", "hess", "tiny-100k", "realistic")
+CASES = ("tiny", "tiny-files", "hess", "tiny-100k", "realistic", "rss")
+#: Sizes of the driver-RSS case (tiny observations, esap-dask only).
+RSS_SIZES = (100, 1_000, 10_000, 100_000)
 
 
 # ---------------------------------------------------------------- the work itself
@@ -160,19 +166,6 @@ def obs_id(item: Any) -> str:
 
 
 # ---------------------------------------------------------------- drivers (subprocesses)
-
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5": reset VmHWM to the current RSS
-        f.write("5")
 
 
 class Driver:
@@ -277,82 +270,40 @@ class Driver:
 
 
 def driver_main(contender: str, address: str, spec: Path) -> None:
-    """Serve run requests (JSON lines on stdin) for one contender; answer on stdout."""
+    """Serve run requests for one contender (:func:`bench.common.serve`)."""
+    from bench.common import serve
+
     data = json.loads(spec.read_text())
-    out: TextIO = sys.stdout
-    sys.stdout = sys.stderr  # whatever a library prints stays out of the answers
     driver = Driver(contender, address, data["pipeline"], data["items"], spec.parent)
+
+    def run(req: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        driver.run(req["store"], req.get("count"))
+        return {"seconds": time.perf_counter() - t0}
+
     try:
-        for line in sys.stdin:
-            req = json.loads(line)
-            _reset_peak()
-            t0 = time.perf_counter()
-            try:
-                driver.run(req["store"], req.get("count"))
-                answer: dict[str, Any] = {"seconds": time.perf_counter() - t0}
-            except Exception as exc:  # reported to the bench, which stops
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            answer["rss_mib"] = _peak_rss_mib()
-            out.write("PEERS " + json.dumps(answer) + "\n")
-            out.flush()
+        serve(run, "PEERS")
     finally:
         driver.close()
 
 
 class Contender:
-    """The bench's handle on one driver process."""
+    """The bench's handle on one driver process (:class:`bench.common.DriverProcess`)."""
 
     def __init__(self, name: str, address: str, spec: Path, log: Path) -> None:
+        from bench.common import DriverProcess
+
         self.name = name
-        self.log = log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.peers",
-                "--driver",
-                name,
-                "--address",
-                address,
-                "--spec",
-                str(spec),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=ROOT,
-        )
+        argv = [sys.executable, "-m", "bench.peers", "--driver", name, "--address", address]
+        self.process = DriverProcess(name, [*argv, "--spec", str(spec)], log, "PEERS")
 
     def run(self, store: Path, count: int | None = None) -> tuple[float, float]:
         """Seconds and the driver's peak RSS (MiB) of one run into ``store``."""
-        assert self.proc.stdin and self.proc.stdout
-        try:
-            self.proc.stdin.write(json.dumps({"store": str(store), "count": count}) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            raise RuntimeError(f"{self.name}'s driver exited:\n{self._log_tail()}") from None
-        for line in self.proc.stdout:
-            if line.startswith("PEERS "):
-                answer = json.loads(line[6:])
-                if "error" in answer:
-                    raise RuntimeError(f"{self.name} failed: {answer['error']}\n{self._log_tail()}")
-                return answer["seconds"], answer["rss_mib"]
-        raise RuntimeError(f"{self.name}'s driver exited:\n{self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()[-3000:]
+        answer = self.process.request({"store": str(store), "count": count})
+        return answer["seconds"], answer["rss_mib"]
 
     def close(self) -> None:
-        if self.proc.stdin:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.process.close()
 
 
 # ---------------------------------------------------------------- cases
@@ -428,13 +379,12 @@ def case_tiny_100k(work: Path, quick: bool) -> Case:
         f"{n:,} tiny (helloworld on values)",
         "helloworld",
         list(range(1, n + 1)),
-        [ESAP, RERUN, BATCHED, SERIAL],
+        [ESAP, RERUN, BATCHED, "dask.bag 8", "dask.bag 32", PARSL, SERIAL],
         reference=False,
         notes=[
-            f"at {n:,} observations only esap-dask, batched client.map and the "
-            "serial loop run, to keep the run's length in bounds (dask.bag and Parsl were "
-            "not measured at this size); one task per observation takes minutes here "
-            "(206 s at 100,000 in bench.mapper_overhead)"
+            f"at {n:,} observations dask.bag runs with 8 and 32 partitions only (2 was the "
+            "slowest at 10,000), and one task per observation is not run (206 s at 100,000 "
+            "in bench.mapper_overhead)"
         ],
     )
 
@@ -544,6 +494,87 @@ def measure(case: Case, address: str, work: Path, repeats: int) -> dict[str, Any
     }
 
 
+def measure_rss(address: str, work: Path, repeats: int) -> dict[str, Any]:
+    """esap-dask's driver peak RSS and time at each of :data:`RSS_SIZES` tiny observations.
+
+    A fresh driver process per size (its RSS then holds only its imports and that size's
+    runs), one warm-up run, then ``repeats`` runs into fresh stores.
+    """
+    cdir = work / "rss"
+    cdir.mkdir(exist_ok=True)
+    load_before, started = os.getloadavg(), datetime.now(UTC)
+    out: dict[int, dict[str, list[float]]] = {}
+    for n in RSS_SIZES:
+        spec = cdir / f"spec-{n}.json"
+        spec.write_text(json.dumps({"pipeline": "helloworld", "items": list(range(1, n + 1))}))
+        driver = Contender(ESAP, address, spec, cdir / f"esap-{n}.log")
+        try:
+            driver.run(cdir / f"warm-{n}.zarr")
+            _rm(cdir / f"warm-{n}.zarr")
+            out[n] = {"seconds": [], "rss": []}
+            for r in range(repeats):
+                s, m = driver.run(cdir / f"r{r}-{n}.zarr")
+                out[n]["seconds"].append(s)
+                out[n]["rss"].append(m)
+                _rm(cdir / f"r{r}-{n}.zarr")
+        finally:
+            driver.close()
+        print(
+            f"[rss] {n:,}: {statistics.median(out[n]['rss']):.0f} MiB, "
+            f"{statistics.median(out[n]['seconds']):.2f} s",
+            flush=True,
+        )
+    return {
+        "sizes": out,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "started": started,
+    }
+
+
+def rss_records(result: dict[str, Any]) -> list[Any]:
+    """The RSS case's figures: per size, and the largest over the smallest."""
+    from bench.common import summarize
+
+    sizes = result["sizes"]
+    small, large = min(sizes), max(sizes)
+    out = []
+    for n, figures in sizes.items():
+        out.append(summarize(f"peers/rss/{n}", "esap-dask RSS", "MiB", figures["rss"]))
+        out.append(summarize(f"peers/rss/{n}", "esap-dask time", "s", figures["seconds"]))
+    out.append(
+        summarize(
+            "peers/rss",
+            f"RSS at {large:,} / at {small:,}",
+            "ratio",
+            [statistics.median(sizes[large]["rss"]) / statistics.median(sizes[small]["rss"])],
+        )
+    )
+    return out
+
+
+def rss_markdown(result: dict[str, Any]) -> list[str]:
+    """The RSS case's lines of docs/benchmarks/peers.md."""
+    sizes = result["sizes"]
+    small = statistics.median(sizes[min(sizes)]["rss"])
+    lb, la = result["load_before"], result["load_after"]
+    lines = [
+        "",
+        "esap-dask's driver peak RSS by run size (helloworld on values; a fresh driver",
+        "process per size, one warm-up run, then medians of the timed runs; load "
+        f"{lb[0]:.1f}/{lb[1]:.1f}/{lb[2]:.1f} before, {la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f} after):",
+        "",
+        "| observations | driver peak RSS MiB | / at the smallest | run s |",
+        "|---:|---:|---:|---:|",
+    ]
+    for n, figures in sizes.items():
+        m = statistics.median(figures["rss"])
+        lines.append(
+            f"| {n:,} | {m:.0f} | {m / small:.2f}× | {statistics.median(figures['seconds']):.2f} |"
+        )
+    return lines
+
+
 # ---------------------------------------------------------------- reporting
 
 
@@ -624,7 +655,12 @@ def revision() -> str:
     return f"commit {proc.stdout.strip()}" if proc.returncode == 0 else "unknown revision"
 
 
-def markdown(results: list[dict[str, Any]], command: str) -> str:
+def markdown(
+    results: list[dict[str, Any]],
+    command: str,
+    rss: dict[str, Any] | None = None,
+    measured: str | None = None,
+) -> str:
     """docs/benchmarks/peers.md: the table, the command, the load averages and the date."""
     lines = [
         "# esap-dask against fair peers",
@@ -640,7 +676,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         f"(best of {'/'.join(map(str, BAG_PARTITIONS))} partitions) and Parsl HTEX (4 batched "
         "apps per worker); one task per observation is a labelled reference only, run once.",
         "",
-        f"Command: `{command}`; esap-dask measured: {revision()}.",
+        f"Command: `{command}`; esap-dask measured: {measured or revision()}.",
         "",
         "| case | esap-dask | batched `client.map` | `dask.bag` (best) | Parsl HTEX | serial loop |"
         " best peer / esap | serial / esap | one task per obs (ref., once) | esap rerun |",
@@ -678,6 +714,8 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
             for n in (ESAP, BATCHED, bag, PARSL, SERIAL, REFERENCE)
         ]
         lines.append(f"| {res['case'].title} | " + " | ".join(cells) + " |")
+    if rss is not None:
+        lines += rss_markdown(rss)
     lines += [
         "",
         "Load average (1/5/15 min) and time of each case, on 2 cores shared with other",
@@ -727,7 +765,7 @@ def main() -> None:
         driver_main(args.driver, args.address, args.spec)
         return
     names = args.case.split(",")
-    unknown = [n for n in names if n not in CASE_FUNCTIONS]
+    unknown = [n for n in names if n not in CASES]
     if unknown:
         parser.error(f"--case: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
     repeats = args.repeats or (3 if args.quick else 5)
@@ -742,22 +780,84 @@ def main() -> None:
 
     from bench.common import report
 
-    results = []
+    raw = _load_raw()
     with (
         tempfile.TemporaryDirectory(prefix="esap-peers-") as tmp,
         LocalCluster(n_workers=WORKERS, threads_per_worker=1, dashboard_address=":0") as cluster,
     ):
         work = Path(tmp)
         for name in names:
-            case = CASE_FUNCTIONS[name](work, args.quick)
-            result = measure(case, cluster.scheduler_address, work, repeats)
-            print_table(result)
-            results.append(result)
+            if name == "rss":
+                rss = measure_rss(cluster.scheduler_address, work, repeats)
+                figures = rss_records(rss)
+                raw["rss"] = {**_stamp(rss, command), "sizes": rss["sizes"]}
+            else:
+                case = CASE_FUNCTIONS[name](work, args.quick)
+                result = measure(case, cluster.scheduler_address, work, repeats)
+                print_table(result)
+                figures = records(result)
+                raw[name] = {
+                    **_stamp(result, command),
+                    "title": case.title,
+                    "notes": case.notes,
+                    "times": result["times"],
+                    "rss": result["rss"],
+                }
             if not args.no_record:  # after every case: a long run stopped early keeps its figures
-                report(records(result))
+                report(figures)
+                RAW.write_text(json.dumps(raw, indent=1) + "\n")
                 DOCS.parent.mkdir(parents=True, exist_ok=True)
-                DOCS.write_text(markdown(results, command))
+                DOCS.write_text(markdown_of(raw))
                 print(f"wrote {DOCS} and merged the figures into bench/results.json")
+
+
+#: Every case's last figures (times and RSS of every round), from which peers.md is written:
+#: cases measured by separate commands land in one table.
+RAW = ROOT / "bench" / "peers-raw.json"
+
+
+def _load_raw() -> dict[str, Any]:
+    return json.loads(RAW.read_text()) if RAW.exists() else {}
+
+
+def _stamp(result: dict[str, Any], command: str) -> dict[str, Any]:
+    return {
+        "load_before": list(result["load_before"]),
+        "load_after": list(result["load_after"]),
+        "started": result["started"].isoformat(),
+        "command": command,
+        "revision": revision(),
+    }
+
+
+def markdown_of(raw: dict[str, Any]) -> str:
+    """docs/benchmarks/peers.md from every case in ``raw`` (in :data:`CASES` order)."""
+    results = []
+    for name in CASES:
+        entry = raw.get(name)
+        if entry is None or name == "rss":
+            continue
+        results.append(
+            {
+                "case": SimpleNamespace(name=name, title=entry["title"], notes=entry["notes"]),
+                "times": entry["times"],
+                "rss": entry["rss"],
+                "load_before": entry["load_before"],
+                "load_after": entry["load_after"],
+                "started": datetime.fromisoformat(entry["started"]),
+            }
+        )
+    rss = None
+    if "rss" in raw:
+        entry = raw["rss"]
+        rss = {
+            "sizes": {int(n): v for n, v in entry["sizes"].items()},
+            "load_before": entry["load_before"],
+            "load_after": entry["load_after"],
+        }
+    commands = sorted({e["command"] for e in raw.values()})
+    revisions = sorted({e["revision"] for e in raw.values()})
+    return markdown(results, "`, `".join(commands), rss, ", ".join(revisions))
 
 
 if __name__ == "__main__":

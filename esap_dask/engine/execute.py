@@ -6,7 +6,7 @@ they come. Batches killed with their worker are retried alone before being blame
 cluster that reports its workers can never start (``cluster.error``) stops the run.
 
 Which batches a dead worker had started is asked of the scheduler's record of starts
-(:class:`esap_dask.engine.task.BatchStarts`), because distributed fails every task assigned
+(:class:`esap_dask.engine.starts.BatchStarts`), because distributed fails every task assigned
 to the worker, queued ones too: a batch it had not started is submitted again as it
 was (it is no attempt), and only the batches it was running count an attempt, are
 retried alone, and are named in the run's notes.
@@ -31,7 +31,13 @@ from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
 from esap_dask.engine.handle import cancel_tasks, current_control, drain
 from esap_dask.engine.ledger import FAILED, Plan, pack
 from esap_dask.engine.progress import Progress
-from esap_dask.engine.task import Batch, BatchReport, BatchStarts, RunContext, run_batch
+from esap_dask.engine.task import (
+    Batch,
+    BatchReport,
+    RunContext,
+    SharedContext,
+    run_batch,
+)
 from esap_dask.store import StoreLayout, write_rows
 
 __all__ = [
@@ -47,6 +53,8 @@ __all__ = [
 
 #: Automatic batches: each takes at least 1/(TASKS_PER_THREAD x threads) of the rows left
 #: (whole write units), so a run starts with about this many tasks a thread, then shrinks.
+#: A run of more than two write units a thread first runs one unit a thread (the probes),
+#: and sizes the rest's tasks from the first probe's time (:func:`_tasks_per_thread`).
 TASKS_PER_THREAD = 4
 #: Never more tasks than this in one run (scheduler overhead).
 MAX_TASKS = 5000
@@ -101,6 +109,60 @@ def make_batches(rows: Sequence[int], unit: int, target: int, parts: int = 0) ->
     return batches
 
 
+#: A task of tiny work should take at least this long: below it, the scheduler's round
+#: trips and a batch's fixed costs (its writes, its start record) dominate.
+MIN_TASK_SECONDS = 0.5
+
+
+def _target(n: int) -> int:
+    """The smallest automatic batch: no run has more than :data:`MAX_TASKS` tasks."""
+    return max(math.ceil(n / MAX_TASKS), 1)
+
+
+def _batch(index: int, chosen: Sequence[Any]) -> Batch:
+    """The batch ``index`` of the planned rows ``chosen`` (sorted by row)."""
+    return Batch(
+        index=index,
+        rows=np.asarray([e.row for e in chosen], dtype=np.int64),
+        observations=[e.observation for e in chosen],
+        fingerprints=[e.fingerprint for e in chosen],
+        attempts=[e.attempts for e in chosen],
+    )
+
+
+def _probe_split(rows: Sequence[int], unit: int, threads: int) -> int:
+    """How many of ``rows`` the probes take: the first write unit of each thread.
+
+    0 (no probes) when the rows span no more than two write units a thread: then the
+    default plan has few tasks anyway.
+    """
+    seen, current, split = 0, None, 0
+    for pos, row in enumerate(rows):
+        u = row // unit
+        if u != current:
+            current = u
+            seen += 1
+            if seen == threads + 1:
+                split = pos
+            if seen > 2 * threads:
+                return split
+    return 0
+
+
+def _tasks_per_thread(report: BatchReport | None, rest: int, threads: int) -> int:
+    """Tasks a thread gets for the ``rest`` rows, from a probe's measured time per row.
+
+    Work whose share per thread is below :data:`MIN_TASK_SECONDS` per task gets fewer,
+    larger tasks (one a thread for tiny work); work that is not tiny, or not measured (the
+    probe failed), gets :data:`TASKS_PER_THREAD`, as the default plan.
+    """
+    rows = (report.done + report.failed) if report is not None else 0
+    if report is None or report.from_ledger or not rows or report.seconds <= 0:
+        return TASKS_PER_THREAD
+    share = report.seconds / rows * rest / threads
+    return max(1, min(TASKS_PER_THREAD, int(share / MIN_TASK_SECONDS)))
+
+
 def nthreads(client: Any) -> int:
     """Worker threads the run can count on: connected ones, or the ones the cluster plans.
 
@@ -142,23 +204,35 @@ def execute(
         entries = sorted(todo.todo, key=attrgetter("row"))
         rows = [e.row for e in entries]
         n = len(rows)
-        parts = 0 if batch_size else TASKS_PER_THREAD * nthreads(client)
-        target = batch_size or max(math.ceil(n / MAX_TASKS), 1)
-        batches = []
-        for i, positions in enumerate(make_batches(rows, layout.unit, target, parts)):
-            chosen = [entries[p] for p in positions]
-            batches.append(
-                Batch(
-                    index=i,
-                    rows=np.asarray([e.row for e in chosen], dtype=np.int64),
-                    observations=[e.observation for e in chosen],
-                    fingerprints=[e.fingerprint for e in chosen],
-                    attempts=[e.attempts for e in chosen],
-                )
-            )
+        threads = nthreads(client)
+        probes = 0 if batch_size else _probe_split(rows, layout.unit, threads)
+        if batch_size:
+            planned = make_batches(rows, layout.unit, batch_size)
+        elif probes:  # one write unit per thread first; the rest once one has been timed
+            planned = make_batches(rows[:probes], layout.unit, 1)
+        else:
+            planned = make_batches(rows, layout.unit, _target(n), TASKS_PER_THREAD * threads)
+        batches = [_batch(i, [entries[p] for p in b]) for i, b in enumerate(planned)]
+    unplanned = entries[probes:] if probes else None
+
+    def plan_rest(report: BatchReport | None) -> list[Batch]:
+        """Batches of the rows after the probes, sized by the first probe's time per row."""
+        assert unplanned is not None
+        rest = [e.row for e in unplanned]
+        parts = _tasks_per_thread(report, len(rest), threads) * threads
+        with gc_paused():
+            if parts == threads:  # tiny work: one even batch a thread, fewest round trips
+                sized = make_batches(rest, layout.unit, math.ceil(len(rest) / threads))
+            else:
+                sized = make_batches(rest, layout.unit, _target(len(rest)), parts)
+            return [
+                _batch(len(batches) + i, [unplanned[p] for p in b]) for i, b in enumerate(sized)
+            ]
+
     tracked = _track_starts(client)
     if tracked:
         ctx = dataclasses.replace(ctx, track_starts=True)
+    shared = SharedContext(ctx)  # pickled once, not with every task
     prefix = f"esap-batch-{ctx.run_id}-"
     by_key: dict[str, Batch] = {}
     futures: list[Any] = []
@@ -168,7 +242,7 @@ def execute(
         key = f"{prefix}{b.index}" + ("-alone" if alone else "")
         if requeues.get(b.index):
             key += f"-requeue{requeues[b.index]}"
-        fut = client.submit(run_batch, ctx, b, key=key, pure=False)
+        fut = client.submit(run_batch, shared, b, key=key, pure=False)
         by_key[fut.key] = b
         futures.append(fut)
         return fut
@@ -216,6 +290,10 @@ def execute(
                     report = fut.result()
                 except Exception as err:
                     error = err
+                if unplanned is not None:  # the first probe ended: plan and submit the rest
+                    for b in plan_rest(report):
+                        pending.add(submit(b))
+                    unplanned = None
                 fut.release()
                 if report is not None and report.cancelled:
                     continue  # refused to start after the run's cancel: its rows stay pending
@@ -290,6 +368,8 @@ def _track_starts(client: Any) -> bool:
     Without the record (a scheduler whose Python lacks esap_dask) a batch lost with its
     worker counts as started there, as every task assigned to a dying worker is blamed.
     """
+    from esap_dask.engine.starts import BatchStarts
+
     try:
         client.register_plugin(BatchStarts())
     except Exception:

@@ -17,6 +17,7 @@ One document per run, written next to the store as
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import platform
@@ -27,7 +28,6 @@ from importlib.metadata import version as pkg_version
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps's string escaper
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import numpy as np
 
 from esap_dask.store import crash_point
@@ -64,6 +64,12 @@ def _iso(t: datetime) -> str:
 
 def software_versions() -> dict[str, str]:
     """Versions of Python and of the packages a run depends on."""
+    return dict(_software_versions())
+
+
+@functools.cache
+def _software_versions() -> dict[str, str]:
+    """Looked up once a process: reading the packages' metadata took 50 ms of every run."""
     found = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -269,6 +275,8 @@ def record_run(
         summary=counts,
     )
     path = f"{store.rstrip('/')}.provenance/{summary.run_id}.json"
+    import fsspec  # here: an unchanged rerun writes no provenance, and needs no fsspec
+
     fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(fs_path, "wb") as f:

@@ -16,10 +16,10 @@ batch is written as usual.
 The ledger's ``attempts`` counts the times the pipeline started on an observation, no
 more: a task assigned to a worker that died before running it is not an attempt.
 Only the worker knows when a task starts, so a task tells the scheduler before it
-runs the pipeline (:class:`BatchStarts`, one round trip per batch) and learns how
-many times its key started already: a task the scheduler ran again after a worker
-loss (``distributed.scheduler.allowed-failures``, or a result that died with its
-worker before the driver fetched it) counts every start; the driver asks the same
+runs the pipeline (:class:`~esap_dask.engine.starts.BatchStarts`, one round trip per
+batch) and learns how many times its key started already: a task the scheduler ran
+again after a worker loss (``distributed.scheduler.allowed-failures``, or a result that
+died with its worker before the driver fetched it) counts every start; the driver asks the same
 record whether a batch lost with its worker had started (:mod:`esap_dask.engine.execute`).
 A task that finds its rows already committed by its run (its earlier start finished,
 and only the result was lost) returns their report from the ledger instead of
@@ -29,23 +29,33 @@ running the pipeline again.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from distributed.diagnostics.plugin import SchedulerPlugin
+import zarr
 
 from esap_dask.engine.ledger import DONE, FAILED, blank, pack, read_columns
 from esap_dask.engine.observations import Observation, sha256_file
 from esap_dask.engine.remote import local_copy
 from esap_dask.pipeline import Pipeline, Schema
-from esap_dask.store import crash_point, open_store, write_rows
+from esap_dask.store import LEDGER_GROUP, crash_point, open_store, write_rows
 
-__all__ = ["Batch", "BatchReport", "BatchStarts", "RunContext", "call_on", "run_batch"]
+__all__ = ["Batch", "BatchReport", "RunContext", "SharedContext", "call_on", "run_batch"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BatchStarts":  # a scheduler plugin: its module imports distributed
+        from esap_dask.engine.starts import BatchStarts
+
+        return BatchStarts
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
@@ -88,11 +98,63 @@ class Batch:
     fingerprints: list[str]
     attempts: list[int]
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # by column: a list of 1,000s of named tuples pickles 5x slower than its columns
+        columns = tuple(map(list, zip(*self.observations, strict=True)))
+        attempts = np.asarray(self.attempts, dtype=np.int64)
+        return _batch_of_columns, (self.index, self.rows, columns, self.fingerprints, attempts)
+
     def describe(self) -> str:
         """``"obs_a … obs_b (n observations)"`` for messages."""
         first, last = self.observations[0].id, self.observations[-1].id
         span = first if first == last else f"{first} … {last}"
         return f"{span} ({len(self.observations)} observation(s))"
+
+
+def _batch_of_columns(
+    index: int, rows: np.ndarray, columns: tuple[list[Any], ...], fps: list[str], att: np.ndarray
+) -> Batch:
+    observations = list(map(Observation._make, zip(*columns, strict=True))) if columns else []
+    return Batch(index, rows, observations, fps, att.tolist())
+
+
+class SharedContext:
+    """A :class:`RunContext` pickled once by the driver, unpickled once per worker process.
+
+    Every batch task of a run takes the same context; pickled with each task it cost the
+    driver about 0.1 s of a 10,000-observation run (cloudpickle of the pipeline, its
+    function and schema, see docs/benchmarks/profiles.md). This wrapper carries the
+    bytes, and the worker unpickles them to the same :class:`RunContext` object for every
+    task of the run (:func:`_shared_context`), which also lets a worker keep per-run state.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        import hashlib
+
+        import cloudpickle
+
+        self.ctx = ctx
+        self.data = cloudpickle.dumps(ctx)
+        self.key = f"{ctx.run_id}-{hashlib.sha1(self.data).hexdigest()}"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _shared_context, (self.key, self.data)
+
+
+#: Contexts unpickled by this process, by :attr:`SharedContext.key` (the newest few runs).
+_CONTEXTS: dict[str, RunContext] = {}
+
+
+def _shared_context(key: str, data: bytes) -> RunContext:
+    import pickle
+
+    with _GROUPS_LOCK:
+        ctx = _CONTEXTS.get(key)
+        if ctx is None:
+            while len(_CONTEXTS) >= 4:  # the oldest runs first
+                _CONTEXTS.pop(next(iter(_CONTEXTS)))
+            ctx = _CONTEXTS[key] = pickle.loads(data)
+    return ctx
 
 
 @dataclass
@@ -115,15 +177,64 @@ class BatchReport:
     cancelled: bool = False
 
 
-def check_input(obs: Observation) -> None:
-    """Raise a clear error for a file observation that is missing or not a file."""
+def check_input(obs: Observation) -> bool:
+    """Raise a clear error for a file observation that is missing or not a file.
+
+    True when ``obs`` is a regular file (one ``stat``: its checksum goes to the ledger).
+    """
     if obs.kind != "file":
-        return
+        return False
     path = obs.value
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file; check the observation list")
-    if os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; check the observation list") from None
+    if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"{path}: is a directory, not an observation file")
+    return stat.S_ISREG(st.st_mode)
+
+
+class _Slot(NamedTuple):
+    """What :func:`_place` checks of one variable, computed once per schema."""
+
+    name: str
+    shape: tuple[int, ...]
+    text: bool  # a "str" variable
+    dtype: np.dtype[Any]
+    fill: Any
+
+
+#: Validation plans of the schemas this process met: (names, slots) by ``id(schema)``
+#: (the schema is kept in the value, so its id is not reused while it is here).
+_SLOTS: dict[int, tuple[Schema, frozenset[str], tuple[_Slot, ...]]] = {}
+#: ``np.can_cast(got, declared, "same_kind")`` by (got, declared).
+_CASTS: dict[tuple[np.dtype[Any], np.dtype[Any]], bool] = {}
+
+
+def _slots(schema: Schema) -> tuple[frozenset[str], tuple[_Slot, ...]]:
+    """The names and per-variable checks of ``schema``, computed once per schema object.
+
+    ``Schema.shape`` rebuilds the dimension sizes on every call; validating each variable
+    of each observation with it was 28% of a worker's time at 10,000 tiny observations
+    (docs/benchmarks/profiles.md).
+    """
+    found = _SLOTS.get(id(schema))
+    if found is None or found[0] is not schema:
+        sizes = schema.sizes
+        slots = tuple(
+            _Slot(
+                v.name,
+                tuple(sizes[d] for d in v.dims),
+                v.dtype == "str",
+                v.numpy_dtype,
+                v.fill,
+            )
+            for v in schema.variables
+        )
+        if len(_SLOTS) >= 16:
+            _SLOTS.clear()
+        found = _SLOTS[id(schema)] = (schema, frozenset(s.name for s in slots), slots)
+    return found[1], found[2]
 
 
 def call_on(
@@ -140,29 +251,45 @@ def call_on(
 
 
 def _place(schema: Schema, out: Mapping[str, Any], buffers: dict[str, np.ndarray], i: int) -> None:
+    names, slots = _slots(schema)
     if not isinstance(out, Mapping):
         raise TypeError(f"the pipeline returned {type(out).__name__}, not a mapping of products")
-    extra = sorted(set(out) - set(buffers))
-    if extra:
-        raise KeyError(f"the pipeline returned undeclared variable(s): {', '.join(extra)}")
-    for var in schema.variables:
-        if var.name not in out:
-            raise KeyError(f"the pipeline returned no {var.name!r}")
-        want = schema.shape(var)
-        if var.dtype == "str":
-            value = np.asarray(out[var.name], dtype=object)
+    if out.keys() != names:
+        extra = sorted(set(out) - names)
+        if extra:
+            raise KeyError(f"the pipeline returned undeclared variable(s): {', '.join(extra)}")
+    for slot in slots:
+        name = slot.name
+        if name not in out:
+            raise KeyError(f"the pipeline returned no {name!r}")
+        if slot.text:
+            value = out[name]
+            if type(value) is str and not slot.shape:  # the common case: no numpy round trip
+                buffers[name][i] = value
+                continue
+            value = np.asarray(value, dtype=object)
             if value.shape == ():
                 value = np.asarray(str(value.item()), dtype=object)
         else:
-            value = np.asarray(out[var.name])
-            target = var.numpy_dtype
-            if not np.can_cast(value.dtype, target, casting="same_kind"):
+            value = out[name]
+            kind = slot.dtype.kind
+            if not slot.shape and (
+                (type(value) is int and kind in "iuf") or (type(value) is float and kind in "fc")
+            ):  # a Python scalar of the declared kind: numpy checks its range on assignment
+                buffers[name][i] = value
+                continue
+            value = np.asarray(value)
+            key = (value.dtype, slot.dtype)
+            castable = _CASTS.get(key)
+            if castable is None:
+                castable = _CASTS[key] = bool(np.can_cast(*key, casting="same_kind"))
+            if not castable:
                 raise TypeError(
-                    f"variable {var.name!r}: got dtype {value.dtype}, declared {target}"
+                    f"variable {name!r}: got dtype {value.dtype}, declared {slot.dtype}"
                 )
-        if value.shape != want:
-            raise ValueError(f"variable {var.name!r}: got shape {value.shape}, declared {want}")
-        buffers[var.name][i] = value
+        if value.shape != slot.shape:
+            raise ValueError(f"variable {name!r}: got shape {value.shape}, declared {slot.shape}")
+        buffers[name][i] = value
 
 
 def _worker_name() -> str:
@@ -186,8 +313,9 @@ def _process(
     schema = ctx.schema
     ledger["start"][k] = time.time()
     failure = None
+    is_file = False
     try:
-        check_input(obs)
+        is_file = check_input(obs)
         if obs.kind == "url":  # the pipeline reads a local copy, removed after
             with local_copy(obs.value, ctx.input_options) as path:
                 _place(schema, ctx.pipeline.function(path, **ctx.params), buffers, i)
@@ -197,97 +325,51 @@ def _process(
             _place(schema, ctx.pipeline.function(obs.value, **ctx.params), buffers, i)
         ledger["status"][k] = DONE
     except Exception as err:
-        for v in schema.variables:
-            buffers[v.name][i] = v.fill
+        for slot in _slots(schema)[1]:
+            buffers[slot.name][i] = slot.fill
         message = (str(err) or repr(err))[:MAX_MESSAGE]
         ledger["status"][k] = FAILED
         ledger["error_type"][k] = type(err).__name__
         ledger["error"][k] = message
         ledger["traceback"][k] = traceback.format_exc()[-MAX_TRACEBACK:]
         failure = (obs.id, type(err).__name__, message)
-    if ctx.checksums and obs.kind == "file" and os.path.isfile(obs.value):
+    if ctx.checksums and is_file:
         ledger["checksum"][k] = sha256_file(obs.value)
     ledger["end"][k] = time.time()
     return failure
 
 
-#: The store group of the runs a worker served last: (store, run id) -> group.
-_GROUPS: dict[tuple[str, str], Any] = {}
+#: The store group of the runs a worker served last, and its arrays by name:
+#: (store, run id) -> (group, arrays).
+_GROUPS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
 _GROUPS_LOCK = threading.Lock()
 
 
-def _run_group(ctx: RunContext) -> Any:
-    """The store's group for ``ctx``'s run, opened once per worker process and run.
+def _run_group(ctx: RunContext) -> tuple[Any, dict[str, Any]]:
+    """The store's group for ``ctx``'s run and its arrays, opened once per worker and run.
 
     Array shapes change only between runs (the driver appends before any task starts),
     so the consolidated metadata read by a run's first task on this worker serves the
-    run's other tasks here too.
+    run's other tasks here too; so do the array objects (looking each up in the group
+    again took 8% of a worker's time at 10,000 tiny observations).
     """
     key = (ctx.store, ctx.run_id)
     with _GROUPS_LOCK:
-        group = _GROUPS.get(key)
-    if group is None:
+        found = _GROUPS.get(key)
+    if found is None:
         group = open_store(ctx.store, storage_options=ctx.storage_options, consolidated=True)
+        arrays = dict(group.arrays())
+        if LEDGER_GROUP in group:  # the ledger's arrays, by their path in the store
+            sub = group[LEDGER_GROUP]
+            if not isinstance(sub, zarr.Group):
+                raise TypeError(f"{ctx.store}: '{LEDGER_GROUP}' is an array, not the ledger group")
+            arrays.update((f"{LEDGER_GROUP}/{n}", a) for n, a in sub.arrays())
+        found = (group, arrays)
         with _GROUPS_LOCK:
             while len(_GROUPS) >= 4:  # the oldest runs first
                 _GROUPS.pop(next(iter(_GROUPS)))
-            _GROUPS[key] = group
-    return group
-
-
-class BatchStarts(SchedulerPlugin):
-    """The scheduler's record of the workers that started each batch task, by task key.
-
-    The driver registers it (once per scheduler: it is idempotent); it adds four
-    handlers to the scheduler: ``esap_batch_started(key, worker)``, called by a task
-    before it runs the pipeline, records the start and returns the workers that started
-    ``key``, this one last (none when the run was cancelled: the task must not start);
-    ``esap_batch_starts(keys)`` returns the record of ``keys``;
-    ``esap_batch_cancel(prefix)`` refuses every later start of the run's keys and
-    returns the keys started so far; ``esap_batch_forget(prefix)`` drops the keys of a
-    run that ended.
-    """
-
-    name = "esap-batch-starts"
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.starts: dict[str, list[str]] = {}
-        self.cancelled: set[str] = set()
-
-    async def start(self, scheduler: Any) -> None:
-        """Add the handlers to ``scheduler``."""
-        scheduler.handlers["esap_batch_started"] = self.started
-        scheduler.handlers["esap_batch_starts"] = self.lookup
-        scheduler.handlers["esap_batch_forget"] = self.forget
-        scheduler.handlers["esap_batch_cancel"] = self.cancel
-
-    def started(self, key: str, worker: str) -> list[str]:
-        """Record that ``worker`` starts ``key``; the workers that started it so far.
-
-        None (an empty list) when the run of ``key`` was cancelled: the task must not start.
-        """
-        if any(key.startswith(prefix) for prefix in self.cancelled):
-            return []
-        self.starts.setdefault(key, []).append(worker)
-        return list(self.starts[key])
-
-    def lookup(self, keys: list[str]) -> dict[str, list[str]]:
-        """The workers that started each of ``keys`` (none for a key never started)."""
-        return {k: list(self.starts.get(k, ())) for k in keys}
-
-    def cancel(self, prefix: str) -> list[str]:
-        """Refuse every later start of a key starting with ``prefix``; the keys started."""
-        self.cancelled.add(prefix)
-        return [k for k in self.starts if k.startswith(prefix)]
-
-    def forget(self, prefix: str) -> int:
-        """Drop the record of every key starting with ``prefix``; how many were dropped."""
-        self.cancelled.discard(prefix)
-        gone = [k for k in self.starts if k.startswith(prefix)]
-        for k in gone:
-            del self.starts[k]
-        return len(gone)
+            _GROUPS[key] = found
+    return found
 
 
 def _record_start(ctx: RunContext, worker: str) -> tuple[str, ...]:
@@ -308,6 +390,30 @@ def _record_start(ctx: RunContext, worker: str) -> tuple[str, ...]:
     except Exception:  # no worker, or no record on the scheduler: one start, this one
         return (worker,)
     return tuple(str(s) for s in started)
+
+
+#: Products a task buffers before it writes them (whole write units, at least one).
+FLUSH_BYTES = 32 * 2**20
+
+
+def _flushes(ends: list[int], slots: Sequence[_Slot]) -> list[int]:
+    """The last positions of the product writes of a batch whose write units end at ``ends``.
+
+    Consecutive units are written together while they hold at most :data:`FLUSH_BYTES`:
+    each write waits for its slowest array, and a batch of tiny observations spanning
+    several units spent most of its time waiting on writes of a few KiB.
+    """
+    row = sum(
+        (64 if s.text else s.dtype.itemsize) * int(np.prod(s.shape, dtype=np.int64)) for s in slots
+    )
+    out: list[int] = []
+    start = 0
+    for k, end in enumerate(ends):
+        nxt = ends[k + 1] if k + 1 < len(ends) else None
+        if nxt is None or (nxt + 1 - start) * max(1, row) > FLUSH_BYTES:
+            out.append(end)
+            start = end + 1
+    return out
 
 
 #: Ledger columns read back to rebuild the report of a batch its run already committed.
@@ -353,19 +459,23 @@ def _committed_report(
     )
 
 
-def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
+def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     """Process ``batch`` and write its rows into ``ctx.store``; return its report.
 
-    Products are written one write unit (``ctx.unit`` rows of the store) at a time, as
-    soon as its observations are done, so a worker holds at most one unit of products;
-    the ledger rows of the whole batch are written last. The ledger's ``attempts`` adds the
+    Products are written as soon as their write units (``ctx.unit`` rows of the store)
+    are done, a few units at a time (up to :data:`FLUSH_BYTES`, always whole units), so a
+    worker holds at most one unit or :data:`FLUSH_BYTES` of products, whichever is more;
+    the ledger rows of the whole batch are written last, the ledger's ``status`` after the
+    others. A batch that fits one flush writes its products with its ledger arrays, at
+    once (one wait for the slowest array instead of two). The ledger's ``attempts`` adds the
     starts of this task (usually one) to ``batch.attempts``; a task started again after
     its run committed its rows returns their report without running the pipeline.
     """
     t0 = time.perf_counter()
+    if isinstance(ctx, SharedContext):  # a client whose workers share its process
+        ctx = ctx.ctx
     n = len(batch.rows)
-    schema = ctx.schema
-    group = _run_group(ctx)
+    group, arrays = _run_group(ctx)
     worker = _worker_name()
     started_on = _record_start(ctx, worker)
     if not started_on:  # the run was cancelled before this task started
@@ -375,23 +485,10 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
         if committed is not None:
             return committed
     ledger = blank(n)
+    slots = _slots(ctx.schema)[1]
     failures: list[tuple[str, str, str]] = []
     units = np.asarray(batch.rows) // max(1, ctx.unit)
-    bounds = [*np.flatnonzero(np.diff(units)).tolist(), n - 1]
-    first = 0
-    for last in bounds:  # positions first..last share one write unit
-        size = last - first + 1
-        buffers = {  # every row is assigned below: a product or its fill value
-            v.name: np.empty((size, *schema.shape(v)), dtype=v.numpy_dtype)
-            for v in schema.variables
-        }
-        for i in range(size):
-            failure = _process(ctx, batch.observations[first + i], buffers, i, ledger, first + i)
-            if failure:
-                failures.append(failure)
-        write_rows(group, batch.rows[first : last + 1], buffers)
-        first = last + 1
-    crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
+    bounds = _flushes([*np.flatnonzero(np.diff(units)).tolist(), n - 1], slots)
     ledger["source"][:] = [str(o.value) for o in batch.observations]
     ledger["fingerprint"][:] = batch.fingerprints
     ledger["params"][:] = ctx.param_hash
@@ -399,7 +496,26 @@ def run_batch(ctx: RunContext, batch: Batch) -> BatchReport:
     ledger["attempts"][:] = np.asarray(batch.attempts) + len(started_on)
     ledger["worker"][:] = worker
     ledger["run"][:] = ctx.run_id
-    write_rows(group, batch.rows, pack(ledger))  # the commit point: after every product
+    first = 0
+    for last in bounds:  # positions first..last: whole write units
+        size = last - first + 1
+        buffers = {  # every row is assigned below: a product or its fill value
+            slot.name: np.empty((size, *slot.shape), dtype=slot.dtype) for slot in slots
+        }
+        for i in range(size):
+            failure = _process(ctx, batch.observations[first + i], buffers, i, ledger, first + i)
+            if failure:
+                failures.append(failure)
+        if size == n:  # one write of the whole batch: products and ledger together below
+            break
+        write_rows(group, batch.rows[first : last + 1], buffers, arrays=arrays)
+        first = last + 1
+    else:
+        buffers = {}
+    crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
+    # the commit point: write_rows writes ledger/status after every other array, so a row
+    # reads done or failed only once its products and ledger arrays are written
+    write_rows(group, batch.rows, {**buffers, **pack(ledger)}, arrays=arrays)
     return BatchReport(
         index=batch.index,
         done=int((ledger["status"] == DONE).sum()),

@@ -105,7 +105,8 @@ class StoreError(Worded, RuntimeError):
 CRASH_STEPS = (
     "create",  # a new store: after its group, before its arrays
     "append",  # growing the store for new observations: after each array's resize
-    "products",  # a batch on a worker: after its products, before its ledger rows
+    "products",  # a batch on a worker: after its products, before its ledger rows (a
+    # batch written in one flush writes both at once: before that write)
     "ledger-column",  # a batch's ledger rows: after each column written
     "consolidate-before",  # before each rewrite of the consolidated metadata
     "consolidate-after",  # after each rewrite of the consolidated metadata
@@ -637,7 +638,13 @@ COMMIT_COLUMN = f"{LEDGER_GROUP}/status"
 PATCH_BYTES = 64 * 2**20
 
 
-def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+def write_rows(
+    group: zarr.Group,
+    rows: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    *,
+    arrays: Mapping[str, zarr.Array] | None = None,
+) -> None:
     """Write ``columns`` (name -> values, one per row) at sorted ``rows``, all columns at once.
 
     The caller owns every write unit that ``rows`` touch (no other task writes between
@@ -649,6 +656,9 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
     sharded arrays). Scattered rows (a rerun of some failed or changed observations) are
     patched into the block that covers them, read once and written once: one write per
     row would re-encode the same chunk again and again.
+
+    ``arrays`` are the group's arrays by name, when the caller keeps them (a worker, for
+    the tasks of one run: shapes do not change during a run); else each is looked up.
     """
     rows = np.asarray(rows)
     runs = contiguous_runs(rows)
@@ -681,7 +691,12 @@ def write_rows(group: zarr.Group, rows: np.ndarray, columns: Mapping[str, np.nda
         for part in parts:
             _all_at_once(
                 [
-                    functools.partial(write_column, name, array(group, name), values)
+                    functools.partial(
+                        write_column,
+                        name,
+                        arrays[name] if arrays is not None else array(group, name),
+                        values,
+                    )
                     for name, values in part
                 ]
             )

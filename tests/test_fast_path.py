@@ -1,0 +1,102 @@
+"""The costs cut for tiny work (issue 17) keep what a user checks: validation, exactly once.
+
+Products are validated against a schema plan computed once per schema; tasks are sized
+from a first probe's measured time; the run context travels once per run; an unchanged
+rerun starts without importing the cluster machinery.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+import esap_dask
+from esap_dask import map_observations
+from esap_dask.engine.execute import MAX_TASKS, TASKS_PER_THREAD
+from esap_dask.engine.task import BatchReport
+
+HERE = Path(__file__).parent
+PICKY = str(HERE / "pipelines" / "picky.py")
+ROOT = HERE.parent
+
+
+def test_products_breaking_the_schema_fail_their_observation_only(tmp_path, client):
+    store = tmp_path / "p.zarr"
+    summary = map_observations(PICKY, range(12), store, client=client, chunk=4)
+    why = {f["observation"]: f["message"] for f in summary.failures}
+    assert sorted(why, key=int) == ["1", "2", "3", "4", "7", "8", "9", "10"]
+    assert why["1"] == "variable 'vector': got shape (5,), declared (4,)"
+    assert why["2"] == "variable 'count': got dtype <U4, declared int64"
+    assert "returned no 'label'" in why["3"]
+    assert why["4"] == "'the pipeline returned undeclared variable(s): extra'"
+    ds = xr.open_zarr(store).load()
+    good = [0, 5, 6, 11]
+    np.testing.assert_array_equal(ds["count"].values[good], good)
+    assert [str(v) for v in ds.label.values[good]] == [f"run {r}" for r in good]
+    np.testing.assert_array_equal(ds.vector.values[6], np.arange(4) + 6.0)
+    assert np.isnan(ds.vector.values[1]).all() and ds["count"].values[2] == 0  # fill values
+
+
+def test_a_probed_tiny_run_processes_every_observation_once(tmp_path, client):
+    """400 observations in 40 write units: probes first, then the rest sized from them."""
+    store = tmp_path / "s.zarr"
+    summary = map_observations("helloworld", range(400), store, client=client, chunk=10)
+    assert (summary.succeeded, summary.failed) == (400, 0)
+    ds = xr.open_zarr(store).load()
+    assert ds.obs.values.tolist() == [str(i) for i in range(400)]
+    assert (esap_dask.ledger(store).attempts == 1).all()
+    assert ds["size"].values.tolist() == [len(str(i)) for i in range(400)]
+    more = map_observations("helloworld", range(420), store, client=client)
+    assert (more.processed, more.skipped) == (20, 400)
+
+
+def test_probes_then_tasks_sized_from_the_measured_time():
+    from esap_dask.engine.execute import _probe_split, _tasks_per_thread
+
+    rows = list(range(1000))
+    assert _probe_split(rows, 10, 2) == 20  # the first unit of each of 2 threads
+    assert _probe_split(rows[:40], 10, 2) == 0  # 4 units for 2 threads: no probes
+    tiny = BatchReport(0, 10, 0, [], "w", seconds=0.001)  # 0.1 ms a row
+    assert _tasks_per_thread(tiny, 980, 2) == 1
+    heavy = BatchReport(0, 10, 0, [], "w", seconds=10.0)  # 1 s a row
+    assert _tasks_per_thread(heavy, 980, 2) == TASKS_PER_THREAD
+    assert _tasks_per_thread(None, 980, 2) == TASKS_PER_THREAD  # the probe failed
+    assert MAX_TASKS >= 1000
+
+
+def test_the_run_context_is_unpickled_once_per_process():
+    from esap_dask import get_pipeline
+    from esap_dask.engine.task import RunContext, SharedContext
+
+    pipe = get_pipeline("helloworld")
+    params = pipe.resolve({})
+    ctx = RunContext("s.zarr", pipe, params, "h", pipe.output_schema(params), run_id="r1")
+    shared = SharedContext(ctx)
+    first, second = pickle.loads(pickle.dumps(shared)), pickle.loads(pickle.dumps(shared))
+    assert first is second and first.run_id == "r1" and first.params == params
+
+
+def test_an_unchanged_rerun_imports_no_distributed(tmp_path, client):
+    store = tmp_path / "s.zarr"
+    map_observations("helloworld", range(50), store, client=client)
+    code = (
+        "import json, sys\n"
+        "from esap_dask import map_observations\n"
+        f"s = map_observations('helloworld', range(50), {str(store)!r}, facility='none')\n"
+        "print(json.dumps([s.skipped, 'distributed' in sys.modules]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [50, False]
