@@ -112,6 +112,11 @@ def test_all_105_observations_are_processed(run: Any, observations: list) -> Non
     assert list(ds.obs.values) == [o.id for o in observations]
     assert (esap_dask.ledger(ds.encoding["source"]).status == "done").all()
     assert ds.sizes["obs"] == 105 and len(np.unique(ds.obs_id)) == 105
+    # the files' OBS_ID is an integer coordinate along obs: select a run by it
+    assert "obs_id" in ds.coords and ds.obs_id.dtype == np.int64
+    crab_run = ds.set_xindex("obs_id").sel(obs_id=23523)
+    assert crab_run.obs.item() == "hess_dl3_dr1_obs_id_023523.fits.gz"
+    assert int(crab_run.n_events) > 0
     assert ds.counts_map.dims == ("obs", "y", "x") and ds.x.attrs["units"] == "deg"
     assert ds.livetime.attrs["units"] == "s" and ds.significance.attrs["description"]
     assert (ds.n_events > 0).all() and (ds.livetime > 0).all()

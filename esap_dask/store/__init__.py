@@ -399,6 +399,25 @@ def ledger_group(group: zarr.Group) -> zarr.Group | None:
     return None
 
 
+#: A scalar integer product of this name is the observations' own id (GADF's OBS_ID).
+ID_VARIABLE = "obs_id"
+
+
+def id_coordinate(schema: Schema) -> str | None:
+    """``"obs_id"`` when ``schema`` has it as a scalar integer product, else None.
+
+    The other products then name it in their CF ``coordinates`` attribute, so
+    ``xr.open_zarr`` opens it as an integer coordinate along ``obs`` (the store's
+    index stays the observation's name: ids repeat across data releases, and a row is
+    planned before its file is read); ``ds.set_xindex("obs_id").sel(obs_id=23523)``
+    or ``ds.swap_dims(obs="obs_id")`` select by it.
+    """
+    for var in schema.variables:
+        if var.name == ID_VARIABLE and not var.dims and var.numpy_dtype.kind in "iu":
+            return ID_VARIABLE
+    return None
+
+
 def _create_variables(group: zarr.Group, schema: Schema, layout: StoreLayout, n: int = 0) -> None:
     for coord in schema.coords:
         values = np.asarray(coord.values)
@@ -413,9 +432,12 @@ def _create_variables(group: zarr.Group, schema: Schema, layout: StoreLayout, n:
             attrs=cf_attrs(coord.units, coord.description),
         )
         array(group, coord.name)[...] = values
+    ids = id_coordinate(schema)
     for var in schema.variables:
         shape = (n, *schema.shape(var))
         attrs_v = cf_attrs(var.units, var.description, var.attrs)
+        if ids and var.name != ids:  # CF: xarray opens it as a coordinate along obs
+            attrs_v.setdefault("coordinates", ids)
         _create(
             group,
             var.name,
