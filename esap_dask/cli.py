@@ -355,26 +355,22 @@ def run(
     """
     from esap_dask.engine.mapper import map_observations
 
-    options = _parse_storage_options(storage_options)
-    in_options = _parse_storage_options(input_storage_options, "--input-storage-options")
-    selection = _parse_select(select)
-
+    # what a dry run and a run share: the observations, the store, the plan's inputs
+    common: dict[str, Any] = {
+        "facility": facility,
+        "params": _parse_params(params),
+        "force": force,
+        "content_hash": content_hash,
+        "storage_options": _parse_storage_options(storage_options),
+        "input_storage_options": _parse_storage_options(
+            input_storage_options, "--input-storage-options"
+        ),
+        "select": _parse_select(select),
+        "max_attempts": max_attempts,
+    }
     if dry_run:
         plan = _guarded(
-            lambda: map_observations(
-                pipeline,
-                observations,
-                store,
-                facility=facility,
-                params=_parse_params(params),
-                force=force,
-                content_hash=content_hash,
-                storage_options=options,
-                input_storage_options=in_options,
-                select=selection,
-                max_attempts=max_attempts,
-                dry_run=True,
-            )
+            lambda: map_observations(pipeline, observations, store, dry_run=True, **common)
         )
         if as_json:
             click.echo(json.dumps(plan.to_dict()))
@@ -386,18 +382,11 @@ def run(
             pipeline,
             observations,
             store,
-            facility=facility,
-            params=_parse_params(params),
-            force=force,
-            content_hash=content_hash,
             chunk=chunk,
             shard=shard,
             batch_size=batch_size,
             progress=False if as_json or out.quiet else None,
-            storage_options=options,
-            input_storage_options=in_options,
-            select=selection,
-            max_attempts=max_attempts,
+            **common,
         )
     )
     if as_json:
