@@ -28,6 +28,23 @@ def _documented_config() -> dict:
     return yaml.safe_load(block)
 
 
+def _manager_class() -> type:
+    """``DaskClusterManager``, imported with an event loop set in this thread.
+
+    Importing ``dask_labextension`` makes its module-level manager, whose constructor
+    asks asyncio for the current event loop: in a JupyterLab server there is one, in a
+    test process after an ``asyncio.run`` there is none (a RuntimeError at import).
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        from dask_labextension.manager import DaskClusterManager
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    return DaskClusterManager
+
+
 def _catalog(tmp_path: Path) -> Path:
     (tmp_path / "lab-test.yaml").write_text(
         "name: lab-test\n"
@@ -44,7 +61,7 @@ def _catalog(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_the_launcher_opens_the_configured_facility(tmp_path: Path, monkeypatch) -> None:
-    from dask_labextension.manager import DaskClusterManager
+    DaskClusterManager = _manager_class()
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     config = _documented_config()
@@ -108,7 +125,7 @@ def test_an_unknown_facility_names_the_config_key() -> None:
 @pytest.mark.slurm
 def test_the_launcher_opens_the_slurm_facility(slurm, tmp_path: Path, monkeypatch) -> None:
     """dask-labextension issues 68 and 78: SLURM clusters from the launcher, here a facility."""
-    from dask_labextension.manager import DaskClusterManager
+    DaskClusterManager = _manager_class()
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     factory = _documented_config()["labextension"]["factory"]
