@@ -53,12 +53,9 @@ _ACTIVE = ["PENDING", "QUEUED", "HELD", "SUSPENDED", "EXECUTING"]
 
 @dataclass
 class _Running:
-    """A job a thread of this instance runs: its Dask client, its run, why it is stopped."""
+    """A job a thread of this instance runs: its Dask client, and why it is being stopped."""
 
     client: Any = None
-    #: the run's :class:`~esap_dask.engine.handle.RunHandle`: a stop that comes before the
-    #: run has submitted its tasks is remembered by it (nothing is submitted then)
-    handle: Any = None
     stop_reason: str | None = None
     destroy: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -259,7 +256,6 @@ class JobRunner:
     def _execute(
         self, job_id: str, parameters: dict[str, Any], owner: str, state: _Running
     ) -> tuple[str, dict[str, Any]]:
-        from esap_dask.engine.handle import RunCancelled
         from esap_dask.engine.mapper import map_observations
 
         directory = self.job_dir(job_id)
@@ -291,7 +287,7 @@ class JobRunner:
                 # as_completed in the mapper looks for the default client: make this job's
                 # client the current one of this thread (a contextvar, so jobs don't mix).
                 with client.as_current():
-                    handle = map_observations(
+                    summary = map_observations(
                         spec.pipeline,
                         spec.observations,
                         store,
@@ -301,22 +297,10 @@ class JobRunner:
                         progress=lambda line: self.log(job_id, line),  # every 10 s
                         user=owner,
                         storage_options=store_options,
-                        wait=False,
                     )
-                with state.lock:
-                    state.handle = handle
-                    stopped = state.stop_reason is not None
-                if stopped:  # a stop between the check above and the handle
-                    handle.cancel(timeout=0)
-                try:
-                    summary = handle.result()
-                except RunCancelled as cancelled:  # what it did before the stop, if anything
-                    if cancelled.summary is None:
-                        raise
-                    summary = cancelled.summary
             finally:
                 with state.lock:
-                    state.client = state.handle = None
+                    state.client = None
                 with contextlib.suppress(Exception):
                     disconnect()
         except BaseException as err:
@@ -407,9 +391,7 @@ class JobRunner:
             if state.stop_reason:
                 return
             state.stop_reason = reason
-            client, handle = state.client, state.handle
-        if handle is not None:  # no batch starts after this, even one not yet submitted
-            handle.cancel(timeout=0)
+            client = state.client
         if client is None:
             return
         from distributed import Future
