@@ -272,6 +272,7 @@ class LocalSite:
             path.unlink(missing_ok=True)
         if job.killed and not job.reason:
             log.info("job %s killed on DiracX's command", job_id)
+            await self._keep_killed(job_id)
         elif job.reason:
             await self._final(job_id, "Failed", job.reason, f"exit code {code}")
         elif code == 0:
@@ -280,6 +281,22 @@ class LocalSite:
             await self._final(
                 job_id, "Failed", "Application Finished With Errors", f"exit code {code}"
             )
+
+    async def _keep_killed(self, job_id: int) -> None:
+        """Put ``Killed`` back when this site's own ``Running`` landed after the kill.
+
+        A kill that arrives while :meth:`start` reports ``Running`` can be followed by
+        that report (DiracX 0.7 records Killed -> Running from the JobWrapper): the job
+        would read Running for ever after its process was gone.
+        """
+        try:
+            rows = await self.client.search([job_id], parameters=("JobID", "Status"))
+            if rows and rows[0].get("Status") != "Killed":
+                log.info("job %s read %s after its kill: Killed again", job_id, rows[0]["Status"])
+                kill = {"Status": "Killed", "MinorStatus": "Marked for termination"}
+                await self.client.set_status({job_id: [kill]}, source="JobWrapper")
+        except DiracXError as err:
+            log.warning("re-reading killed job %s: %s", job_id, err)
 
     async def _final(self, job_id: int, status: str, minor: str, app: str) -> None:
         log.info("job %s: %s (%s; %s)", job_id, status, minor, app)
