@@ -169,6 +169,17 @@ _storage_options_option = click.option(
 )
 
 
+#: ``--facility/-f`` of the commands that start workers (completes facility names).
+_facility_option = click.option(
+    "--facility",
+    "-f",
+    default="local",
+    show_default=True,
+    help="Where workers run (see `esap-dask facilities`).",
+    shell_complete=_complete_facility,
+)
+
+
 def _parse_storage_options(
     text: str | None, option: str = "--storage-options"
 ) -> dict[str, Any] | None:
@@ -269,14 +280,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     "'1..100'; paths or URLs (s3://, https://, ...).",
 )
 @click.option("--store", "-s", required=True, help="The Zarr store to create or extend.")
-@click.option(
-    "--facility",
-    "-f",
-    default="local",
-    show_default=True,
-    help="Where workers run (see `esap-dask facilities`).",
-    shell_complete=_complete_facility,
-)
+@_facility_option
 @click.option(
     "--param",
     "-p",
@@ -509,14 +513,7 @@ def status(
 @click.argument("store")
 @click.option("--store", "-s", "new_store", required=True, help="The new store to create.")
 @click.option("--run", "run_id", help="Reproduce only this run (see `esap-dask status`).")
-@click.option(
-    "--facility",
-    "-f",
-    default="local",
-    show_default=True,
-    help="Where workers run (see `esap-dask facilities`).",
-    shell_complete=_complete_facility,
-)
+@_facility_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
 @click.option(
     "--allow-code",
@@ -672,14 +669,7 @@ def check(name: str, timeout: float, as_json: bool) -> None:
     help="Number of synthetic observations.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic data.")
-@click.option(
-    "--facility",
-    "-f",
-    default="local",
-    show_default=True,
-    help="Where workers run (see `esap-dask facilities`).",
-    shell_complete=_complete_facility,
-)
+@_facility_option
 def demo(directory: str, count: int, seed: int, facility: str) -> None:
     """Generate synthetic DL3 observations and run dl3-products on them."""
     from esap_dask.engine.mapper import map_observations
