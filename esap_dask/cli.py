@@ -208,42 +208,27 @@ def _parse_select(pairs: tuple[str, ...]) -> dict[str, str] | None:
     return select or None
 
 
-#: distributed's loggers that its own configuration sets apart from ``distributed``, and
-#: tornado's, which logs the tracebacks of distributed's failed callbacks.
-_DISTRIBUTED_LOGGERS = (
-    "distributed",
-    "distributed.client",
-    "distributed.gc",
-    "tornado.application",
-)
-
-
-def _set_verbosity(verbose: int, quiet: bool, *, start_clusters: bool) -> None:
+def _set_verbosity(verbose: int, quiet: bool) -> None:
     """Levels of the log lines: distributed's silent unless ``-v``; ``-q`` prints only errors.
 
     Without ``-v`` distributed's lines (its errors included: a failed observation or a
     worker that does not come is reported by esap-dask itself, with the reason) are not
     shown; ``-v`` shows its info lines, ``-vv`` its debug lines.
 
-    The level reaches this process's loggers (the scheduler of a local cluster, the
-    cluster managers; distributed is imported here for the commands that
-    ``start_clusters``, 0.6 s that the others do not pay) and the workers of local
-    clusters (``esap.log-level``, their ``silence_logs``). It is not left in the Dask
-    configuration's ``logging`` key, which SSH clusters hand to their remote processes:
-    distributed's SSH launcher reads the remote scheduler's and workers' info lines to
-    learn their addresses (with that key at critical it waits forever).
+    The level is kept in the Dask configuration as ``esap.log-level``: it reaches this
+    process's distributed loggers when a facility's cluster is opened (see
+    :func:`esap_dask.config.apply_log_level`; distributed is imported only then, so that
+    an unchanged ``run``, which opens no cluster, does not pay its 0.3 s import) and the
+    workers of local clusters (their ``silence_logs``).
     """
     level = "debug" if verbose > 1 else "info" if verbose == 1 else "critical"
     import dask.config
 
     dask.config.set({"esap.log-level": level})
-    if start_clusters and "distributed" not in sys.modules:
-        # distributed sets its loggers' levels from this key once, when imported; the
-        # key is set only for that import, so that SSH clusters do not inherit it
-        with dask.config.set({"logging": dict.fromkeys(_DISTRIBUTED_LOGGERS, level)}):
-            import distributed  # noqa: F401
-    for name in _DISTRIBUTED_LOGGERS:
-        logging.getLogger(name).setLevel(level.upper())
+    if "distributed" in sys.modules:
+        from esap_dask.config import apply_log_level
+
+        apply_log_level()
     logging.getLogger("esap_dask").setLevel(
         "ERROR" if quiet else "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"
     )
@@ -266,8 +251,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Map one analysis over thousands of observation files into one Zarr store."""
     if verbose and quiet:
         _fail("-v and -q exclude each other; give one")
-    starts = ctx.invoked_subcommand in ("run", "reproduce", "demo", "facilities", "serve")
-    _set_verbosity(verbose, quiet, start_clusters=starts and not ctx.resilient_parsing)
+    _set_verbosity(verbose, quiet)
 
 
 @main.command()

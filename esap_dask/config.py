@@ -44,3 +44,30 @@ WORKER_ENVIRONMENT: dict[str, str] = dict(DEFAULTS["distributed"]["nanny"]["pre-
 MMAP_THRESHOLD = int(WORKER_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"])
 
 dask.config.update_defaults(DEFAULTS)
+
+#: distributed's loggers that its own configuration sets apart from ``distributed``, and
+#: tornado's, which logs the tracebacks of distributed's failed callbacks.
+DISTRIBUTED_LOGGERS = ("distributed", "distributed.client", "distributed.gc", "tornado.application")
+
+
+def apply_log_level() -> None:
+    """Give distributed's loggers the CLI's level (``esap.log-level``), importing it if need be.
+
+    Called where a cluster is opened (:func:`esap_dask.open_cluster`) and by the CLI when
+    distributed is already loaded; a no-op unless the CLI set the level. distributed sets
+    its loggers from the ``logging`` key once, when imported: the key is set only for
+    that import and not left in the configuration, which SSH clusters hand to their remote
+    processes (distributed's SSH launcher reads their info lines to learn their addresses,
+    and with that key at critical it waits for ever).
+    """
+    import logging
+    import sys
+
+    level = dask.config.get("esap.log-level", None)
+    if not level:
+        return
+    if "distributed" not in sys.modules:
+        with dask.config.set({"logging": dict.fromkeys(DISTRIBUTED_LOGGERS, level)}):
+            import distributed  # noqa: F401
+    for name in DISTRIBUTED_LOGGERS:
+        logging.getLogger(name).setLevel(str(level).upper())

@@ -50,6 +50,7 @@ import platformdirs
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from esap_dask.config import apply_log_level
 from esap_dask.deploy.facility import FACILITY_TYPES, RUNTIME_ENGINES, Facility, FacilityError
 from esap_dask.extras import FACILITY_EXTRAS, MissingExtra, require
 
@@ -279,6 +280,7 @@ def open_cluster(name: str = "local", /, **overrides: Any) -> Any:
     >>> client = distributed.Client(cluster)            # doctest: +SKIP
     """
     fac = load_facility(name, **overrides)
+    apply_log_level()  # the CLI's -v/-q, before the manager imports distributed
     unfilled = unfilled_placeholders(fac)
     if unfilled:
         env = f"DASK_ESAP__FACILITIES__{name.upper().replace('-', '_')}__<OPTION>"
