@@ -107,23 +107,28 @@ def check_complete(store: Path, clean: xr.Dataset) -> None:
     assert group.metadata.consolidated_metadata is not None
 
 
+#: (step, observations a first, clean run wrote before the killed one: 0 = a new store)
 STEPS = [
-    "create",  # the group is there, its arrays are not
-    "append:3",  # three arrays grown for the new observations, the others not
-    "consolidate-before:2",  # the ids appended, the consolidated metadata not rewritten
-    "consolidate-after:2",  # appended and consolidated, no task started
-    "products",  # a batch's products written, its ledger rows not
-    "ledger-column:3",  # three ledger columns of a batch written, the others not
-    "provenance",  # the PROV-JSON document half written, the attrs not updated
-    "consolidate-before:3",  # the run's attrs written, the consolidated metadata not
+    ("create", 0),  # the group is there, its arrays are not
+    ("consolidate-before:1", 0),  # created at full length, ids and attrs written, not consolidated
+    ("consolidate-after:1", 0),  # created and consolidated, no task started
+    ("append:3", N // 2),  # a run that extends the store: three arrays grown, the others not
+    ("consolidate-before:1", N // 2),  # the ids appended, the consolidated metadata not rewritten
+    ("products", 0),  # a batch's products written, its ledger rows not
+    ("ledger-column:3", 0),  # three ledger columns of a batch written, the others not
+    ("provenance", 0),  # the PROV-JSON document half written, the attrs not updated
+    ("consolidate-before:2", 0),  # the run's attrs written, the consolidated metadata not
 ]
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize(("step", "before"), STEPS, ids=[f"{s}-{b}" for s, b in STEPS])
 def test_killed_at_a_write_step_then_rerun_is_exactly_once(
-    tmp_path: Path, clean: xr.Dataset, step: str
+    tmp_path: Path, clean: xr.Dataset, step: str, before: int
 ) -> None:
     store = tmp_path / "killed.zarr"
+    if before:
+        first = run(store, "helloworld", "-o", f"1..{before}", "--chunk", "2", "--json")
+        assert first["succeeded"] == before, first
     killed_run(store, step, *ARGS)
     check_after_kill(store, clean)
     summary = run(store, *ARGS)

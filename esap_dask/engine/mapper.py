@@ -416,12 +416,15 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                 layout = choose_layout(
                     schema, len(obs_list), nthreads(cl), chunk=chunk, shard=shard
                 )
-                group = run_store.create(schema, layout, ARRAYS, pipeline=pipe, created=started)
+                new_ids = [o.id for o in todo.new]
+                group = run_store.create(
+                    schema, layout, ARRAYS, pipeline=pipe, created=started, ids=new_ids
+                )
             else:
                 check_schema(group, schema)
                 layout = run_store.layout
-            if todo.new:
-                append_observations(group, [o.id for o in todo.new])
+                if todo.new:
+                    append_observations(group, [o.id for o in todo.new])
             reopen(group, todo, ledger)  # done rows to redo: pending until rewritten
             ctx = RunContext(
                 store=store,

@@ -18,7 +18,7 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -116,8 +116,11 @@ class RunStore:
         *,
         pipeline: Any,
         created: datetime,
+        ids: Sequence[str] = (),
     ) -> zarr.Group:
         """Create the store for ``pipeline``'s ``schema``, the ``ledger`` arrays in its subgroup.
+
+        With one row per id of ``ids`` (pending in the ledger).
 
         Its ``esap`` attrs record the pipeline (name, version, description), the schema,
         the layout, when it was created, and no runs yet.
@@ -132,7 +135,7 @@ class RunStore:
             "runs": [],
         }
         self._group = create_store(
-            self.url, schema, layout, ledger, attrs, storage_options=self.storage_options
+            self.url, schema, layout, ledger, attrs, storage_options=self.storage_options, ids=ids
         )
         return self._group
 
