@@ -65,13 +65,21 @@ def _with_extra(message: str, err: BaseException) -> str:
     return f"{message}; {install_hint(found[0])}"
 
 
-def _guarded(action: Callable[[], Any]) -> Any:
-    """Run ``action``, turning known errors into a one-line message and an exit code."""
-    from esap_dask.store.lock import LockHeld
+def _lock_held() -> type[Exception]:
+    from esap_dask.store.lock import LockHeld  # imports zarr: only once an error is raised
 
+    return LockHeld
+
+
+def _guarded(action: Callable[[], Any]) -> Any:
+    """Run ``action``, turning known errors into a one-line message and an exit code.
+
+    The error classes are imported when an error is raised (an ``except`` clause's
+    expression is evaluated then): ``esap-dask pipelines`` does not pay zarr's import.
+    """
     try:
         return action()
-    except LockHeld as e:
+    except _lock_held() as e:
         _fail(str(e), EXIT_LOCKED)
     except _input_errors() as e:
         _fail(_with_extra(for_cli(e), e))

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from esap_dask.engine.ledger import DONE
 from esap_dask.iact.gadf import EventList
 
 __all__ = [
@@ -367,6 +366,8 @@ def done_mask(ds: Any) -> np.ndarray:
     whose ledger cannot be read (a remote store needing credentials) too, with a
     warning.
     """
+    from esap_dask.engine.ledger import DONE  # zarr: not for loading the pipeline
+
     n = ds.sizes["obs"]
     if "ledger_status" in ds:
         return np.asarray(ds["ledger_status"]) == DONE
