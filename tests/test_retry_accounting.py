@@ -152,3 +152,67 @@ def test_a_task_started_again_counts_its_starts_or_reads_its_committed_rows(
         assert after.run.tolist() == ["another-run"] * 4
         assert after.attempts.tolist() == [2] * 4, "both starts counted"
     client.sync(client.scheduler.esap_batch_forget, prefix=key)
+
+
+def test_a_failed_row_retried_is_not_read_back_as_committed_before_its_status(
+    tmp_path: Path, client: Any
+) -> None:
+    """A retried failed row whose first start died between its ledger arrays and status.
+
+    The first start wrote this run's id into the row, then its worker died before the
+    ``status`` (the commit point). The restarted task must run the row again, not read
+    the earlier run's failure back as its own: the driver marks the rows it retries
+    pending before any task starts.
+    """
+    from esap_dask.engine.ledger import pack, plan, read_ledger, reopen
+    from esap_dask.engine.observations import as_observations, fingerprints
+    from esap_dask.store import write_rows
+
+    store = tmp_path / "s.zarr"
+    first = map_observations("helloworld", "1..4", store, client=client, params={"fail": True})
+    assert first.failed == 4
+    pipe = get_pipeline("helloworld")
+    params = pipe.resolve({"fail": True})
+    group = open_store(str(store))
+    before = read_ledger(group)
+    observations = as_observations("1..4")
+    todo = plan(
+        observations,
+        fingerprints(observations),
+        before,
+        param_hash=pipe.parameter_hash(params),
+        version=pipe.version,
+    )
+    assert [e.reason for e in todo.todo] == ["failed"] * 4
+    assert reopen(group, todo, before) == 4
+    assert (ledger(store).status == "pending").all(), "retried rows read pending"
+    run_id = "the-retrying-run"
+    # its first start wrote the ledger arrays with this run's id, then its worker died
+    write_rows(group, np.arange(4), pack({"run": np.full(4, run_id, dtype=object)}))
+    ctx = RunContext(
+        store=str(store),
+        pipeline=pipe,
+        params=params,
+        param_hash=pipe.parameter_hash(params),
+        schema=pipe.output_schema(params),
+        run_id=run_id,
+        unit=store_layout(open_store(str(store), mode="r")).unit,
+        track_starts=True,
+    )
+    batch = Batch(
+        index=0,
+        rows=np.arange(4, dtype=np.int64),
+        observations=[e.observation for e in todo.todo],
+        fingerprints=[e.fingerprint for e in todo.todo],
+        attempts=[e.attempts for e in todo.todo],
+    )
+    key = f"esap-batch-{run_id}-0"
+    client.register_plugin(BatchStarts())
+    client.sync(client.scheduler.esap_batch_started, key=key, worker="lost-worker")
+    report = client.submit(run_batch, ctx, batch, key=key, pure=False).result()
+    assert not report.from_ledger, "the earlier run's failure was taken for this run's"
+    assert (report.done, report.failed) == (0, 4)
+    after = ledger(store)
+    assert (after.status == "failed").all() and (after.run == run_id).all()
+    assert after.attempts.tolist() == [3] * 4, "one earlier start, and this task's two"
+    client.sync(client.scheduler.esap_batch_forget, prefix=key)

@@ -359,17 +359,25 @@ def fill_last_errors(group: zarr.Group, todo: Plan) -> None:
 
 
 def reopen(group: zarr.Group, todo: Plan, ledger: Ledger) -> int:
-    """Mark the ``done`` rows a run will process again as pending; how many.
+    """Mark the committed rows (done or failed) a run will process again as pending; how many.
 
-    Called by the driver before any task starts. A task overwrites a row's products
-    before its ledger columns: were the run cut short in between, a row still
-    reading ``done`` would hold products (or fill values, if the observation failed
-    this time) that its ledger does not describe, and a forced rerun's row would
-    be skipped from then on. Pending, it runs again.
+    Called by the driver before any task starts. A task overwrites a row's products,
+    then its ledger arrays, its ``status`` (the commit point) last:
+
+    - were the run cut short in between, a row still reading ``done`` would hold
+      products (or fill values, if the observation failed this time) that its ledger
+      does not describe, and a forced rerun's row would be skipped from then on;
+    - a task that the scheduler starts again after its worker died takes rows whose
+      status is done or failed and whose ``run`` is this run's for committed by its
+      first start (:func:`esap_dask.engine.task._committed_report`); a failed row being
+      retried, still reading ``failed`` after its first start had written this run's id,
+      was taken for committed with its old error.
+
+    Pending, they run again.
     """
     known = len(ledger.status)
     rows = np.fromiter((e.row for e in todo.todo if e.row < known), dtype=np.int64)
-    rows = np.sort(rows[ledger.status[rows] == DONE]) if len(rows) else rows
+    rows = np.sort(rows[ledger.status[rows] != PENDING]) if len(rows) else rows
     if len(rows):
         write_rows(group, rows, pack({"status": np.full(len(rows), PENDING, dtype="i1")}))
     return len(rows)

@@ -425,7 +425,7 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                 layout = run_store.layout
                 if todo.new:
                     append_observations(group, [o.id for o in todo.new])
-            reopen(group, todo, ledger)  # done rows to redo: pending until rewritten
+            reopen(group, todo, ledger)  # rows to redo: pending until rewritten
             ctx = RunContext(
                 store=store,
                 pipeline=pipe,
