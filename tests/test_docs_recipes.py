@@ -107,6 +107,30 @@ def test_the_opt_out_comments_are_few_and_say_why() -> None:
     assert len(opted) <= total // 3, f"{len(opted)} of {total} python blocks opt out: {opted}"
 
 
+#: A facility a page's blocks open -> the project script that starts what it needs.
+SERVICES = {"slurm-loopback": "slurm", "ssh": "sshd", "dirac": "diracx"}
+_OPENS = re.compile(r"""(?:open_cluster\(|facility=)\s*["'](?P<name>[\w-]+)["']""")
+
+
+def _require_services(page: str, code: str) -> None:
+    """Fail at once, naming the command, when a page opens a facility whose service is down.
+
+    (Without it, a page opening ``slurm-loopback`` with no SLURM waited for workers that
+    never came, until the test's timeout.)
+    """
+    opened = {m["name"] for m in _OPENS.finditer(code)}
+    for facility, service in SERVICES.items():
+        if facility not in opened:
+            continue
+        script = ROOT / "scripts" / f"{service}.sh"
+        status = subprocess.run(["bash", str(script), "status"], capture_output=True, text=True)
+        if status.returncode != 0:
+            said = ((status.stdout + status.stderr).strip().splitlines() or ["it is down"])[-1]
+            start = f"bash scripts/{service}.sh start"
+            hint = "" if start in said else f"; run `{start}`"
+            pytest.fail(f"{page} opens the {facility} facility: {said}{hint}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", pages_with_python(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_the_python_blocks_of_a_page_run(page: Path, tmp_path: Path) -> None:
@@ -120,6 +144,7 @@ def test_the_python_blocks_of_a_page_run(page: Path, tmp_path: Path) -> None:
             blocks.append((where, code))
     if not blocks:
         return
+    _require_services(name, "\n".join(code for _, code in blocks))
     for path in write_observations(tmp_path / "runs", 4, seed=1):  # runs/*.fits.gz
         Path(f"{path}.gz").write_bytes(gzip.compress(Path(path).read_bytes()))
         Path(path).unlink()

@@ -50,3 +50,28 @@ def test_ssh_facility_runs_workers_over_ssh_with_tls(sshd):
 def test_ssh_facility_without_worker_hosts_says_what_to_add():
     with pytest.raises(facilities.FacilityError, match="at least one worker host"):
         facilities.open_cluster("ssh", hosts=["127.0.0.1"])
+
+
+def test_a_relative_store_on_the_ssh_facility_is_the_one_in_the_working_directory(
+    sshd, tmp_path
+):
+    """SSH workers start in their home directory: a relative --store is the driver's."""
+    import json
+
+    import xarray as xr
+
+    from tests.conftest import ESAP_DASK
+
+    done = subprocess.run(
+        [*ESAP_DASK, "run", "helloworld", "-o", "1..6", "-s", "rel.zarr", "-f", "ssh", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert (summary["succeeded"], summary["failed"]) == (6, 0)
+    assert summary["store"] == str(tmp_path / "rel.zarr")
+    ds = xr.open_zarr(tmp_path / "rel.zarr")
+    assert sorted(ds.obs.values.tolist(), key=int) == [str(i) for i in range(1, 7)]

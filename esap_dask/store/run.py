@@ -10,9 +10,9 @@ The layout on disk (arrays along ``obs``, the ledger, ``attrs["esap"]``) is desc
 
 Examples
 --------
->>> rs = RunStore.resolve("crab.zarr")
+>>> rs = RunStore.resolve("s3://bucket/crab.zarr", storage_options={"anon": True})
 >>> rs.url, rs.storage_options
-('crab.zarr', {})
+('s3://bucket/crab.zarr', {'anon': True})
 """
 
 from __future__ import annotations
@@ -71,10 +71,16 @@ class RunStore:
     ) -> RunStore:
         """The store at ``store`` with the options a run of ``facility`` uses for it.
 
+        A local path is made absolute: the workers open it, and an SSH worker starts in
+        its home directory (a relative ``--store`` on the ssh facility failed with "no
+        Zarr store there").
+
         ``storage_options`` when given, else the facility's, completed from the
         environment for ``s3://`` (see :func:`esap_dask.store.options.storage_options_for`).
         """
         url = os.fspath(store)
+        if "://" not in url:  # workers (SSH hosts, batch jobs) do not share our directory
+            url = os.path.abspath(os.path.expanduser(url))
         return cls(url, storage_options_for(url, facility, storage_options))
 
     # -- before the run ------------------------------------------------------------------
