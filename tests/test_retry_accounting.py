@@ -110,6 +110,22 @@ def _batch_of(store: Path) -> tuple[Batch, Any]:
     return batch, table
 
 
+def _helloworld_context(store: Path, given: dict[str, Any], run_id: str) -> RunContext:
+    """The context a run ``run_id`` of helloworld with parameters ``given`` gives its tasks."""
+    pipe = get_pipeline("helloworld")
+    params = pipe.resolve(given)
+    return RunContext(
+        store=str(store),
+        pipeline=pipe,
+        params=params,
+        param_hash=pipe.parameter_hash(params),
+        schema=pipe.output_schema(params),
+        run_id=run_id,
+        unit=store_layout(open_store(str(store), mode="r")).unit,
+        track_starts=True,
+    )
+
+
 @pytest.mark.parametrize("same_run", [True, False])
 def test_a_task_started_again_counts_its_starts_or_reads_its_committed_rows(
     tmp_path: Path, client: Any, same_run: bool
@@ -122,18 +138,7 @@ def test_a_task_started_again_counts_its_starts_or_reads_its_committed_rows(
     """
     store = tmp_path / "s.zarr"
     first = map_observations("helloworld", "1..4", store, client=client)
-    pipe = get_pipeline("helloworld")
-    params = pipe.resolve({})
-    ctx = RunContext(
-        store=str(store),
-        pipeline=pipe,
-        params=params,
-        param_hash=pipe.parameter_hash(params),
-        schema=pipe.output_schema(params),
-        run_id=first.run_id if same_run else "another-run",
-        unit=store_layout(open_store(str(store), mode="r")).unit,
-        track_starts=True,
-    )
+    ctx = _helloworld_context(store, {}, first.run_id if same_run else "another-run")
     batch, before = _batch_of(store)
     if not same_run:
         batch = dataclasses.replace(batch, attempts=[0] * 4)  # as the run had planned them
@@ -189,16 +194,7 @@ def test_a_failed_row_retried_is_not_read_back_as_committed_before_its_status(
     run_id = "the-retrying-run"
     # its first start wrote the ledger arrays with this run's id, then its worker died
     write_rows(group, np.arange(4), pack({"run": np.full(4, run_id, dtype=object)}))
-    ctx = RunContext(
-        store=str(store),
-        pipeline=pipe,
-        params=params,
-        param_hash=pipe.parameter_hash(params),
-        schema=pipe.output_schema(params),
-        run_id=run_id,
-        unit=store_layout(open_store(str(store), mode="r")).unit,
-        track_starts=True,
-    )
+    ctx = _helloworld_context(store, {"fail": True}, run_id)
     batch = Batch(
         index=0,
         rows=np.arange(4, dtype=np.int64),
