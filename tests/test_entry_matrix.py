@@ -337,6 +337,10 @@ def test_abort_ends_every_batch_or_grid_job_and_the_store_resumes(
         now = done_in(store, opts)
         done, still = now, (still + 1 if now == done else 0)
     assert counts["done"] <= done < 40, (counts, done)
+    # the job's ledger result is read from the store when asked: what a user fetches
+    # now counts what the store holds, the late commits too
+    again = s.get(f"{url}/results/ledger").json()["counts"]
+    assert again["done"] == done, (again, done)
     # the store resumes: the same run over it does exactly the observations left
     for key, value in services.items():
         if not key.startswith("DASK_"):

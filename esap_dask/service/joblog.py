@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,12 @@ def write_ledger(
         if not where.exists():
             return
         group = open_store(where.url, storage_options=where.storage_options, mode="r")
-        (directory / "ledger.json").write_text(
-            json.dumps(ledger_summary(group), indent=1, default=str)
-        )
+        text = json.dumps(ledger_summary(group), indent=1, default=str)
+        # whole or not at all: a request may read it while the runner or another request
+        # writes it again (JobService.result_path refreshes it from the store)
+        partial = directory / f".ledger.json.{os.getpid()}.{threading.get_ident()}"
+        partial.write_text(text)
+        os.replace(partial, directory / "ledger.json")
 
 
 def ledger_summary(group: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from esap_dask.service.config import ServiceConfig
 from esap_dask.service.db import FINAL, JobDB, JobRow, now
 from esap_dask.service.errors import BadRequest, Forbidden, NotFound, ServiceError, TooMany
 from esap_dask.service.events import PhaseEvents
+from esap_dask.service.joblog import write_ledger
 from esap_dask.service.limits import Limits
 from esap_dask.service.params import JobParameterError, merge_parameters, parse_spec
 from esap_dask.service.runner import JobRunner
@@ -322,12 +323,18 @@ class JobService:
     def result_path(self, row: JobRow, result_id: str) -> Path | None:
         """The file of a result in the job's directory, or None when the job has none yet.
 
+        The ``ledger`` is written again from the store first, so that it counts what
+        committed since the run ended (the batches running when a job was aborted).
+
         Neither the store nor the provenance (beside the store, which may be on an
         object store): see :meth:`store`.
         """
         directory = self.runner.job_dir(row.id)
         if result_id not in RESULT_FILES or result_id == "provenance":
             return None
+        if result_id == "ledger":  # read from the store now: batches running at an ABORT
+            store = self.store(row)  # commit after the run wrote its last ledger.json
+            write_ledger(directory, store.url, store.storage_options)
         path = directory / RESULT_FILES[result_id][0]
         return self.limits.shown_file(row, path) if path.is_file() else None
 
