@@ -302,7 +302,8 @@ def plan(
         )
         result.reasons["new"] = n
         next_row += n
-    for i in () if all_new else np.flatnonzero(~known | (reasons != "")).tolist():
+    redo = [] if all_new else np.flatnonzero(~known | (reasons != "")).tolist()
+    for i in redo:
         obs = observations[i]
         if rows[i] < 0:
             result.todo.append(PlannedRow(next_row, obs, fingerprints[i], 0, "new"))

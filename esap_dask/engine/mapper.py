@@ -412,19 +412,19 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                 pipe = _as_pipeline(pipeline, cl, obs_list, in_opts)
                 resolved = pipe.resolve(params)
             schema = pipe.output_schema(resolved)
+            new_ids = [o.id for o in todo.new]
             if group is None:
                 layout = choose_layout(
                     schema, len(obs_list), nthreads(cl), chunk=chunk, shard=shard
                 )
-                new_ids = [o.id for o in todo.new]
                 group = run_store.create(
                     schema, layout, ARRAYS, pipeline=pipe, created=started, ids=new_ids
                 )
             else:
                 check_schema(group, schema)
                 layout = run_store.layout
-                if todo.new:
-                    append_observations(group, [o.id for o in todo.new])
+                if new_ids:
+                    append_observations(group, new_ids)
             reopen(group, todo, ledger)  # rows to redo: pending until rewritten
             ctx = RunContext(
                 store=store,

@@ -366,7 +366,7 @@ def done_mask(ds: Any) -> np.ndarray:
     whose ledger cannot be read (a remote store needing credentials) too, with a
     warning.
     """
-    from esap_dask.engine.ledger import DONE  # zarr: not for loading the pipeline
+    from esap_dask.engine.ledger import DONE, read_ledger  # zarr: not to load the pipeline
 
     n = ds.sizes["obs"]
     if "ledger_status" in ds:
@@ -374,8 +374,6 @@ def done_mask(ds: Any) -> np.ndarray:
     source = getattr(ds, "encoding", {}).get("source")
     if not source:
         return np.ones(n, dtype=bool)
-    from esap_dask.engine.ledger import read_ledger
-
     try:
         ledger = read_ledger(str(source))
     except Exception as err:

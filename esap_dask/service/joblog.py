@@ -44,7 +44,7 @@ def write_ledger(
         group = open_store(where.url, storage_options=where.storage_options, mode="r")
         text = json.dumps(ledger_summary(group), indent=1, default=str)
         # whole or not at all: a request may read it while the runner or another request
-        # writes it again (JobService.result_path refreshes it from the store)
+        # writes it again (JobService.ledger_result refreshes it from the store)
         partial = directory / f".ledger.json.{os.getpid()}.{threading.get_ident()}"
         partial.write_text(text)
         os.replace(partial, directory / "ledger.json")

@@ -323,20 +323,25 @@ class JobService:
     def result_path(self, row: JobRow, result_id: str) -> Path | None:
         """The file of a result in the job's directory, or None when the job has none yet.
 
-        The ``ledger`` is written again from the store first, so that it counts what
-        committed since the run ended (the batches running when a job was aborted).
-
         Neither the store nor the provenance (beside the store, which may be on an
         object store): see :meth:`store`.
         """
         directory = self.runner.job_dir(row.id)
         if result_id not in RESULT_FILES or result_id == "provenance":
             return None
-        if result_id == "ledger":  # read from the store now: batches running at an ABORT
-            store = self.store(row)  # commit after the run wrote its last ledger.json
-            write_ledger(directory, store.url, store.storage_options)
         path = directory / RESULT_FILES[result_id][0]
         return self.limits.shown_file(row, path) if path.is_file() else None
+
+    def ledger_result(self, row: JobRow) -> Path | None:
+        """The ``ledger`` result, written again from the job's store when it is fetched.
+
+        So it counts what committed after the run wrote it (the batches running when a
+        job was aborted). Only here: the job's result list, polled with WAIT, does not
+        read the store.
+        """
+        store = self.store(row)
+        write_ledger(self.runner.job_dir(row.id), store.url, store.storage_options)
+        return self.result_path(row, "ledger")
 
     def store(self, row: JobRow) -> JobStore:
         """The job's Zarr store (on the service's disk or under its store root)."""

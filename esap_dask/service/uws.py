@@ -311,7 +311,10 @@ def make_router(service: JobService, user: Any) -> APIRouter:
             prov = service.limits.shown_provenance(row, service.store(row).provenance())
             if prov is not None:
                 return _stream(request, *prov, "application/json")
-        path = service.result_path(row, result_id)
+        if result_id == "ledger":
+            path = service.ledger_result(row)
+        else:
+            path = service.result_path(row, result_id)
         if path is None:
             ids = ", ".join(r["id"] for r in service.results(row, "")) or "none yet"
             raise NotFound(f"job {job_id} has no result {result_id!r} (its results: {ids})")

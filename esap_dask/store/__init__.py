@@ -324,15 +324,15 @@ def create_store(
     """Create a store for ``schema`` with one row per id of ``ids``, ``ledger`` in its subgroup.
 
     The group is written with its attrs marked ``incomplete`` in one write, the
-    arrays (every one at its full length, created at once) and the ``obs`` ids after
+    arrays (every one at its full length) and the ``obs`` ids after
     it, the attrs without the mark last: a creation cut short is recognized (and
     redone) by :func:`open_for_run`. Creating at full length, rather than empty and then
     appended to, saves a resize of every array and one consolidation of the metadata:
     ``python -m bench.profile_run`` (10,000 tiny observations, load 1) measured creation
     and append 0.067 s of a 0.31 s run before, creation 0.042 s after (105 H.E.S.S.
-    files, 39 products: 0.25 s before, 0.14 s after). Creating the arrays from threads
-    gains little (zarr's per-array work is Python: 45 arrays in 0.069 s one after the
-    other, 0.069 s from threads, 0.049 s gathered on zarr's own loop through its
+    files, 39 products: 0.25 s before, 0.14 s after). The arrays are created one after
+    the other: from threads it gained nothing (zarr's per-array work is Python: 45
+    arrays in 0.069 s either way; 0.049 s gathered on zarr's own loop through its
     private API, medians of 7).
     """
     with disk_errors(store):
@@ -371,9 +371,7 @@ def cf_attrs(units: str, description: str, extra: Mapping[str, Any] | None = Non
 def _create_arrays(
     group: zarr.Group, schema: Schema, layout: StoreLayout, ledger: Schema, n: int
 ) -> None:
-    sub = group.create_group(LEDGER_GROUP, attributes={"incomplete": True})
-    obs = functools.partial(
-        _create,
+    _create(
         group,
         "obs",
         dtype=object,
@@ -383,13 +381,8 @@ def _create_arrays(
         fill="",
         attrs=cf_attrs("", "observation id"),
     )
-    _all_at_once(
-        [
-            obs,
-            *_variable_creations(group, schema, layout, n),
-            *_variable_creations(sub, ledger, layout, n),
-        ]
-    )
+    _create_variables(group, schema, layout, n)
+    create_ledger_group(group, ledger, layout, n)
     complete_ledger_group(group)
 
 
@@ -397,11 +390,11 @@ def create_ledger_group(group: zarr.Group, ledger: Schema, layout: StoreLayout, 
     """Create the ledger subgroup of ``group`` with ``n`` rows of ``ledger``'s arrays.
 
     The subgroup is created with its attrs marked ``incomplete`` and unmarked last (by
-    :func:`complete_ledger_group`), so a move of an old store's ledger cut short is
-    recognized and redone.
+    :func:`complete_ledger_group`), so a creation or a move of an old store's ledger
+    cut short is recognized and redone.
     """
     sub = group.create_group(LEDGER_GROUP, attributes={"incomplete": True})
-    _all_at_once(_variable_creations(sub, ledger, layout, n))
+    _create_variables(sub, ledger, layout, n)
 
 
 def complete_ledger_group(group: zarr.Group) -> None:
@@ -437,51 +430,35 @@ def id_coordinate(schema: Schema) -> str | None:
     return None
 
 
-def _variable_creations(
-    group: zarr.Group, schema: Schema, layout: StoreLayout, n: int = 0
-) -> list[Callable[[], None]]:
-    """One call per array of ``schema`` (its coordinates and variables) that creates it.
-
-    The calls are independent (each writes its own array's metadata, a coordinate its
-    values too): :func:`_all_at_once` runs them together.
-    """
-    calls: list[Callable[[], None]] = []
+def _create_variables(group: zarr.Group, schema: Schema, layout: StoreLayout, n: int) -> None:
     for coord in schema.coords:
         values = np.asarray(coord.values)
-
-        def coordinate(coord: Any = coord, values: np.ndarray = values) -> None:
-            _create(
-                group,
-                coord.name,
-                dtype=values.dtype,
-                dims=[coord.name],
-                shape=values.shape,
-                layout=None,
-                fill=None,
-                attrs=cf_attrs(coord.units, coord.description),
-            )
-            array(group, coord.name)[...] = values
-
-        calls.append(coordinate)
+        _create(
+            group,
+            coord.name,
+            dtype=values.dtype,
+            dims=[coord.name],
+            shape=values.shape,
+            layout=None,
+            fill=None,
+            attrs=cf_attrs(coord.units, coord.description),
+        )
+        array(group, coord.name)[...] = values
     ids = id_coordinate(schema)
     for var in schema.variables:
         attrs_v = cf_attrs(var.units, var.description, var.attrs)
         if ids and var.name != ids:  # CF: xarray opens it as a coordinate along obs
             attrs_v.setdefault("coordinates", ids)
-        calls.append(
-            functools.partial(
-                _create,
-                group,
-                var.name,
-                dtype=var.numpy_dtype,
-                dims=["obs", *var.dims],
-                shape=(n, *schema.shape(var)),
-                layout=layout,
-                fill=var.fill,
-                attrs=attrs_v,
-            )
+        _create(
+            group,
+            var.name,
+            dtype=var.numpy_dtype,
+            dims=["obs", *var.dims],
+            shape=(n, *schema.shape(var)),
+            layout=layout,
+            fill=var.fill,
+            attrs=attrs_v,
         )
-    return calls
 
 
 def open_store(
@@ -624,23 +601,15 @@ def obs_arrays(group: zarr.Group) -> list[tuple[str, zarr.Array]]:
 
 
 def append_observations(group: zarr.Group, ids: Sequence[str]) -> int:
-    """Grow every ``obs`` array by ``len(ids)`` rows; return the first new row index.
-
-    The arrays other than ``obs`` are resized at once (each rewrites its own metadata);
-    ``obs``, whose ids are the commit point, last.
-    """
+    """Grow every ``obs`` array by ``len(ids)`` rows; return the first new row index."""
     obs = array(group, "obs")
     old = obs.shape[0]
     new = old + len(ids)
-
-    def grow(arr: zarr.Array) -> None:
-        arr.resize((new, *arr.shape[1:]))
-        crash_point("append")
-
     with disk_errors(str(group.store)):
-        _all_at_once(
-            [functools.partial(grow, arr) for name, arr in obs_arrays(group) if name != "obs"]
-        )
+        for name, arr in obs_arrays(group):
+            if name != "obs":
+                arr.resize((new, *arr.shape[1:]))
+                crash_point("append")
         obs.resize((new,))
         obs[old:new] = np.asarray(list(ids), dtype=object)  # the commit point
         consolidate(group.store)
