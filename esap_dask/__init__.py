@@ -10,11 +10,8 @@ The public API::
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _pkg_version
 from typing import TYPE_CHECKING, Any
 
-import esap_dask.config  # noqa: F401 - registers esap-dask's Dask defaults
 from esap_dask._moved import install as _install_moved
 
 _install_moved()  # old module paths (esap_dask.gadf, ...) import with a DeprecationWarning
@@ -40,6 +37,10 @@ if TYPE_CHECKING:
 
 #: public name -> the module defining it; imported on first use, so that ``esap-dask
 #: --version`` (and every command) loads only what it uses, not zarr and the mapper.
+#: Nor Dask: esap-dask's defaults in Dask's configuration (:mod:`esap_dask.config`) are
+#: registered by the modules that read them, each of which imports ``esap_dask.config``
+#: (tests/test_architecture.py checks it), so that an unchanged ``esap-dask run`` answers
+#: from its receipt (:mod:`esap_dask.engine.receipt`) without importing Dask (0.1 s).
 _LAZY = {
     **dict.fromkeys(
         ("Facility", "list_facilities", "load_facility", "open_cluster"),
@@ -62,7 +63,19 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("esap-dask")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # importlib.metadata costs 0.04 s of every command's start
+        globals()[name] = value = _version()
+        return value
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)
@@ -73,11 +86,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
-
-try:
-    __version__ = _pkg_version("esap-dask")
-except PackageNotFoundError:  # a source tree that is not installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "Coordinate",

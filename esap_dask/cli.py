@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +20,7 @@ from typing import Any, NoReturn
 
 import click
 from click.shell_completion import CompletionItem
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from esap_dask import __version__
 from esap_dask.errors import for_cli
 from esap_dask.extras import extra_of, install_hint
 
@@ -31,8 +28,51 @@ EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
 #: ``run``: nothing failed in this run, but observations were given up (``--max-attempts``)
 EXIT_GIVEN_UP = 4
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+class _Console:
+    """rich's ``Console``, made on its first use.
+
+    rich's import (0.05 s) is not paid by an unchanged ``run`` answered from its receipt
+    (:mod:`esap_dask.engine.receipt`), which prints plain lines. ``quiet`` is kept here
+    and handed to the console.
+    """
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+        self.quiet = False
+
+    def _get(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, soft_wrap=True)
+        self._console.quiet = self.quiet
+        return self._console
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        self._get().print(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+def escape(text: str) -> str:
+    """``text`` with rich's markup escaped (rich imported on first use)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def Table(*args: Any, **kwargs: Any) -> Any:
+    """rich's ``Table`` (rich imported on first use)."""
+    from rich.table import Table as RichTable
+
+    return RichTable(*args, **kwargs)
+
+
+out = _Console()
+err = _Console(stderr=True)
 
 
 def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
@@ -222,21 +262,7 @@ def _set_verbosity(verbose: int, quiet: bool) -> None:
     Without ``-v`` distributed's lines (its errors included: a failed observation or a
     worker that does not come is reported by esap-dask itself, with the reason) are not
     shown; ``-v`` shows its info lines, ``-vv`` its debug lines.
-
-    The level is kept in the Dask configuration as ``esap.log-level``: it reaches this
-    process's distributed loggers when a facility's cluster is opened (see
-    :func:`esap_dask.config.apply_log_level`; distributed is imported only then, so that
-    an unchanged ``run``, which opens no cluster, does not pay its 0.3 s import) and the
-    workers of local clusters (their ``silence_logs``).
     """
-    level = "debug" if verbose > 1 else "info" if verbose == 1 else "critical"
-    import dask.config
-
-    dask.config.set({"esap.log-level": level})
-    if "distributed" in sys.modules:
-        from esap_dask.config import apply_log_level
-
-        apply_log_level()
     logging.getLogger("esap_dask").setLevel(
         "ERROR" if quiet else "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"
     )
@@ -245,8 +271,48 @@ def _set_verbosity(verbose: int, quiet: bool) -> None:
         warnings.simplefilter("ignore")
 
 
+#: The ``esap.log-level`` of ``-v``/``-q``, until :func:`_apply_log_level` sets it.
+_log_level: str | None = None
+
+
+def _apply_log_level() -> None:
+    """Put the level of ``-v``/``-q`` in the Dask configuration as ``esap.log-level``.
+
+    It reaches this process's distributed loggers when a facility's cluster is opened
+    (see :func:`esap_dask.config.apply_log_level`; distributed is imported only then)
+    and the workers of local clusters (their ``silence_logs``). ``run`` calls it only
+    when its receipt does not answer (:mod:`esap_dask.engine.receipt`): an unchanged
+    rerun imports neither Dask (0.1 s) nor distributed (0.3 s).
+    """
+    if _log_level is None:
+        return
+    import dask.config
+
+    import esap_dask.config
+
+    dask.config.set({"esap.log-level": _log_level})
+    if "distributed" in sys.modules:
+        esap_dask.config.apply_log_level()
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from esap_dask import __version__
+
+    click.echo(f"esap-dask, version {__version__}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="esap-dask")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.option(
     "--verbose",
     "-v",
@@ -257,9 +323,13 @@ def _set_verbosity(verbose: int, quiet: bool) -> None:
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Map one analysis over thousands of observation files into one Zarr store."""
+    global _log_level
     if verbose and quiet:
         _fail("-v and -q exclude each other; give one")
+    _log_level = "debug" if verbose > 1 else "info" if verbose == 1 else "critical"
     _set_verbosity(verbose, quiet)
+    if ctx.invoked_subcommand != "run":  # run applies it when its receipt does not answer
+        _apply_log_level()
 
 
 @main.command()
@@ -349,6 +419,30 @@ def run(
     Observations may be URLs (s3://bucket/runs/*.fits.gz, https://host/obs-index.fits.gz):
     workers read them through fsspec, and reruns compare their ETag, size and time.
     """
+    started = time.perf_counter()
+    req = None
+    if not (dry_run or force or content_hash or select or storage_options or input_storage_options):
+        req = _receipt_request(
+            pipeline,
+            observations,
+            store,
+            facility,
+            _parse_params(params),
+            {
+                "chunk": chunk,
+                "shard": shard,
+                "batch_size": batch_size,
+                "max_attempts": max_attempts,
+            },
+        )
+        found = _unchanged(req, facility, started)
+        if found is not None:
+            if as_json:
+                click.echo(json.dumps(found))
+            elif not out.quiet:
+                _print_unchanged(found)
+            sys.exit(0)
+    _apply_log_level()
     from esap_dask.engine.mapper import map_observations
 
     # what a dry run and a run share: the observations, the store, the plan's inputs
@@ -382,6 +476,7 @@ def run(
             shard=shard,
             batch_size=batch_size,
             progress=False if as_json or out.quiet else None,
+            receipt_for=req,
             **common,
         )
     )
@@ -390,6 +485,47 @@ def run(
     else:
         print_summary(summary)
     sys.exit(0 if summary.ok else EXIT_FAILED if summary.failed else EXIT_GIVEN_UP)
+
+
+def _receipt_request(
+    pipeline: str,
+    observations: str,
+    store: str,
+    facility: str,
+    params: dict[str, str],
+    options: dict[str, Any],
+) -> Any:
+    """The receipt's request of this ``run`` (None: it does not qualify, or cannot be read)."""
+    from esap_dask.engine import receipt
+
+    try:
+        return receipt.request(
+            pipeline, observations, store, facility=facility, params=params, options=options
+        )
+    except (OSError, ValueError):  # the run itself says what is wrong with its arguments
+        return None
+
+
+def _unchanged(req: Any, facility: str, started: float) -> dict[str, Any] | None:
+    """The summary of an unchanged rerun when the store's receipt answers ``req``."""
+    if req is None:
+        return None
+    from esap_dask.engine import receipt
+
+    try:
+        return receipt.answer(req, facility, started)
+    except (OSError, ValueError):
+        return None
+
+
+def _print_unchanged(summary: dict[str, Any]) -> None:
+    """:func:`print_summary` of an unchanged rerun, in plain lines (rich is not imported)."""
+    rows = [(k, str(summary[k])) for k in ("total", "processed", "skipped", "succeeded", "failed")]
+    rows.append(("seconds", f"{summary['seconds']:.2f}"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"store: {summary['store']}")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def _print_plan(plan: Any, store: str) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 import dask.config
 import numpy as np
 
+import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
 from esap_dask import Coordinate, Parameter, Pipeline, Schema, Variable
 from esap_dask.iact.corsika import (
     Card,

@@ -65,3 +65,53 @@ def test_the_engine_names_no_instrument_format() -> None:
     from esap_dask.engine.observations import observation_indexes
 
     assert "GADF" in {reader.format for reader in observation_indexes()}
+
+
+def _reads_dask_config(tree: ast.AST) -> bool:
+    """The module calls ``dask.config.<something>`` (get, set, ...)."""
+    return any(
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "config"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "dask"
+        for node in ast.walk(tree)
+    )
+
+
+def _imports_esap_config(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name == "esap_dask.config" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "esap_dask.config":
+            return True
+    return False
+
+
+def test_every_module_that_reads_the_dask_config_registers_the_esap_defaults() -> None:
+    """``import esap_dask`` no longer loads the defaults: a reader must import them itself.
+
+    Without it, ``dask.config.get("esap.max-workers")`` raises KeyError in a process (a
+    worker, a script) that imported only that module.
+    """
+    modules = [*(ROOT / "esap_dask").rglob("*.py"), *(ROOT / "pipelines").glob("*.py")]
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in modules
+        if path.name != "config.py" or path.parent.name != "esap_dask"
+        for tree in [ast.parse(path.read_text())]
+        if _reads_dask_config(tree) and not _imports_esap_config(tree)
+    ]
+    assert not missing, f"read dask.config without importing esap_dask.config: {missing}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, esap_dask.engine.connect as c; "
+            "print(c.max_workers() > 0, 'esap_dask.config' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.stdout.split() == ["True", "True"], done.stderr

@@ -132,9 +132,22 @@ def test_a_run_whose_workers_cannot_start_stops_with_slurms_reason(tmp_path):
     env = {**os.environ, "DASK_ESAP__FACILITIES__SLURM_LOOPBACK__QUEUE": "no-such-partition"}
     t0 = time.monotonic()
     proc = subprocess.run(
-        [*ESAP_DASK, "run", "helloworld", "--facility", "slurm-loopback", "-o", "1..5",
-         "-s", str(tmp_path / "s.zarr")],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        [
+            *ESAP_DASK,
+            "run",
+            "helloworld",
+            "--facility",
+            "slurm-loopback",
+            "-o",
+            "1..5",
+            "-s",
+            str(tmp_path / "s.zarr"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Invalid partition name specified" in proc.stderr

@@ -52,9 +52,7 @@ def test_ssh_facility_without_worker_hosts_says_what_to_add():
         facilities.open_cluster("ssh", hosts=["127.0.0.1"])
 
 
-def test_a_relative_store_on_the_ssh_facility_is_the_one_in_the_working_directory(
-    sshd, tmp_path
-):
+def test_a_relative_store_on_the_ssh_facility_is_the_one_in_the_working_directory(sshd, tmp_path):
     """SSH workers start in their home directory: a relative --store is the driver's."""
     import json
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import dask.config
 
+import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
 from esap_dask.catalogs.facilities import FacilityError, open_cluster
 
 __all__ = ["CONFIG_KEY", "facility_cluster", "lab_client", "lab_facility", "lab_security"]

@@ -30,6 +30,7 @@ from types import ModuleType
 import cloudpickle
 import dask.config
 
+import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
 from esap_dask.pipeline import Pipeline
 
 __all__ = [

@@ -59,6 +59,7 @@ from typing import Any
 import dask.config
 from distributed.deploy import Cluster
 
+import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
 from esap_dask.deploy.containers import facility_python
 from esap_dask.deploy.environment import job_script_prologue
 from esap_dask.deploy.facility import Facility, FacilityError

@@ -16,6 +16,7 @@ from typing import Any
 import dask.config
 from distributed import LocalCluster, Nanny, Worker
 
+import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
 from esap_dask.deploy.facility import Facility
 from esap_dask.deploy.options import check_options, keywords
 from esap_dask.deploy.tls import new_cluster_security, security_directory

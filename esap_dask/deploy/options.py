@@ -29,6 +29,7 @@ from typing import Any
 import dask.config
 import yaml
 
+import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
 from esap_dask.deploy.facility import Facility, FacilityError
 
 __all__ = ["check_options", "keywords", "option_source"]

@@ -41,6 +41,7 @@ from typing import Any
 import dask.config
 from distributed.deploy.spec import SpecCluster
 
+import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
 from esap_dask.deploy.containers import facility_python
 from esap_dask.deploy.facility import Facility, FacilityError
 from esap_dask.deploy.tls import new_cluster_security, security_directory

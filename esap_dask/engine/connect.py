@@ -24,6 +24,7 @@ from typing import Any
 
 import dask.config
 
+import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
 from esap_dask.deploy.protocol import scaling_of
 
 __all__ = ["ensure_workers", "facility_client", "max_workers"]

@@ -14,19 +14,24 @@ arrays, and starts no cluster when the ledger says there is nothing to do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, overload
 
-from esap_dask.catalogs.workflows import get_pipeline
+import dask.config
+
+import esap_dask.config  # noqa: F401 - Dask's configuration paths, for the receipt
+from esap_dask.catalogs.workflows import get_pipeline, pipeline_dirs
 from esap_dask.deploy.protocol import worker_jobs
-from esap_dask.engine import provenance
+from esap_dask.engine import provenance, receipt
 from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
 from esap_dask.engine.handle import RunHandle
 from esap_dask.engine.ledger import (
@@ -262,6 +267,7 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
     max_attempts: int | None = None,
     dry_run: bool = False,
     wait: bool = True,
+    receipt_for: receipt.Request | None = None,
 ) -> RunSummary | RunHandle | Plan:
     """Run ``pipeline`` on every observation that needs it and write the results into ``store``.
 
@@ -322,6 +328,11 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
         Return when the run has ended (the default); with ``False``, return a
         :class:`~esap_dask.engine.handle.RunHandle` at once while the run goes on in a
         thread of this process (``.progress``, ``.result()``, ``.cancel()``).
+    receipt_for
+        The command line's request (:func:`esap_dask.engine.receipt.request`): a run
+        that ends with every observation done records its receipt, so that the same
+        command answers an unchanged rerun before importing anything. Every run
+        deletes the store's receipt when it takes the lock.
 
     Returns
     -------
@@ -356,6 +367,7 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     migrated: list[str] = []
     with run_store.lock(run_id) as lock:
+        receipt.discard(store)  # whatever this run writes, the last receipt is stale
         group = run_store.open_existing()
         named = isinstance(pipeline, (Pipeline, str, os.PathLike))
         pipe = _as_pipeline(pipeline, None, []) if named else None
@@ -382,6 +394,7 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
         else:
             ledger = Ledger.empty()
         resolved = pipe.resolve(params) if pipe else dict(params or {})
+        deps = _receipt_dependencies(pipe) if receipt_for is not None and pipe else None
         with gc_paused():
             todo = plan(
                 obs_list,
@@ -405,7 +418,9 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
         if group is not None and not todo.todo:  # nothing to do: no cluster started
             if migrated:
                 run_store.consolidate()
-            return summarise(store, run_id, name, version, facility, obs_list, todo, [], t0)
+            summary = summarise(store, run_id, name, version, facility, obs_list, todo, [], t0)
+            _record_receipt(receipt_for, deps, summary)
+            return summary
         client_notes: list[str] = []
         with _client_for(client, facility, client_notes) as cl:
             if pipe is None:
@@ -458,8 +473,39 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                 max_attempts=max_attempts,
             )
         run_store.consolidate()
+        _record_receipt(receipt_for, deps, summary)
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
+
+
+def _receipt_dependencies(pipe: Pipeline) -> list[list[Any]]:
+    """The files the plan of ``pipe`` depends on, as they are now (before the run)."""
+    module = sys.modules.get(getattr(pipe.function, "__module__", ""), None)
+    own = getattr(module, "__file__", None)
+    return receipt.dependencies([own] if own else [], pipeline_dirs(), dask.config.paths)
+
+
+def _record_receipt(
+    req: receipt.Request | None, deps: list[list[Any]] | None, summary: RunSummary
+) -> None:
+    """Write the receipt of ``req`` when every observation of the run ended done."""
+    complete = summary.ok and summary.succeeded + summary.skipped == summary.total
+    if req is None or deps is None or not complete:
+        return
+    unchanged = dataclasses.replace(
+        summary,
+        processed=0,
+        skipped=summary.total,
+        succeeded=0,
+        failed=0,
+        reasons={},
+        notes=[],
+        failures=[],
+        provenance=None,
+        dashboard=None,
+        given_up=[],
+    )
+    receipt.write(req, deps, unchanged.to_dict())
 
 
 def _observations(

@@ -647,6 +647,8 @@ def corsika_images() -> dict[str, CorsikaImage]:
     """The CORSIKA installations of the Dask config ``esap.corsika.images``, by name."""
     import dask.config
 
+    import esap_dask.config  # noqa: F401 - the esap.* defaults this reads
+
     entries = dask.config.get("esap.corsika.images") or {}
     if not isinstance(entries, Mapping):
         raise CardError("Dask config esap.corsika.images: a mapping of names to images")

@@ -69,6 +69,8 @@ class Limits:
         # these roots, never from a URL (the service process is the one that reads it)
         import dask.config
 
+        import esap_dask.config  # noqa: F401 - the esap.* defaults, before they are set
+
         dask.config.set(
             {"esap.corsika.card-roots": list(self.sandbox.roots), "esap.corsika.card-urls": False}
         )
