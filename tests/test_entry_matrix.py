@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -143,6 +144,20 @@ def test_cli_run(
     assert (summary["total"], summary["succeeded"], summary["failed"]) == (6, 6, 0)
     assert summary["facility"] == facility
     check_store(store, S3_OPTIONS if facility == "dirac" else None)
+    # the same command again, as cron runs it: nothing to do, no job submitted; a local
+    # store answers from its receipt, before Dask is imported (an s3:// store is planned)
+    again = subprocess.run(
+        [sys.executable, "-X", "importtime", *ESAP_DASK[1:], *done.args[len(ESAP_DASK) :]],
+        capture_output=True,
+        text=True,
+        env={**cli_env, **services},
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads(again.stdout.strip().splitlines()[-1])
+    assert (rerun["total"], rerun["processed"], rerun["skipped"]) == (6, 0, 6)
+    imported = {ln.rsplit("|", 1)[-1].strip() for ln in again.stderr.splitlines() if "|" in ln}
+    assert ("dask" in imported) == (facility == "dirac"), facility
 
 
 @pytest.mark.parametrize("facility", FACILITIES)
