@@ -28,13 +28,21 @@ import dataclasses
 import html
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from esap_dask.engine.progress import ProgressState
 from esap_dask.engine.summary import RunSummary
 
-__all__ = ["RunCancelled", "RunControl", "RunHandle", "cancel_tasks", "current_control", "drain"]
+__all__ = [
+    "RunCancelled",
+    "RunControl",
+    "RunHandle",
+    "cancel_tasks",
+    "controlled",
+    "current_control",
+    "drain",
+]
 
 
 class RunCancelled(concurrent.futures.CancelledError):
@@ -108,6 +116,21 @@ _CONTROL: contextvars.ContextVar[RunControl | None] = contextvars.ContextVar(
 def current_control() -> RunControl | None:
     """The control of the background run this thread drives, if it is one."""
     return _CONTROL.get()
+
+
+@contextlib.contextmanager
+def controlled(control: RunControl) -> Iterator[RunControl]:
+    """Runs of this thread, inside the block, answer to ``control`` (as a handle's run does).
+
+    For a caller that drives a blocking run from a thread of its own and may have to
+    stop it from another (the job service's ABORT): ``control.request_cancel()`` stops
+    the run whether it comes before its tasks are submitted (none is) or after.
+    """
+    token = _CONTROL.set(control)
+    try:
+        yield control
+    finally:
+        _CONTROL.reset(token)
 
 
 def cancel_tasks(client: Any, futures: list[Any], prefix: str, tracked: bool) -> None:

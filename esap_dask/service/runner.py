@@ -56,6 +56,9 @@ class _Running:
     """A job a thread of this instance runs: its Dask client, and why it is being stopped."""
 
     client: Any = None
+    #: the run's :class:`~esap_dask.engine.handle.RunControl`: a stop that comes before
+    #: its tasks are submitted keeps them from being submitted
+    control: Any = None
     stop_reason: str | None = None
     destroy: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -256,8 +259,11 @@ class JobRunner:
     def _execute(
         self, job_id: str, parameters: dict[str, Any], owner: str, state: _Running
     ) -> tuple[str, dict[str, Any]]:
+        from esap_dask.engine.handle import RunControl, controlled
         from esap_dask.engine.mapper import map_observations
 
+        with state.lock:  # before the stop_reason check below: a stop sees one or the other
+            state.control = RunControl()
         directory = self.job_dir(job_id)
         directory.mkdir(parents=True, exist_ok=True)
         store, store_options = self.config.job_store(job_id)
@@ -286,7 +292,7 @@ class JobRunner:
                     raise RuntimeError(state.stop_reason)
                 # as_completed in the mapper looks for the default client: make this job's
                 # client the current one of this thread (a contextvar, so jobs don't mix).
-                with client.as_current():
+                with client.as_current(), controlled(state.control):
                     summary = map_observations(
                         spec.pipeline,
                         spec.observations,
@@ -391,7 +397,9 @@ class JobRunner:
             if state.stop_reason:
                 return
             state.stop_reason = reason
-            client = state.client
+            client, control = state.client, state.control
+        if control is not None:  # a run still planning submits nothing
+            control.request_cancel()
         if client is None:
             return
         from distributed import Future
