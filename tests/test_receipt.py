@@ -128,7 +128,7 @@ def test_an_unchanged_rerun_is_answered_without_importing_dask(work: Path) -> No
     assert quiet.stdout == ""
 
 
-def _touch(work: Path, _: pytest.MonkeyPatch) -> None:
+def _touch(work: Path, _: pytest.MonkeyPatch | None) -> None:
     path = work / "files" / "obs003.dat"
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
@@ -223,10 +223,48 @@ def test_a_run_with_failures_leaves_no_receipt(work: Path) -> None:
     assert not answered_by_receipt(imported) and again["processed"] == 3  # retried
 
 
+def test_a_list_file_is_answered_until_it_or_a_file_it_names_changes(work: Path) -> None:
+    (work / "list.txt").write_text("# tonight\nfiles/obs001.dat\n\nfiles/obs002.dat\n")
+    args = ("size.py", "-o", "list.txt", "-s", "listed.zarr")
+    assert run_inprocess(*args)["processed"] == 2
+    summary, imported = run_cli(work, *args)
+    assert answered_by_receipt(imported) and (summary["total"], summary["skipped"]) == (2, 2)
+    with (work / "list.txt").open("a") as f:
+        f.write("files/obs003.dat\n")
+    summary, imported = run_cli(work, *args)
+    assert not answered_by_receipt(imported) and summary["reasons"] == {"new": 1}
+    assert answered_by_receipt(run_cli(work, *args)[1])
+    _touch(work, None)  # obs003.dat, on the list now
+    summary, imported = run_cli(work, *args)
+    assert not answered_by_receipt(imported) and summary["reasons"] == {"changed": 1}
+
+
+def test_a_receipt_that_cannot_be_written_loses_nothing(work: Path, monkeypatch) -> None:
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(receipt.json, "dump", full)
+        assert run_inprocess(*ARGS)["succeeded"] == 10
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith("out.zarr")) == [
+        "out.zarr",
+        "out.zarr.provenance",
+    ]
+    summary, imported = run_cli(work, *ARGS)  # planned from the ledger, which has it all
+    assert not answered_by_receipt(imported) and summary["skipped"] == 10
+    (work / "out.zarr.receipt.json").unlink()
+    (work / "out.zarr.receipt.json").mkdir()  # something else in its place
+    done = CliRunner().invoke(main, ["run", *ARGS])
+    assert done.exit_code == 2, done.output
+    assert "out.zarr.receipt.json: cannot delete the receipt" in done.output
+
+
 def test_requests_that_only_a_run_can_plan_have_no_receipt(work: Path) -> None:
-    (work / "list.txt").write_text("files/obs000.dat\n")
+    (work / "list.txt").write_text("s3://bucket/a.fits\n")
+    (work / "empty.txt").write_text("# nothing yet\n")
     common: dict[str, Any] = {"facility": "local", "params": {}, "options": {}}
     assert receipt.request("size.py", "list.txt", "out.zarr", **common) is None
+    assert receipt.request("size.py", "empty.txt", "out.zarr", **common) is None
     assert receipt.request("size.py", "files/obs000.dat", "out.zarr", **common) is None
     assert receipt.request("size.py", "s3://bucket/*.fits", "out.zarr", **common) is None
     assert receipt.request("size.py", "files/*.dat", "s3://bucket/out.zarr", **common) is None

@@ -1,4 +1,4 @@
-"""Observation lists named by a pattern: a glob of files, or a range of integers.
+"""Observation lists named by a pattern or a file: a glob, a range of integers, a list file.
 
 Standard library only: :mod:`esap_dask.engine.receipt` expands the same patterns the same
 way before anything else is imported (an unchanged rerun answered from its receipt), and
@@ -11,10 +11,27 @@ import fnmatch
 import glob as globmod
 import os
 import re
+from pathlib import Path
 
-__all__ = ["parse_range", "sorted_glob"]
+__all__ = ["LIST_SUFFIXES", "parse_range", "read_list", "sorted_glob"]
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+#: Suffixes of list files: one path or URL a line.
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+def read_list(path: Path) -> list[str]:
+    """The entries of list file ``path``: one path or URL a line, ``#`` comments and blank
+    lines left out, relative paths taken from the list's directory."""
+    entries = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "://" not in line and not os.path.isabs(line):
+            line = str(path.parent / line)
+        entries.append(line)
+    return entries
 
 
 def sorted_glob(pattern: str) -> list[str]:

@@ -367,7 +367,7 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     migrated: list[str] = []
     with run_store.lock(run_id) as lock:
-        receipt.discard(store)  # whatever this run writes, the last receipt is stale
+        _discard_receipt(store)  # whatever this run writes, the last receipt is stale
         group = run_store.open_existing()
         named = isinstance(pipeline, (Pipeline, str, os.PathLike))
         pipe = _as_pipeline(pipeline, None, []) if named else None
@@ -476,6 +476,17 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
         _record_receipt(receipt_for, deps, summary)
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
+
+
+def _discard_receipt(store: str) -> None:
+    """Delete the receipt of the store's last complete CLI run (see :mod:`.receipt`)."""
+    try:
+        receipt.discard(store)
+    except OSError as err:
+        raise StoreError(
+            f"{err.filename}: cannot delete the receipt of the store's last complete run "
+            f"({err.strerror}); delete it, then run again (nothing was written)"
+        ) from err
 
 
 def _receipt_dependencies(pipe: Pipeline) -> list[list[Any]]:

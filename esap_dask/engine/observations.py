@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import dask.config
 
 import esap_dask.config  # noqa: F401 - the esap.* defaults this module reads
-from esap_dask.engine.globbing import parse_range, sorted_glob
+from esap_dask.engine.globbing import LIST_SUFFIXES, parse_range, read_list, sorted_glob
 
 __all__ = [
     "LIST_SUFFIXES",
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 #: Files with these suffixes given as ``--observations`` are read as lists, one entry a line.
-LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
 class ObservationError(ValueError):
@@ -123,18 +122,6 @@ def observation_indexes() -> list[ObservationIndex]:
     return readers
 
 
-def _read_list(path: Path) -> list[str]:
-    entries = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "://" not in line and not os.path.isabs(line):
-            line = str(path.parent / line)
-        entries.append(line)
-    return entries
-
-
 def _index_of(path: Path) -> ObservationIndex | None:
     return next((index for index in observation_indexes() if index.matches(path)), None)
 
@@ -204,7 +191,7 @@ def _expand(
     if select:
         raise _not_an_index(spec)
     if path.is_file() and path.suffix in LIST_SUFFIXES:
-        return list(_read_list(path))
+        return read_list(path)
     if globmod.has_magic(spec):
         matches = sorted_glob(os.path.abspath(path))
         if not matches:

@@ -12,7 +12,7 @@ store's lock:
 - a digest of the request, taken before the run: the command's arguments, the working
   directory, the environment's ``DASK_*`` and ``ESAP_*`` variables, and the inputs as
   found then (the path, type, size and modification time of every file the glob
-  matches, or the range's bounds);
+  matches or the list file names, and the list file's own state; or the range's bounds);
 - the files the plan depends on, with their state (inode, size, mtime) taken when the
   run started: esap-dask's own modules, the pipeline directories and every module in
   them, the pipeline's own module, Dask's configuration files and directories, and the
@@ -30,9 +30,10 @@ CLI) deletes the receipt first, so a receipt never outlives a change esap-dask m
 the store; a receipt is never written by a run that had failures.
 
 Only requests the standard library can plan qualify: a local store, and observations
-given as a glob of local files or an integer range, without ``--force``,
-``--content-hash``, ``--select`` or storage options. Lists and observation indexes name
-their files inside a file esap-dask parses with its readers; they run as before.
+given as a glob of local files, a list file of local paths (``.txt``, ``.lst``, ``.list``)
+or an integer range, without ``--force``, ``--content-hash``, ``--select`` or storage
+options. Observation indexes (``obs-index.fits.gz``) are read by their readers (astropy),
+and URLs are asked for their ETags: those requests run as before.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from esap_dask.engine.globbing import parse_range, sorted_glob
+from esap_dask.engine.globbing import LIST_SUFFIXES, parse_range, read_list, sorted_glob
 
 __all__ = ["FORMAT", "SUFFIX", "Request", "answer", "dependencies", "discard", "request", "write"]
 
@@ -90,21 +91,36 @@ def _inputs(spec: str) -> str | None:
     if bounds is not None:
         return f"range:{bounds[0]}..{bounds[1]}" if bounds[0] <= bounds[1] else None
     path = os.path.expanduser(spec)
-    if "://" in spec or not globmod.has_magic(spec) or os.path.isfile(path):
-        return None  # a URL, a list file, an index or one file: read by the run
+    if "://" in spec:
+        return None
+    if os.path.isfile(path):  # a list file; an index, or one file, is read by the run
+        if Path(path).suffix not in LIST_SUFFIXES:
+            return None
+        entries = read_list(Path(path))
+        if not entries or any("://" in e for e in entries):
+            return None  # empty (the run says so), or URLs: asked for their ETags by the run
+        listed = [os.path.abspath(e) for e in entries]
+        return f"list:{os.path.abspath(path)}:{_state(path)}:{_files(listed)}"
+    if not globmod.has_magic(spec):
+        return None
     matches = sorted_glob(os.path.abspath(path))
     if not matches:
         return None  # the run says which pattern matched nothing
+    return f"glob:{_files(matches)}"
+
+
+def _files(names: Sequence[str]) -> str:
+    """A digest of the path, type, size and modification time of each file of ``names``."""
     digest = hashlib.sha256()
     stat_of = os.stat
-    for name in matches:
+    for name in names:
         try:
             st = stat_of(name)
             line = f"{name}\0{st.st_mode >> 12}\0{st.st_size}\0{st.st_mtime_ns}\n"
         except OSError as err:
             line = f"{name}\0error {err.errno}\n"
         digest.update(line.encode("utf-8", "surrogateescape"))
-    return f"glob:{len(matches)}:{digest.hexdigest()}"
+    return f"{len(names)}:{digest.hexdigest()}"
 
 
 def request(
@@ -214,8 +230,12 @@ def discard(store: str) -> None:
             os.unlink(path)
 
 
-def write(req: Request, deps: list[list[Any]], summary: Mapping[str, Any]) -> None:
-    """Record a complete run's receipt (under the store's lock, after its last write)."""
+def write(req: Request, deps: list[list[Any]], summary: Mapping[str, Any]) -> bool:
+    """Record a complete run's receipt (under the store's lock, after its last write).
+
+    False when it could not be written (a full disk, say): the run's results are kept,
+    and the next run is planned from the ledger as if there had never been a receipt.
+    """
     path = req.store + SUFFIX
     data = {
         "format": FORMAT,
@@ -225,9 +245,15 @@ def write(req: Request, deps: list[list[Any]], summary: Mapping[str, Any]) -> No
         "summary": dict(summary),
     }
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    return True
 
 
 def answer(req: Request | None, facility: str, started: float) -> dict[str, Any] | None:
