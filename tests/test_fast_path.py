@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import xarray as xr
 
 import esap_dask
@@ -100,3 +101,29 @@ def test_an_unchanged_rerun_imports_no_distributed(tmp_path, client):
         check=True,
     )
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [50, False]
+
+
+def test_new_rows_read_as_the_planned_rows_they_stand_for():
+    from esap_dask.engine.execute import _batch, _pick, make_batches
+    from esap_dask.engine.ledger import Ledger, NewRows, PlannedRow, plan
+    from esap_dask.engine.observations import as_observations, fingerprints
+
+    obs = as_observations(range(1, 11))
+    fps = fingerprints(obs)
+    todo = plan(obs, fps, Ledger.empty(), param_hash="p", version="1").todo
+    assert isinstance(todo, NewRows)
+    listed = [PlannedRow(i, o, f, 0, "new") for i, (o, f) in enumerate(zip(obs, fps, strict=True))]
+    assert list(todo) == listed and len(todo) == 10 and list(todo.rows) == list(range(10))
+    assert todo[0] == listed[0] and todo[-1] == listed[-1] and todo[3] == listed[3]
+    assert list(todo[2:5]) == listed[2:5] and todo[2:5].rows == range(2, 5)
+    assert list(todo[8:20]) == listed[8:] and len(todo[7:3]) == 0
+    with pytest.raises(IndexError):
+        todo[10]
+    for b in make_batches(todo.rows, 3, 1):
+        fast, slow = _batch(0, _pick(todo, b)), _batch(0, [listed[p] for p in b])
+        assert fast.rows.tolist() == slow.rows.tolist()
+        assert (fast.observations, fast.fingerprints, fast.attempts) == (
+            slow.observations,
+            slow.fingerprints,
+            slow.attempts,
+        )

@@ -29,7 +29,7 @@ import numpy as np
 
 from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
 from esap_dask.engine.handle import cancel_tasks, current_control, drain
-from esap_dask.engine.ledger import FAILED, Plan, pack
+from esap_dask.engine.ledger import FAILED, NewRows, Plan, PlannedRow, pack
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import (
     Batch,
@@ -121,6 +121,14 @@ def _target(n: int) -> int:
 
 def _batch(index: int, chosen: Sequence[Any]) -> Batch:
     """The batch ``index`` of the planned rows ``chosen`` (sorted by row)."""
+    if isinstance(chosen, NewRows):  # new rows: columns as they are, no row objects
+        return Batch(
+            index=index,
+            rows=np.arange(chosen.start, chosen.start + len(chosen), dtype=np.int64),
+            observations=_as_list(chosen.observations),
+            fingerprints=_as_list(chosen.fingerprints),
+            attempts=[0] * len(chosen),
+        )
     return Batch(
         index=index,
         rows=np.asarray([e.row for e in chosen], dtype=np.int64),
@@ -163,6 +171,26 @@ def _tasks_per_thread(report: BatchReport | None, rest: int, threads: int) -> in
     return max(1, min(TASKS_PER_THREAD, int(share / MIN_TASK_SECONDS)))
 
 
+def _in_row_order(todo: Sequence[PlannedRow]) -> Sequence[PlannedRow]:
+    """``todo`` sorted by row: a list of new rows is already (and is not copied)."""
+    return todo if isinstance(todo, NewRows) else sorted(todo, key=attrgetter("row"))
+
+
+def _as_list(values: Sequence[Any]) -> list[Any]:
+    return values if isinstance(values, list) else list(values)
+
+
+def _pick(entries: Sequence[PlannedRow], positions: list[int]) -> Sequence[PlannedRow]:
+    """The entries at ``positions`` (consecutive, from :func:`make_batches`)."""
+    if isinstance(entries, NewRows):
+        return entries[positions[0] : positions[-1] + 1]
+    return [entries[p] for p in positions]
+
+
+def _rows(entries: Sequence[PlannedRow]) -> Sequence[int]:
+    return entries.rows if isinstance(entries, NewRows) else [e.row for e in entries]
+
+
 def nthreads(client: Any) -> int:
     """Worker threads the run can count on: connected ones, or the ones the cluster plans.
 
@@ -201,8 +229,8 @@ def execute(
     from distributed import as_completed
 
     with gc_paused():
-        entries = sorted(todo.todo, key=attrgetter("row"))
-        rows = [e.row for e in entries]
+        entries = _in_row_order(todo.todo)
+        rows = _rows(entries)
         n = len(rows)
         threads = nthreads(client)
         probes = 0 if batch_size else _probe_split(rows, layout.unit, threads)
@@ -212,22 +240,20 @@ def execute(
             planned = make_batches(rows[:probes], layout.unit, 1)
         else:
             planned = make_batches(rows, layout.unit, _target(n), TASKS_PER_THREAD * threads)
-        batches = [_batch(i, [entries[p] for p in b]) for i, b in enumerate(planned)]
+        batches = [_batch(i, _pick(entries, b)) for i, b in enumerate(planned)]
     unplanned = entries[probes:] if probes else None
 
     def plan_rest(report: BatchReport | None) -> list[Batch]:
         """Batches of the rows after the probes, sized by the first probe's time per row."""
         assert unplanned is not None
-        rest = [e.row for e in unplanned]
+        rest = _rows(unplanned)
         parts = _tasks_per_thread(report, len(rest), threads) * threads
         with gc_paused():
             if parts == threads:  # tiny work: one even batch a thread, fewest round trips
                 sized = make_batches(rest, layout.unit, math.ceil(len(rest) / threads))
             else:
                 sized = make_batches(rest, layout.unit, _target(len(rest)), parts)
-            return [
-                _batch(len(batches) + i, [unplanned[p] for p in b]) for i, b in enumerate(sized)
-            ]
+            return [_batch(len(batches) + i, _pick(unplanned, b)) for i, b in enumerate(sized)]
 
     tracked = _track_starts(client)
     if tracked:
