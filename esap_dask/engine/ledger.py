@@ -424,6 +424,8 @@ def reopen(group: zarr.Group, todo: Plan, ledger: Ledger) -> int:
     Pending, they run again.
     """
     known = len(ledger.status)
+    if isinstance(todo.todo, NewRows) and todo.todo.start >= known:
+        return 0  # new rows only: none is committed
     rows = np.fromiter((e.row for e in todo.todo if e.row < known), dtype=np.int64)
     rows = np.sort(rows[ledger.status[rows] != PENDING]) if len(rows) else rows
     if len(rows):

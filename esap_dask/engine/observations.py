@@ -174,7 +174,7 @@ def _expand(
     select: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
     facility: str = "local",
-) -> list[Any]:
+) -> Sequence[Any]:
     if "://" in spec and not spec.startswith("file://"):
         return _expand_url(spec, select, options, facility)
     spec = spec.removeprefix("file://")
@@ -183,7 +183,7 @@ def _expand(
         lo, hi = bounds
         if hi < lo:
             raise ObservationError(f"observation range {spec!r}: the end is before the start")
-        return list(range(lo, hi + 1))
+        return range(lo, hi + 1)
     path = Path(spec).expanduser()
     index = _index_of(path) if path.is_file() else None
     if index is not None:
@@ -277,11 +277,26 @@ def as_observations(
         raise ObservationError(
             f"observations must be a glob, a list file, a range or a sequence, not {spec!r}"
         )
-    observations = [item if type(item) is Observation else Observation.of(item) for item in items]
+    if isinstance(items, range):  # run numbers: built directly (100,000s of them)
+        observations = list(map(_value, map(str, items), items))
+    else:
+        observations = list(map(_observation, items))
     if not observations:
         raise ObservationError(f"the observation list {spec!r} is empty")
     check_unique(observations)
     return observations
+
+
+def _value(ident: str, value: Any) -> Observation:
+    return tuple.__new__(Observation, (ident, value, "value"))
+
+
+def _observation(item: Any) -> Observation:
+    """:meth:`Observation.of`, run numbers and observations first (the usual lists)."""
+    kind = type(item)
+    if kind is int:
+        return tuple.__new__(Observation, (str(item), item, "value"))
+    return item if kind is Observation else Observation.of(item)
 
 
 def check_unique(observations: Sequence[Observation]) -> None:
@@ -344,8 +359,11 @@ def fingerprints(
     if content:
         return [fingerprint(o, content=True) for o in observations]
     result: list[str] = []
-    append, stat_of = result.append, os.stat
+    append, stat_of, sha256 = result.append, os.stat, hashlib.sha256
     for obs in observations:
+        if obs.kind == "value":  # as fingerprint() says, without its call (run numbers)
+            append("value:" + sha256(repr(obs.value).encode()).hexdigest()[:16])
+            continue
         if obs.kind != "file":
             append(fingerprint(obs))
             continue
