@@ -165,6 +165,15 @@ def _broken_receipt(work: Path, _: pytest.MonkeyPatch) -> None:
     (work / "out.zarr.receipt.json").write_bytes(b"\xff{ not json")
 
 
+def _malformed_receipt(work: Path, _: pytest.MonkeyPatch) -> None:
+    """The receipt's own request and store, with entries that are not what it records."""
+    path = work / "out.zarr.receipt.json"
+    data = json.loads(path.read_text())
+    data["dependencies"] = [[None, 3, {}], ["only a path"]]
+    data["summary"] = "not a summary"
+    path.write_text(json.dumps(data))
+
+
 def _store_rewritten(work: Path, _: pytest.MonkeyPatch) -> None:
     meta = work / "out.zarr" / "zarr.json"
     meta.write_bytes(meta.read_bytes())
@@ -183,6 +192,7 @@ CHANGES = {
     "a notebook's run on the store": (_api_run, (0, 11, 11)),
     "a lock left by a run that is gone": (_stale_lock, (0, 10, 10)),
     "a broken receipt": (_broken_receipt, (0, 10, 10)),
+    "a receipt of another shape": (_malformed_receipt, (0, 10, 10)),
     "the store's metadata written since": (_store_rewritten, (0, 10, 10)),
     "another Dask configuration": (_dask_config, (0, 10, 10)),
 }

@@ -116,22 +116,21 @@ def run(
     workers read them through fsspec, and reruns compare their ETag, size and time.
     """
     started = time.perf_counter()
+    given = parse_params(params)
     req = None
     if not (dry_run or force or content_hash or select or storage_options or input_storage_options):
-        req = _receipt_request(
-            pipeline,
-            observations,
-            store,
-            facility,
-            parse_params(params),
-            {
-                "chunk": chunk,
-                "shard": shard,
-                "batch_size": batch_size,
-                "max_attempts": max_attempts,
-            },
+        from esap_dask.engine import receipt
+
+        what = {
+            "chunk": chunk,
+            "shard": shard,
+            "batch_size": batch_size,
+            "max_attempts": max_attempts,
+        }
+        req = receipt.request(
+            pipeline, observations, store, facility=facility, params=given, options=what
         )
-        found = _unchanged(req, facility, started)
+        found = receipt.answer(req, facility, started)
         if found is not None:
             if as_json:
                 click.echo(json.dumps(found))
@@ -144,7 +143,7 @@ def run(
     # what a dry run and a run share: the observations, the store, the plan's inputs
     common: dict[str, Any] = {
         "facility": facility,
-        "params": parse_params(params),
+        "params": given,
         "force": force,
         "content_hash": content_hash,
         "storage_options": parse_storage_options(storage_options),
@@ -181,37 +180,6 @@ def run(
     else:
         print_summary(summary)
     sys.exit(0 if summary.ok else EXIT_FAILED if summary.failed else EXIT_GIVEN_UP)
-
-
-def _receipt_request(
-    pipeline: str,
-    observations: str,
-    store: str,
-    facility: str,
-    params: dict[str, str],
-    options: dict[str, Any],
-) -> Any:
-    """The receipt's request of this ``run`` (None: it does not qualify, or cannot be read)."""
-    from esap_dask.engine import receipt
-
-    try:
-        return receipt.request(
-            pipeline, observations, store, facility=facility, params=params, options=options
-        )
-    except (OSError, ValueError):  # the run itself says what is wrong with its arguments
-        return None
-
-
-def _unchanged(req: Any, facility: str, started: float) -> dict[str, Any] | None:
-    """The summary of an unchanged rerun when the store's receipt answers ``req``."""
-    if req is None:
-        return None
-    from esap_dask.engine import receipt
-
-    try:
-        return receipt.answer(req, facility, started)
-    except (OSError, ValueError):
-        return None
 
 
 def _print_unchanged(summary: dict[str, Any]) -> None:

@@ -65,7 +65,7 @@ class Observation(NamedTuple):
     def of(cls, item: Any) -> Observation:
         """The observation for a path, URL, ``Observation`` or plain value."""
         if isinstance(item, (int, float)):  # run numbers: skip the slow ABC checks below
-            return cls(id=str(item), value=item, kind="value")
+            return tuple.__new__(cls, (str(item), item, "value"))  # not the keyword call
         if isinstance(item, Observation):
             return item
         if isinstance(item, (str, os.PathLike)):
@@ -295,7 +295,7 @@ def _observation(item: Any) -> Observation:
     """:meth:`Observation.of`, run numbers and observations first (the usual lists)."""
     kind = type(item)
     if kind is int:
-        return tuple.__new__(Observation, (str(item), item, "value"))
+        return _value(str(item), item)
     return item if kind is Observation else Observation.of(item)
 
 
@@ -359,10 +359,10 @@ def fingerprints(
     if content:
         return [fingerprint(o, content=True) for o in observations]
     result: list[str] = []
-    append, stat_of, sha256 = result.append, os.stat, hashlib.sha256
+    append, stat_of = result.append, os.stat
     for obs in observations:
-        if obs.kind == "value":  # as fingerprint() says, without its call (run numbers)
-            append("value:" + sha256(repr(obs.value).encode()).hexdigest()[:16])
+        if obs.kind == "value":  # run numbers: fingerprint()'s other kinds not tried first
+            append(_value_fingerprint(obs.value))
             continue
         if obs.kind != "file":
             append(fingerprint(obs))
@@ -401,4 +401,8 @@ def fingerprint(obs: Observation, *, content: bool = False) -> str:
         from esap_dask.engine.remote import url_fingerprints
 
         return url_fingerprints([str(obs.value)], None)[0]
-    return "value:" + hashlib.sha256(repr(obs.value).encode()).hexdigest()[:16]
+    return _value_fingerprint(obs.value)
+
+
+def _value_fingerprint(value: Any) -> str:
+    return "value:" + hashlib.sha256(repr(value).encode()).hexdigest()[:16]

@@ -300,7 +300,7 @@ def _block_rows(group: Any) -> int:
     """
     try:
         chunk = int(group[COMMIT_COLUMN].chunks[0])
-    except (KeyError, AttributeError, TypeError, IndexError):  # the earlier layout
+    except KeyError:  # the earlier layout: no ledger group
         return _INPUTS_AT_ONCE
     return chunk * max(1, round(_INPUTS_AT_ONCE / chunk))
 

@@ -138,8 +138,14 @@ def request(
     (``chunk``, ``shard``, ``batch_size``, ``max_attempts``).
     """
     path = local_store(store)
-    inputs = _inputs(observations.removeprefix("file://")) if path is not None else None
-    if path is None or inputs is None:
+    if path is None:
+        return None
+    try:
+        inputs = _inputs(observations.removeprefix("file://"))
+        cwd = os.getcwd()
+    except (OSError, ValueError):  # an unreadable list, a cwd gone: the run says what is wrong
+        return None
+    if inputs is None:
         return None
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIXES))
     what = {
@@ -147,7 +153,7 @@ def request(
         "pipeline": pipeline,
         "pipeline-file": os.path.abspath(pipeline) if pipeline.endswith(".py") else None,
         "observations": observations,
-        "cwd": os.getcwd(),
+        "cwd": cwd,
         "store": path,
         "facility": facility,
         "params": sorted(params.items()),
@@ -256,6 +262,26 @@ def write(req: Request, deps: list[list[Any]], summary: Mapping[str, Any]) -> bo
     return True
 
 
+def _unchanged_summary(req: Request) -> dict[str, Any] | None:
+    """The summary the store's receipt holds for ``req``, if every state it records holds."""
+    with open(req.store + SUFFIX) as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    if data.get("request") != req.digest or os.path.lexists(req.store + ".lock"):
+        return None
+    if data.get("store") != _store_state(req.store):
+        return None
+    deps = data.get("dependencies")
+    if not isinstance(deps, list) or not deps:
+        return None
+    for path, suffixes, state in deps:  # a malformed entry raises ValueError or TypeError
+        if _current(path, suffixes) != state:
+            return None
+    summary = data.get("summary")
+    return dict(summary) if isinstance(summary, dict) and summary else None
+
+
 def answer(req: Request | None, facility: str, started: float) -> dict[str, Any] | None:
     """The summary of an unchanged rerun of ``req``, or None: run the command.
 
@@ -264,30 +290,11 @@ def answer(req: Request | None, facility: str, started: float) -> dict[str, Any]
     """
     if req is None:
         return None
-    store = req.store
-    path = store + SUFFIX
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+    try:  # a receipt that is unreadable, or not one, answers nothing: the command runs
+        summary = _unchanged_summary(req)
+    except (OSError, ValueError, TypeError):
         return None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        return None
-    if data.get("request") != req.digest or os.path.lexists(store + ".lock"):
-        return None
-    if data.get("store") != _store_state(store):
-        return None
-    deps = data.get("dependencies")
-    if not isinstance(deps, list) or not deps:
-        return None
-    for entry in deps:
-        if not (isinstance(entry, list) and len(entry) == 3):
-            return None
-        path, suffixes, state = entry
-        if _current(path, suffixes) != state:
-            return None
-    summary = dict(data.get("summary") or {})
-    if not summary:
+    if summary is None:
         return None
     now = time.gmtime()
     summary.update(
