@@ -26,7 +26,8 @@ echo "== ruff"
 .venv/bin/ruff check esap_dask pipelines tests bench
 .venv/bin/ruff format --check esap_dask pipelines
 echo "== mypy"
-.venv/bin/mypy esap_dask
+# --no-incremental: a warm cache once hid an error a clean checkout (CI) reports
+.venv/bin/mypy --no-incremental esap_dask
 echo "== import layers (lint-imports, pyproject.toml [tool.importlinter]) and cycles"
 .venv/bin/lint-imports
 .venv/bin/python scripts/import_cycles.py

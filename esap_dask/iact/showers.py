@@ -39,6 +39,7 @@ image is given.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,11 +86,11 @@ def interaction_length(energy: np.ndarray, mass: int, electromagnetic: bool) -> 
 
 def mean_xmax(energy: np.ndarray | float, card: Card) -> np.ndarray:
     """Heitler–Matthews ``<Xmax>`` in g/cm² for primaries of ``energy`` GeV of the card's type."""
-    e = np.asarray(energy, dtype=float)
+    e_gev = np.asarray(energy, dtype=float)
     if card.electromagnetic:
-        return X0 * np.log(e / XI_C)
+        return X0 * np.log(e_gev / XI_C)
     a = card.mass_number
-    per_nucleon = e / a
+    per_nucleon = e_gev / a
     nch = 41.2 * (per_nucleon / PEV) ** 0.2
     lam_i = np.clip(90.0 - 9.0 * np.log10(per_nucleon / PEV), 40.0, 120.0)
     return X0 * np.log(per_nucleon / (3.0 * nch * XI_C)) + lam_i * np.log(2.0)
@@ -108,7 +109,7 @@ def n_max(energy: np.ndarray, card: Card) -> np.ndarray:
     if not card.electromagnetic:
         a = card.mass_number
         e_em = energy * (1.0 - np.clip(energy / (a * XI_PI), 1.0, None) ** (BETA - 1.0))
-    ratio = np.clip(e_em / XI_C, np.e, None)
+    ratio = np.clip(e_em / XI_C, math.e, None)
     return 0.31 / np.sqrt(np.log(ratio)) * ratio
 
 
