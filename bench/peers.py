@@ -175,7 +175,8 @@ class Driver:
         self, contender: str, address: str, pipeline: str, items: list[Any], work: Path
     ) -> None:
         self.contender, self.pipeline, self.items = contender, pipeline, items
-        self.ids = [obs_id(x) for x in items]
+        # the ids the peers write (esap-dask makes its own: its driver's RSS holds none of these)
+        self.ids = [] if contender in (ESAP, RERUN) else [obs_id(x) for x in items]
         self.client: Any = None
         self.parsl: Any = None
         if contender == PARSL:

@@ -127,3 +127,73 @@ def test_new_rows_read_as_the_planned_rows_they_stand_for():
             slow.fingerprints,
             slow.attempts,
         )
+
+
+def test_run_numbers_are_held_as_numbers_and_read_as_observations():
+    """A list of run numbers is planned, batched and pickled as the numbers (issue 17, RSS)."""
+    from esap_dask.engine.execute import _batch, _pick
+    from esap_dask.engine.ledger import Ledger, plan
+    from esap_dask.engine.observations import (
+        Observation,
+        ObservationError,
+        RunNumbers,
+        as_observations,
+        fingerprint,
+        fingerprints,
+    )
+
+    numbers = [7, 3, 100_000, 12]
+    obs = as_observations(numbers)
+    assert isinstance(obs, RunNumbers)
+    made = [Observation.of(n) for n in numbers]
+    assert list(obs) == made and obs == made and obs[1] == made[1] and obs[-1] == made[-1]
+    assert list(obs[1:3]) == made[1:3] and obs.ids() == ["7", "3", "100000", "12"]
+    numbers.append(5)  # the caller's list changes while a run goes on: the run's does not
+    assert len(obs) == 4
+    fps = fingerprints(obs)
+    assert list(fps) == [fingerprint(o) for o in made] == list(fingerprints(made))
+    assert fps[2] == fingerprint(made[2]) and list(fps[1:]) == list(fps)[1:]
+    assert list(fingerprints(obs, content=True)) == list(fps)  # values: no content to hash
+
+    todo = plan(obs, fps, Ledger.empty(), param_hash="p", version="1").todo
+    batch = _batch(0, _pick(todo, [1, 2]))
+    again = pickle.loads(pickle.dumps(batch))  # what a worker receives
+    assert list(again.observations) == made[1:3] and list(again.fingerprints) == list(fps)[1:3]
+    assert again.rows.tolist() == [1, 2] and again.attempts == [0, 0]
+    big = as_observations(list(range(50_000)))
+    as_list = [Observation.of(n) for n in range(50_000)]
+    wide = plan(big, fingerprints(big), Ledger.empty(), param_hash="p", version="1").todo
+    slim = len(pickle.dumps(_batch(0, _pick(wide, list(range(50_000))))))
+    listed = plan(as_list, fingerprints(as_list), Ledger.empty(), param_hash="p", version="1")
+    full = len(pickle.dumps(_batch(0, _pick(listed.todo, list(range(50_000))))))
+    assert slim * 5 < full  # the numbers, not their ids and fingerprints
+
+    assert not isinstance(as_observations([1, True]), RunNumbers)  # bool: id "True"
+    assert not isinstance(as_observations([1, 2.5]), RunNumbers)
+    with pytest.raises(ObservationError, match="duplicate observation id '3'"):
+        as_observations([3, 4, 3])
+
+
+def test_a_run_over_run_numbers_keeps_its_ledger_as_a_list_would(tmp_path, client):
+    """Run numbers and the same values as Observation objects make the same store."""
+    from esap_dask.engine.observations import Observation, fingerprint
+
+    def la_fp(n: int) -> str:
+        return fingerprint(Observation.of(n))
+
+    a = map_observations("helloworld", [5, 1, 9, 2], tmp_path / "a.zarr", client=client)
+    b = map_observations(
+        "helloworld", [Observation.of(n) for n in (5, 1, 9, 2)], tmp_path / "b.zarr", client=client
+    )
+    assert (a.succeeded, b.succeeded) == (4, 4)
+    la, lb = esap_dask.ledger(tmp_path / "a.zarr"), esap_dask.ledger(tmp_path / "b.zarr")
+    assert la.index.tolist() == lb.index.tolist() == ["5", "1", "9", "2"]
+    assert la.fingerprint.tolist() == lb.fingerprint.tolist()
+    assert la.fingerprint.str.startswith("value:").all()
+    assert la.source.tolist() == lb.source.tolist() == ["5", "1", "9", "2"]
+    assert (la.status == "done").all() and (la.attempts == 1).all()
+    again = map_observations("helloworld", [5, 1, 9, 2, 4], tmp_path / "a.zarr", client=client)
+    assert (again.processed, again.skipped) == (1, 4)
+    doc = json.loads(Path(again.provenance).read_text())
+    assert [k for k in doc["entity"] if k.startswith("esap:input/")] == ["esap:input/4"]
+    assert doc["entity"]["esap:input/4"]["esap:fingerprint"] == la_fp(4)

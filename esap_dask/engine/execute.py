@@ -30,6 +30,7 @@ import numpy as np
 from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
 from esap_dask.engine.handle import cancel_tasks, current_control, drain
 from esap_dask.engine.ledger import FAILED, NewRows, Plan, PlannedRow, pack
+from esap_dask.engine.observations import RunNumbers, ValueFingerprints
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import (
     Batch,
@@ -125,8 +126,8 @@ def _batch(index: int, chosen: Sequence[Any]) -> Batch:
         return Batch(
             index=index,
             rows=np.arange(chosen.start, chosen.start + len(chosen), dtype=np.int64),
-            observations=_as_list(chosen.observations),
-            fingerprints=_as_list(chosen.fingerprints),
+            observations=_kept(chosen.observations),
+            fingerprints=_kept(chosen.fingerprints),
             attempts=[0] * len(chosen),
         )
     return Batch(
@@ -176,8 +177,11 @@ def _in_row_order(todo: Sequence[PlannedRow]) -> Sequence[PlannedRow]:
     return todo if isinstance(todo, NewRows) else sorted(todo, key=attrgetter("row"))
 
 
-def _as_list(values: Sequence[Any]) -> list[Any]:
-    return values if isinstance(values, list) else list(values)
+def _kept(values: Sequence[Any]) -> Sequence[Any]:
+    """``values`` as a list, unless made when read (run numbers stay numbers until pickled)."""
+    if isinstance(values, (list, RunNumbers, ValueFingerprints)):
+        return values
+    return list(values)
 
 
 def _pick(entries: Sequence[PlannedRow], positions: list[int]) -> Sequence[PlannedRow]:

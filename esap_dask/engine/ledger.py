@@ -55,7 +55,7 @@ from esap_dask.engine.ledger_layout import (  # re-exported: the ledger's one im
     pack,
     read_columns,
 )
-from esap_dask.engine.observations import Observation
+from esap_dask.engine.observations import Observation, RunNumbers
 from esap_dask.store import open_store, read_many, write_rows
 
 __all__ = [
@@ -244,7 +244,7 @@ class Plan:
     #: order for a list of new observations (:class:`NewRows`).
     todo: list[PlannedRow] | NewRows = field(default_factory=list)
     #: observations not yet in the store, to append (in order).
-    new: list[Observation] = field(default_factory=list)
+    new: list[Observation] | RunNumbers = field(default_factory=list)
     skipped: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
@@ -317,11 +317,21 @@ def plan(
     """
     result = Plan()
     n = len(observations)
-    ids = np.fromiter((o.id for o in observations), dtype=object, count=n)
-    rows = _rows_in_ledger(ids, ledger)
+    if not len(ledger.ids):  # a new store: no ids to look up (run numbers make none)
+        rows = np.full(n, -1, dtype=np.int64)
+    else:
+        ids = (
+            np.asarray(observations.ids(), dtype=object)
+            if isinstance(observations, RunNumbers)
+            else np.fromiter((o.id for o in observations), dtype=object, count=n)
+        )
+        rows = _rows_in_ledger(ids, ledger)
     known = rows >= 0
     r = rows[known]
-    fps = np.asarray(fingerprints, dtype=object)[known]
+    if isinstance(fingerprints, list):
+        fps = np.asarray(fingerprints, dtype=object)[known]
+    else:  # computed when read (run numbers): only those of known rows
+        fps = np.asarray([fingerprints[i] for i in np.flatnonzero(known).tolist()], dtype=object)
     status = ledger.status[r]
     same = (
         (ledger.version[r] == version)
@@ -342,17 +352,21 @@ def plan(
     attempts = ledger.attempts
     all_new = not known.any()
     if all_new:  # a new store, or a new list: every row new, in order (0.10 -> 0.05 s at 100,000)
-        result.new = observations if isinstance(observations, list) else list(observations)
+        if isinstance(observations, (list, RunNumbers)):  # run numbers stay unmade
+            result.new = observations
+        else:
+            result.new = list(observations)
         result.todo = NewRows(next_row, result.new, fingerprints)
         result.reasons["new"] = n
         next_row += n
     redo = [] if all_new else np.flatnonzero(~known | (reasons != "")).tolist()
     listed: list[PlannedRow] = []
+    added: list[Observation] = []
     for i in redo:
         obs = observations[i]
         if rows[i] < 0:
             listed.append(PlannedRow(next_row, obs, fingerprints[i], 0, "new"))
-            result.new.append(obs)
+            added.append(obs)
             result.reasons["new"] += 1
             next_row += 1
             continue
@@ -364,7 +378,7 @@ def plan(
         listed.append(PlannedRow(int(rows[i]), obs, fingerprints[i], tried, why))
         result.reasons[why] += 1
     if not all_new:
-        result.todo = listed
+        result.todo, result.new = listed, added
     result.skipped = n - len(result.todo)
     if result.reasons["version"]:
         result.notes.append(

@@ -46,7 +46,12 @@ from esap_dask.engine.ledger import (
     reopen,
 )
 from esap_dask.engine.migrate import migrate
-from esap_dask.engine.observations import Observation, as_observations, fingerprints
+from esap_dask.engine.observations import (
+    Observation,
+    RunNumbers,
+    as_observations,
+    fingerprints,
+)
 from esap_dask.engine.remote import input_options
 from esap_dask.engine.summary import RunSummary, summarise
 from esap_dask.engine.task import BatchReport, RunContext, call_on
@@ -427,7 +432,8 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                 pipe = _as_pipeline(pipeline, cl, obs_list, in_opts)
                 resolved = pipe.resolve(params)
             schema = pipe.output_schema(resolved)
-            new_ids = [o.id for o in todo.new]
+            new = todo.new
+            new_ids = new.ids() if isinstance(new, RunNumbers) else [o.id for o in new]
             if group is None:
                 layout = choose_layout(
                     schema, len(obs_list), nthreads(cl), chunk=chunk, shard=shard
@@ -440,6 +446,7 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                 layout = run_store.layout
                 if new_ids:
                     append_observations(group, new_ids)
+            del new_ids  # run numbers' ids are made for the store, not kept for the run
             reopen(group, todo, ledger)  # rows to redo: pending until rewritten
             ctx = RunContext(
                 store=store,
@@ -525,7 +532,7 @@ def _observations(
     input_storage_options: Mapping[str, Any] | None,
     facility: str,
     content_hash: bool,
-) -> tuple[list[Observation], dict[str, Any], list[str]]:
+) -> tuple[Sequence[Observation], dict[str, Any], Sequence[str]]:
     """The run's observations, the fsspec options of its URLs, and their fingerprints."""
     with gc_paused():
         obs_list = as_observations(
@@ -534,7 +541,8 @@ def _observations(
             input_storage_options=input_storage_options,
             facility=facility,
         )
-        urls = [o.value for o in obs_list if o.kind == "url"]
+        numbers = isinstance(obs_list, RunNumbers)
+        urls = [] if numbers else [o.value for o in obs_list if o.kind == "url"]
         in_opts = input_options(urls, facility, input_storage_options) if urls else {}
         fps = fingerprints(obs_list, content=content_hash, input_options=in_opts)
     return obs_list, in_opts, fps
@@ -542,8 +550,8 @@ def _observations(
 
 def _dry_run(
     pipeline: Any,
-    obs_list: list[Observation],
-    fps: list[str],
+    obs_list: Sequence[Observation],
+    fps: Sequence[str],
     run_store: RunStore,
     params: Mapping[str, Any] | None,
     force: bool,

@@ -164,8 +164,14 @@ def build_document(
     return doc
 
 
-#: Inputs encoded at a time: the document of a run over 100,000 files is never whole in memory.
+#: Inputs read from the ledger at a time (whole chunks of it, about this many rows): the
+#: document of a run over 100,000 files is never whole in memory.
 _INPUTS_AT_ONCE = 5000
+
+#: Inputs rendered as one piece of text: a block of ledger chunks of 12,500 rows rendered
+#: at once held 9 MiB of text (its parts, the joined text and its bytes), the driver's
+#: peak of a 100,000-observation run once run numbers were no longer held as objects.
+_TEXT_ROWS = 2000
 
 
 def _dumps(value: Any) -> str:
@@ -198,16 +204,19 @@ def encode_document(
     sep = "," if fixed else ""
     used: list[np.ndarray] = []  # the ids, for the usages after the entities
     for block in blocks:
-        if len(block["id"]):
-            yield sep + _entity_members(block)
-            used.append(block["id"])
+        n = len(block["id"])
+        for lo in range(0, n, _TEXT_ROWS):
+            yield sep + _entity_members({k: v[lo : lo + _TEXT_ROWS] for k, v in block.items()})
             sep = ","
+        if n:
+            used.append(block["id"])
     fixed = _members(doc["used"])
     yield f'}},"used":{{{fixed}'
     sep = "," if fixed else ""
     for ids in used:
-        yield sep + _used_members(run, ids)
-        sep = ","
+        for lo in range(0, len(ids), _TEXT_ROWS):
+            yield sep + _used_members(run, ids[lo : lo + _TEXT_ROWS])
+            sep = ","
     yield "}}"
 
 
@@ -261,6 +270,7 @@ def _input_blocks(
     of the driver's memory while the document was written (tracemalloc).
     """
     from esap_dask.engine.ledger import NewRows, read_columns
+    from esap_dask.engine.observations import ValueFingerprints
 
     if isinstance(todo, NewRows):  # in row order already; read by column, no row objects
         rows = np.arange(todo.start, todo.start + len(todo), dtype=np.int64)
@@ -273,6 +283,10 @@ def _input_blocks(
         fingerprints = [entry.fingerprint for entry in todo]
     if not len(order):
         return
+    # run numbers' fingerprints are computed when read: the ledger has them, as the workers
+    # computed them (one decode of a chunk instead of a hash per input)
+    recorded = isinstance(fingerprints, ValueFingerprints)
+    names = ["run", "checksum", "fingerprint"] if recorded else ["run", "checksum"]
     block = _block_rows(group)
     keys = rows[order] // block
     cuts = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(order)]
@@ -280,14 +294,18 @@ def _input_blocks(
         part = order[lo:hi]
         r = rows[part]
         first = int(r[0])
-        cols = read_columns(group, ["run", "checksum"], rows=slice(first, int(r[-1]) + 1))
+        cols = read_columns(group, names, rows=slice(first, int(r[-1]) + 1))
         local = r - first
         ran = np.flatnonzero(cols["run"][local] == run_id)  # not cancelled
         done = part[ran].tolist()
         yield {  # what the driver knows; the checksums were computed by the workers
             "id": np.asarray([observations[k].id for k in done], dtype=object),
             "source": np.asarray([str(observations[k].value) for k in done], dtype=object),
-            "fingerprint": np.asarray([fingerprints[k] for k in done], dtype=object),
+            "fingerprint": (
+                cols["fingerprint"][local[ran]].astype(object)
+                if recorded
+                else np.asarray([fingerprints[k] for k in done], dtype=object)
+            ),
             "checksum": cols["checksum"][local[ran]].astype(object),
         }
 
