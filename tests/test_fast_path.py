@@ -24,6 +24,7 @@ from esap_dask.engine.task import BatchReport
 
 HERE = Path(__file__).parent
 PICKY = str(HERE / "pipelines" / "picky.py")
+UNEVEN = str(HERE / "pipelines" / "uneven.py")
 ROOT = HERE.parent
 
 
@@ -55,6 +56,21 @@ def test_a_probed_tiny_run_processes_every_observation_once(tmp_path, client):
     assert ds["size"].values.tolist() == [len(str(i)) for i in range(400)]
     more = map_observations("helloworld", range(420), store, client=client)
     assert (more.processed, more.skipped) == (20, 400)
+
+
+def test_the_rest_of_a_probed_run_goes_to_every_worker(tmp_path, client):
+    """Planned while the other probe still runs, the rest is not all given to one worker.
+
+    The probes are rows 0..9 (0.1 s) and 10..19 (0.5 s); the 60 rows after them are two
+    batches of 0.6 s. Submitted at once, both went to the worker of the fast probe, one
+    after the other, while the other worker sat idle once its probe ended.
+    """
+    store = tmp_path / "u.zarr"
+    summary = map_observations(UNEVEN, range(80), store, client=client, chunk=10)
+    assert (summary.succeeded, summary.failed) == (80, 0)
+    ledger = esap_dask.ledger(store)
+    assert set(ledger.worker.iloc[20:]) == {str(w) for w in ledger.worker.iloc[:20]}
+    assert len(set(ledger.worker.iloc[20:])) == 2
 
 
 def test_probes_then_tasks_sized_from_the_measured_time():
