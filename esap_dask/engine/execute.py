@@ -288,7 +288,7 @@ def execute(
         The rest of a probed run is planned when the first probe ends, while the others
         still run. Submitted at once, the scheduler gave them all to the one idle worker:
         on 105 H.E.S.S. files both batches of the rest ran on one worker, one after the
-        other, while the other worker sat idle (1.66-1.70 s a run, against 1.05-1.10 s for
+        other, while the other worker sat idle (1.66-1.70 s a run, against 1.05-1.21 s for
         the same work in batches all submitted at the start; docs/benchmarks/profiles.md).
         Fed as threads free up, each goes to a worker that is free.
         """
