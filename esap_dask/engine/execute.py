@@ -31,7 +31,7 @@ import numpy as np
 from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
 from esap_dask.engine.handle import cancel_tasks, current_control, drain
 from esap_dask.engine.ledger import FAILED, NewRows, Plan, PlannedRow, pack
-from esap_dask.engine.observations import RunNumbers, ValueFingerprints
+from esap_dask.engine.observations import MadeWhenRead
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import (
     Batch,
@@ -180,7 +180,7 @@ def _in_row_order(todo: Sequence[PlannedRow]) -> Sequence[PlannedRow]:
 
 def _kept(values: Sequence[Any]) -> Sequence[Any]:
     """``values`` as a list, unless made when read (run numbers stay numbers until pickled)."""
-    if isinstance(values, (list, RunNumbers, ValueFingerprints)):
+    if isinstance(values, (list, MadeWhenRead)):
         return values
     return list(values)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from itertools import repeat
 from pathlib import Path
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple, Self, TypeVar, overload
 
 import dask.config
 
@@ -40,6 +40,8 @@ __all__ = [
     "parse_range",
     "sha256_file",
 ]
+
+T = TypeVar("T")
 
 #: Files with these suffixes given as ``--observations`` are read as lists, one entry a line.
 
@@ -81,7 +83,52 @@ class Observation(NamedTuple):
         return cls(id=str(item), value=item, kind="value")
 
 
-class RunNumbers(Sequence[Observation]):
+class MadeWhenRead(Sequence[T]):
+    """A sequence of items made from plain values each time one is read (base class).
+
+    Slices are of the same class, over a slice of the values; two are equal when they
+    read as equal items (to lists too).
+    """
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Sequence[Any]) -> None:
+        self.values = values
+
+    @staticmethod
+    def make(value: Any) -> T:
+        """The item of one value."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Self: ...
+
+    def __getitem__(self, index: int | slice) -> T | Self:
+        if isinstance(index, slice):
+            return type(self)(self.values[index])
+        return self.make(self.values[index])
+
+    def __iter__(self) -> Iterator[T]:
+        return map(self.make, self.values)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is type(self):
+            return list(self.values) == list(other.values)
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which do not hash
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.values!r})"
+
+
+class RunNumbers(MadeWhenRead[Observation]):
     """Run numbers (plain ``int``s, or a ``range``) as observations, each made when read.
 
     A run over a list of run numbers held one :class:`Observation` tuple, one id string
@@ -92,83 +139,33 @@ class RunNumbers(Sequence[Observation]):
     fingerprints of its own rows.
     """
 
-    __slots__ = ("numbers",)
+    __slots__ = ()
+    values: range | tuple[int, ...]
 
-    def __init__(self, numbers: range | tuple[int, ...]) -> None:
-        self.numbers = numbers
-
-    def __len__(self) -> int:
-        return len(self.numbers)
-
-    @overload
-    def __getitem__(self, index: int) -> Observation: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> RunNumbers: ...
-
-    def __getitem__(self, index: int | slice) -> Observation | RunNumbers:
-        if isinstance(index, slice):
-            return RunNumbers(self.numbers[index])
-        number = self.numbers[index]
-        return _value(str(number), number)
-
-    def __iter__(self) -> Iterator[Observation]:
-        return map(_value, map(str, self.numbers), self.numbers)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RunNumbers):
-            return list(self.numbers) == list(other.numbers)
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]  # equal to lists, which do not hash
-
-    def __repr__(self) -> str:
-        return f"RunNumbers({self.numbers!r})"
+    @staticmethod
+    def make(value: Any) -> Observation:
+        return _value(str(value), value)
 
     def ids(self) -> list[str]:
         """The observation ids, in order (no observation made)."""
-        return list(map(str, self.numbers))
+        return list(map(str, self.values))
 
     def fingerprints(self) -> ValueFingerprints:
         """The fingerprints of the numbers, each computed when read."""
-        return ValueFingerprints(self.numbers)
+        return ValueFingerprints(self.values)
 
 
-class ValueFingerprints(Sequence[str]):
+class ValueFingerprints(MadeWhenRead[str]):
     """The fingerprints of plain values (:func:`fingerprint` of a value), each computed when read.
 
     See :class:`RunNumbers`: a list of them held 7.6 MiB at 100,000 run numbers.
     """
 
-    __slots__ = ("values",)
+    __slots__ = ()
 
-    def __init__(self, values: Sequence[Any]) -> None:
-        self.values = values
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> ValueFingerprints: ...
-
-    def __getitem__(self, index: int | slice) -> str | ValueFingerprints:
-        if isinstance(index, slice):
-            return ValueFingerprints(self.values[index])
-        return _value_fingerprint(self.values[index])
-
-    def __iter__(self) -> Iterator[str]:
-        return map(_value_fingerprint, self.values)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"ValueFingerprints({self.values!r})"
+    @staticmethod
+    def make(value: Any) -> str:
+        return _value_fingerprint(value)
 
 
 class ObservationIndex(NamedTuple):

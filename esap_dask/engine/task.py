@@ -111,8 +111,8 @@ class Batch:
             # the rows and attempts of new observations (consecutive, none) from their count
             rows, n = self.rows, len(self.rows)
             if n and int(rows[-1]) - int(rows[0]) == n - 1 and not attempts.any():
-                return _new_batch_of_numbers, (self.index, int(rows[0]), obs.numbers)
-            return _batch_of_numbers, (self.index, rows, obs.numbers, attempts)
+                return _new_batch_of_numbers, (self.index, int(rows[0]), obs.values)
+            return _batch_of_numbers, (self.index, rows, obs.values, attempts)
         # by column: a list of 1,000s of named tuples pickles 5x slower than its columns
         columns = tuple(map(list, zip(*obs, strict=True)))
         return _batch_of_columns, (self.index, self.rows, columns, list(fps), attempts)
