@@ -9,6 +9,7 @@ log (lines) and the handle (counts).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import select
@@ -149,16 +150,27 @@ def test_cancel_leaves_a_store_whose_next_run_does_the_rest(
     else:  # the batches running when cancelled committed without a report
         assert committed >= first.succeeded
     assert (status == "pending").sum() == n - committed and committed < n
+    # its provenance names as inputs the observations it committed, not those left pending
+    assert first.provenance is not None
+    assert _inputs(first.provenance) == set(status.index[status == "done"])
 
     second = esap_dask.map_observations(
         pipeline, list(range(1, n + 1)), store, client=client, progress=False
     )
     assert (second.processed, second.skipped) == (n - committed, committed)
+    assert _inputs(second.provenance) == set(status.index[status == "pending"])
     ds, table = xr.open_zarr(store), esap_dask.ledger(store)
     assert (table.status == "done").all() and (table.attempts == 1).all()
     assert sorted(float(v) for v in ds.v.values) == [float(i) for i in range(1, n + 1)]
     ran = sorted(int(p.name.split("-")[0]) for p in calls.iterdir())
     assert ran == list(range(1, n + 1))  # each observation ran once over the two runs
+
+
+def _inputs(provenance: str | None) -> set[str]:
+    """The names of the inputs a run's provenance document lists."""
+    assert provenance is not None
+    doc = json.loads(Path(provenance).read_text())
+    return {e["voprov:name"] for k, e in doc["entity"].items() if k.startswith("esap:input/")}
 
 
 def test_summary_html_escapes_and_bounds_the_failures(tmp_path: Path, client) -> None:

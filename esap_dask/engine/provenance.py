@@ -259,18 +259,21 @@ def _entity_members(inputs: Mapping[str, np.ndarray]) -> str:
     return ",".join(parts)
 
 
-def _input_blocks(
-    group: Any, todo: Sequence[PlannedRow], run_id: str
-) -> Iterator[Mapping[str, np.ndarray]]:
-    """The inputs of run ``run_id`` among ``todo``, a block of rows at a time, in row order.
+def _input_blocks(group: Any, todo: Sequence[PlannedRow]) -> Iterator[Mapping[str, np.ndarray]]:
+    """The inputs of the run that planned ``todo``, a block of rows at a time, in row order.
 
-    A planned row is an input when its ledger row names this run (a cancelled run's
-    rows that never started do not). The ledger is read one block of rows at a time:
-    read whole, its run and checksum columns of a 100,000-observation run held 25 MiB
-    of the driver's memory while the document was written (tracemalloc).
+    A planned row is an input when its ledger row is committed (done or failed): the
+    driver marked every planned row pending before the first task
+    (:func:`esap_dask.engine.ledger.reopen`), so a committed one was committed by this run,
+    and a cancelled run's rows that never started are still pending. The ledger is read
+    one block of rows at a time: read whole, the columns of a 100,000-observation run held
+    25 MiB of the driver's memory while the document was written (tracemalloc). Only
+    ``status`` (one byte a row) is read, ``checksum`` when inputs are files or URLs, and the
+    fingerprints of plain values: reading the run id as well decoded the ledger's
+    ``record`` strings (seven fields a row) for every run.
     """
-    from esap_dask.engine.ledger import NewRows, read_columns
-    from esap_dask.engine.observations import ValueFingerprints
+    from esap_dask.engine.ledger import PENDING, NewRows, read_columns
+    from esap_dask.engine.observations import RunNumbers, ValueFingerprints
 
     if isinstance(todo, NewRows):  # in row order already; read by column, no row objects
         rows = np.arange(todo.start, todo.start + len(todo), dtype=np.int64)
@@ -283,10 +286,12 @@ def _input_blocks(
         fingerprints = [entry.fingerprint for entry in todo]
     if not len(order):
         return
-    # run numbers' fingerprints are computed when read: the ledger has them, as the workers
+    numbers = observations.values if isinstance(observations, RunNumbers) else None
+    files = numbers is None and any(o.kind != "value" for o in observations)
+    # values' fingerprints are computed when read: the ledger has them, as the workers
     # computed them (one decode of a chunk instead of a hash per input)
     recorded = isinstance(fingerprints, ValueFingerprints)
-    names = ["run", "checksum", "fingerprint"] if recorded else ["run", "checksum"]
+    names = ["status", *(["checksum"] if files else []), *(["fingerprint"] if recorded else [])]
     block = _block_rows(group)
     keys = rows[order] // block
     cuts = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(order)]
@@ -296,17 +301,27 @@ def _input_blocks(
         first = int(r[0])
         cols = read_columns(group, names, rows=slice(first, int(r[-1]) + 1))
         local = r - first
-        ran = np.flatnonzero(cols["run"][local] == run_id)  # not cancelled
+        ran = np.flatnonzero(cols["status"][local] != PENDING)  # committed by this run
         done = part[ran].tolist()
+        if numbers is not None:  # a run number's id and location are its text
+            ids = np.asarray([str(numbers[k]) for k in done], dtype=object)
+            sources = ids
+        else:
+            ids = np.asarray([observations[k].id for k in done], dtype=object)
+            sources = np.asarray([str(observations[k].value) for k in done], dtype=object)
         yield {  # what the driver knows; the checksums were computed by the workers
-            "id": np.asarray([observations[k].id for k in done], dtype=object),
-            "source": np.asarray([str(observations[k].value) for k in done], dtype=object),
+            "id": ids,
+            "source": sources,
             "fingerprint": (
                 cols["fingerprint"][local[ran]].astype(object)
                 if recorded
                 else np.asarray([fingerprints[k] for k in done], dtype=object)
             ),
-            "checksum": cols["checksum"][local[ran]].astype(object),
+            "checksum": (
+                cols["checksum"][local[ran]].astype(object)
+                if files
+                else np.full(len(done), "", dtype=object)
+            ),
         }
 
 
@@ -364,9 +379,7 @@ def record_run(
     fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(fs_path, "wb") as f:
-        for piece in encode_document(
-            doc, summary.run_id, _input_blocks(group, todo, summary.run_id)
-        ):
+        for piece in encode_document(doc, summary.run_id, _input_blocks(group, todo)):
             f.write(piece.encode())
             crash_point("provenance")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
     run_store.add_run(
