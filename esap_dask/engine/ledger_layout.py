@@ -25,6 +25,7 @@ layout (``ledger_<column>`` arrays beside the products) are read as they are
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -135,9 +136,20 @@ ARRAYS = Schema(
 )
 
 
+#: The in-memory dtype of text columns a task builds: numpy's ``StringDType``, the dtype
+#: zarr converts text to before it encodes it. Built as ``object`` arrays, zarr converted
+#: each before writing: one ``record`` write of 7,500 rows took 13.2-13.7 ms built as
+#: ``object`` against 9.8-10.2 ms built as text (zarr 3.1.6, medians of 15).
+TEXT = np.dtypes.StringDType()
+
+
+def _dtype(var: Variable) -> np.dtype[Any]:
+    return TEXT if var.dtype == "str" else var.numpy_dtype
+
+
 def blank(n: int) -> dict[str, np.ndarray]:
     """``n`` rows of every ledger column, at their fill values (to be filled in)."""
-    return {v.name: np.full(n, v.fill, dtype=v.numpy_dtype) for v in COLUMNS}
+    return {v.name: np.full(n, v.fill, dtype=_dtype(v)) for v in COLUMNS}
 
 
 def pack(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -156,8 +168,7 @@ def pack(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             continue
         if not any(c in columns for c in cols):
             continue
-        dtype = _COLUMN[cols[0]].numpy_dtype
-        block = np.empty((n, len(cols)), dtype=dtype)
+        block = np.empty((n, len(cols)), dtype=_dtype(_COLUMN[cols[0]]))
         for k, col in enumerate(cols):
             block[:, k] = columns[col] if col in columns else _COLUMN[col].fill
         out[f"{LEDGER_GROUP}/{name}"] = block

@@ -41,6 +41,7 @@ import numpy as np
 import zarr
 
 from esap_dask.engine.ledger import DONE, FAILED, blank, pack, read_columns
+from esap_dask.engine.ledger_layout import TEXT
 from esap_dask.engine.observations import (
     Observation,
     RunNumbers,
@@ -525,7 +526,8 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     for last in bounds:  # positions first..last: whole write units
         size = last - first + 1
         buffers = {  # every row is assigned below: a product or its fill value
-            slot.name: np.empty((size, *slot.shape), dtype=slot.dtype) for slot in slots
+            slot.name: np.empty((size, *slot.shape), dtype=TEXT if slot.text else slot.dtype)
+            for slot in slots
         }
         for i in range(size):
             failure = _process(ctx, batch.observations[first + i], buffers, i, ledger, first + i)

@@ -700,7 +700,7 @@ def write_rows(
     lo, hi = runs[0][0], runs[-1][1]
 
     def write(arr: zarr.Array, values: np.ndarray) -> None:
-        row_bytes = values[0].nbytes if values.dtype.kind != "O" else 64
+        row_bytes = values[0].nbytes if values.dtype.kind not in "OT" else 64  # text: ~64
         if len(runs) > 1 and (hi - lo) * max(1, row_bytes) <= PATCH_BYTES:
             block = np.asarray(arr[lo:hi])
             block[rows - lo] = values
