@@ -252,6 +252,29 @@ def test_provenance_document(tmp_path, client):
     assert runs[-1]["provenance"] == summary.provenance and runs[-1]["user"] == "alice"
 
 
+@pytest.mark.parametrize(
+    "name", ['quote"d.dat', "back\\slash.dat", "ünïcode.dat", "new\nline.dat", "plain.dat"]
+)
+def test_provenance_is_valid_json_whatever_the_input_names(tmp_path, client, name):
+    """File names are any bytes a file system allows: the document stays JSON, names exact."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    files = [folder / name, folder / "other.dat"]
+    for f in files:
+        f.write_text("x")
+    summary = map_observations(
+        "helloworld", [str(f) for f in files], tmp_path / "p.zarr", client=client
+    )
+    assert summary.succeeded == 2
+    doc = json.loads(Path(summary.provenance).read_text())  # valid JSON, or this raises
+    inputs = {k: e for k, e in doc["entity"].items() if k.startswith("esap:input/")}
+    assert {e["voprov:name"] for e in inputs.values()} == {name, "other.dat"}
+    assert {e["prov:location"] for e in inputs.values()} == {str(f) for f in files}
+    used = {u["prov:entity"] for u in doc["used"].values()}
+    assert used == set(inputs) == {"esap:input/" + name, "esap:input/other.dat"}
+    assert set(doc["used"]) == {"_:used-" + name, "_:used-other.dat"}
+
+
 def test_nothing_to_do_starts_no_cluster(tmp_path, client):
     store = tmp_path / "s.zarr"
     map_observations("helloworld", range(3), store, client=client)

@@ -52,6 +52,7 @@ from esap_dask.engine.ledger_layout import (  # re-exported: the ledger's one im
     PENDING,
     STATUS_NAMES,
     blank,
+    column_reader,
     pack,
     read_columns,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "Plan",
     "PlannedRow",
     "blank",
+    "column_reader",
     "fill_given_up",
     "fill_last_errors",
     "pack",

@@ -24,7 +24,7 @@ layout (``ledger_<column>`` arrays beside the products) are read as they are
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,7 @@ __all__ = [
     "STATUS_FLAGS",
     "STATUS_NAMES",
     "blank",
+    "column_reader",
     "pack",
     "read_columns",
 ]
@@ -184,20 +185,43 @@ def read_columns(
     earlier layout (``ledger_<column>`` arrays) is read as it is.
     """
     sub = ledger_group(group)
-    where = rows if rows is not None else slice(None)
     if sub is None:
         if f"ledger_{names[0]}" not in group:
             raise StoreError(f"{group.store}: has no ledger; is it an esap-dask store?")
         if rows is None:
             found = read_many(group, [f"ledger_{n}" for n in names])
         else:
-            found = [np.asarray(array(group, f"ledger_{n}")[where]) for n in names]
+            found = [np.asarray(array(group, f"ledger_{n}")[rows]) for n in names]
         return dict(zip(names, found, strict=True))
     arrays = sorted({_WHERE[n][0] for n in names})
     if rows is None:
         values = dict(zip(arrays, read_many(sub, arrays), strict=True))
-    else:
-        values = {a: np.asarray(array(sub, a)[where]) for a in arrays}
+        return _columns(names, values)
+    return column_reader(group, names, sub)(rows)
+
+
+def column_reader(
+    group: zarr.Group, names: Sequence[str], sub: zarr.Group | None = None
+) -> Callable[[slice], dict[str, np.ndarray]]:
+    """A reader of the ledger columns ``names`` of ``group`` at given rows, its arrays opened once.
+
+    For a caller that reads a block of rows at a time (a run's provenance): each array
+    looked up again per block read its metadata again (8 blocks at 100,000 observations,
+    45 ms of a 0.32 s provenance record, pyinstrument).
+    """
+    sub = sub if sub is not None else ledger_group(group)
+    if sub is None:  # the earlier layout: each column is an array of its own
+        return lambda rows: read_columns(group, names, rows)
+    opened = {a: array(sub, a) for a in sorted({_WHERE[n][0] for n in names})}
+
+    def read_rows(rows: slice) -> dict[str, np.ndarray]:
+        return _columns(names, {a: np.asarray(arr[rows]) for a, arr in opened.items()})
+
+    return read_rows
+
+
+def _columns(names: Sequence[str], values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The columns ``names`` out of the packed arrays' ``values``."""
     out = {}
     for n in names:
         name, k = _WHERE[n]

@@ -230,11 +230,14 @@ def _used_members(run: str, ids: np.ndarray) -> str:
     """JSON members: the usages of inputs ``ids`` by ``run``.
 
     Written from templates with json's own C string escaper: building a dict per input
-    and encoding it took a fifth of a 100,000-observation run.
+    and encoding it took a fifth of a 100,000-observation run. (Its call, 48 ns, is
+    barely slower than a bare f-string, 35 ns; ``'"{}"'.format`` took 104 ns.) Every
+    name is escaped, the usage's own too: a file named with a quote, a backslash or a
+    newline made the document invalid JSON.
     """
     head = f'{{"prov:activity":{_quote(run)},"prov:entity":'
     return ",".join(
-        f'"_:used-{i}":{head}{_quote("esap:input/" + i)},"prov:role":"voprov:input"}}'
+        f'{_quote("_:used-" + i)}:{head}{_quote("esap:input/" + i)},"prov:role":"voprov:input"}}'
         for i in ids.tolist()
     )
 
@@ -272,7 +275,7 @@ def _input_blocks(group: Any, todo: Sequence[PlannedRow]) -> Iterator[Mapping[st
     fingerprints of plain values: reading the run id as well decoded the ledger's
     ``record`` strings (seven fields a row) for every run.
     """
-    from esap_dask.engine.ledger import PENDING, NewRows, read_columns
+    from esap_dask.engine.ledger import PENDING, NewRows, column_reader
     from esap_dask.engine.observations import RunNumbers, ValueFingerprints
 
     if isinstance(todo, NewRows):  # in row order already; read by column, no row objects
@@ -292,6 +295,7 @@ def _input_blocks(group: Any, todo: Sequence[PlannedRow]) -> Iterator[Mapping[st
     # computed them (one decode of a chunk instead of a hash per input)
     recorded = isinstance(fingerprints, ValueFingerprints)
     names = ["status", *(["checksum"] if files else []), *(["fingerprint"] if recorded else [])]
+    read = column_reader(group, names)
     block = _block_rows(group)
     keys = rows[order] // block
     cuts = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(order)]
@@ -299,7 +303,7 @@ def _input_blocks(group: Any, todo: Sequence[PlannedRow]) -> Iterator[Mapping[st
         part = order[lo:hi]
         r = rows[part]
         first = int(r[0])
-        cols = read_columns(group, names, rows=slice(first, int(r[-1]) + 1))
+        cols = read(slice(first, int(r[-1]) + 1))
         local = r - first
         ran = np.flatnonzero(cols["status"][local] != PENDING)  # committed by this run
         done = part[ran].tolist()
