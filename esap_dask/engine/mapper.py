@@ -32,7 +32,7 @@ import esap_dask.config  # noqa: F401 - Dask's configuration paths, for the rece
 from esap_dask.catalogs.workflows import get_pipeline, pipeline_dirs
 from esap_dask.deploy.protocol import worker_jobs
 from esap_dask.engine import provenance, receipt
-from esap_dask.engine.execute import TASKS_PER_THREAD, execute, gc_paused, nthreads
+from esap_dask.engine.execute import execute, gc_paused, nthreads
 from esap_dask.engine.handle import RunHandle
 from esap_dask.engine.ledger import (
     ARRAYS,
@@ -69,8 +69,17 @@ from esap_dask.store.run import RunStore
 
 __all__ = ["RunSummary", "choose_layout", "map_observations"]
 
-#: Target uncompressed size of one chunk, in bytes.
-CHUNK_BYTES = 8 * 2**20
+#: Target uncompressed size of one chunk (of all products and the ledger of its rows), in
+#: bytes. A run pays zarr's cost per chunk of every array (about 0.5-1 ms each): at 100,000
+#: tiny observations, 32 MiB chunks (8 write units) against 8 MiB (13) took 0.905 s against
+#: 0.968, and 2,000 realistic files 22.1 s against 23.7 (interleaved A/B, medians of 10 and
+#: 3 runs, load 2.0-2.5). A task buffers at most one unit, or ``FLUSH_BYTES``, of products.
+CHUNK_BYTES = 32 * 2**20
+#: Write units of a new store's first run, per thread (at most; see :func:`choose_layout`).
+#: Two a thread ran 10,000 tiny observations 20% faster and 105 H.E.S.S. files 5% (fewer
+#: chunks, no probes), but doubled what a cancel waits for and a lost worker loses on a
+#: long run of few threads: not taken (docs/benchmarks/profiles.md, session 8).
+UNITS_PER_THREAD = 4
 
 
 def choose_layout(
@@ -84,9 +93,11 @@ def choose_layout(
     """The chunk (and shard) size along ``obs`` for a new store.
 
     By default a chunk holds about :data:`CHUNK_BYTES` of products, but no more
-    than a fair share of the first run (``n_obs / (4 * nthreads)``) so that every
-    thread gets work. With ``shard`` and no ``chunk``, chunks are about a tenth
-    of a shard, so one observation can be read without reading the whole shard.
+    than a fair share of the first run (``n_obs / (4 * nthreads)``, :data:`UNITS_PER_THREAD`)
+    so that every thread gets work, and the first tasks can be timed before the rest are
+    sized (:func:`esap_dask.engine.execute.execute`). With ``shard`` and no ``chunk``,
+    chunks are about a tenth of a shard, so one observation can be read without reading
+    the whole shard.
     """
     per_obs = schema.bytes_per_observation() + 64 * len(COLUMNS)  # the ledger, as ever
     by_bytes = max(1, CHUNK_BYTES // per_obs)
@@ -96,7 +107,8 @@ def choose_layout(
             chunk = max(d for d in range(1, cap + 1) if shard % d == 0)
         return StoreLayout(chunk=chunk, shard=shard)
     if chunk is None:
-        chunk = min(by_bytes, max(1, math.ceil(n_obs / (TASKS_PER_THREAD * max(1, nthreads)))))
+        share = math.ceil(n_obs / (UNITS_PER_THREAD * max(1, nthreads)))
+        chunk = min(by_bytes, max(1, share))
     return StoreLayout(chunk=chunk)
 
 
