@@ -275,6 +275,22 @@ def test_provenance_is_valid_json_whatever_the_input_names(tmp_path, client, nam
     assert set(doc["used"]) == {"_:used-" + name, "_:used-other.dat"}
 
 
+def test_a_file_name_that_is_not_utf8_is_named_and_nothing_is_written(tmp_path):
+    """Bytes of another encoding in a file name: a clear error naming it, no store, no trace."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ok.dat").write_text("x")
+    bad = os.fsencode(folder) + b"/caf\xe9.dat"  # latin-1, not UTF-8
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    store = tmp_path / "s.zarr"
+    with pytest.raises(ObservationError) as err:
+        map_observations("helloworld", str(folder / "*.dat"), store)
+    assert "caf\\xe9.dat" in str(err.value) and "rename the file" in str(err.value)
+    assert str(folder) in str(err.value)  # the whole path: where it is
+    assert not store.exists()
+
+
 def test_nothing_to_do_starts_no_cluster(tmp_path, client):
     store = tmp_path / "s.zarr"
     map_observations("helloworld", range(3), store, client=client)

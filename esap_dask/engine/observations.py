@@ -376,6 +376,7 @@ def as_observations(
     if not observations:
         raise ObservationError(f"the observation list {spec!r} is empty")
     check_unique(observations)
+    check_text(observations)
     return observations
 
 
@@ -389,6 +390,35 @@ def _observation(item: Any) -> Observation:
     if kind is int:
         return _value(str(item), item)
     return item if kind is Observation else Observation.of(item)
+
+
+def check_text(observations: Sequence[Observation]) -> None:
+    """Raise ObservationError naming the first observation whose name or path is not text.
+
+    The store keeps ids and locations as UTF-8. A file name that is not valid UTF-8 (bytes
+    of another encoding) reaches Python with surrogates in it, and the run stopped with a
+    ``UnicodeEncodeError`` traceback from zarr while it created the store. Checked on the
+    joined texts first: one encode for the whole list.
+    """
+    ids = "\0".join(o.id for o in observations)
+    sources = "\0".join(str(o.value) for o in observations)
+    try:
+        ids.encode()
+        sources.encode()
+        return
+    except UnicodeEncodeError:
+        pass
+    for obs in observations:
+        for text in (str(obs.value), obs.id):  # the path first: it says where
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+                raise ObservationError(
+                    f"{shown}: this observation's name is not valid UTF-8 (a file name in "
+                    "another encoding); the store keeps names and paths as UTF-8 text: rename "
+                    "the file (e.g. convmv -f latin1 -t utf8), then run again"
+                ) from None
 
 
 def check_unique(observations: Sequence[Observation]) -> None:
