@@ -50,6 +50,7 @@ __all__ = [
     "STATUS_FLAGS",
     "STATUS_NAMES",
     "blank",
+    "buffer_dtype",
     "column_reader",
     "pack",
     "read_columns",
@@ -137,20 +138,22 @@ ARRAYS = Schema(
 )
 
 
-#: The in-memory dtype of text columns a task builds: numpy's ``StringDType``, the dtype
-#: zarr converts text to before it encodes it. Built as ``object`` arrays, zarr converted
-#: each before writing: one ``record`` write of 7,500 rows took 13.2-13.7 ms built as
-#: ``object`` against 9.8-10.2 ms built as text (zarr 3.1.6, medians of 15).
+#: The in-memory dtype of the text a task builds (ledger columns, products): numpy's
+#: ``StringDType``, the dtype zarr converts text to before it encodes it. Built as
+#: ``object`` arrays, zarr converted each before writing: one ``record`` write of 7,500
+#: rows took 13.2-13.7 ms built as ``object`` against 9.8-10.2 ms built as text (zarr
+#: 3.1.6, medians of 15).
 TEXT = np.dtypes.StringDType()
 
 
-def _dtype(var: Variable) -> np.dtype[Any]:
+def buffer_dtype(var: Variable) -> np.dtype[Any]:
+    """The dtype a task builds ``var``'s values in before writing them (:data:`TEXT` for text)."""
     return TEXT if var.dtype == "str" else var.numpy_dtype
 
 
 def blank(n: int) -> dict[str, np.ndarray]:
     """``n`` rows of every ledger column, at their fill values (to be filled in)."""
-    return {v.name: np.full(n, v.fill, dtype=_dtype(v)) for v in COLUMNS}
+    return {v.name: np.full(n, v.fill, dtype=buffer_dtype(v)) for v in COLUMNS}
 
 
 def pack(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -169,7 +172,7 @@ def pack(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             continue
         if not any(c in columns for c in cols):
             continue
-        block = np.empty((n, len(cols)), dtype=_dtype(_COLUMN[cols[0]]))
+        block = np.empty((n, len(cols)), dtype=buffer_dtype(_COLUMN[cols[0]]))
         for k, col in enumerate(cols):
             block[:, k] = columns[col] if col in columns else _COLUMN[col].fill
         out[f"{LEDGER_GROUP}/{name}"] = block

@@ -41,7 +41,7 @@ import numpy as np
 import zarr
 
 from esap_dask.engine.ledger import DONE, FAILED, blank, pack, read_columns
-from esap_dask.engine.ledger_layout import TEXT
+from esap_dask.engine.ledger_layout import buffer_dtype
 from esap_dask.engine.observations import (
     Observation,
     RunNumbers,
@@ -252,7 +252,7 @@ def _slots(schema: Schema) -> tuple[frozenset[str], tuple[_Slot, ...]]:
                 v.name,
                 tuple(sizes[d] for d in v.dims),
                 v.dtype == "str",
-                v.numpy_dtype,
+                buffer_dtype(v),  # numpy's StringDType for text, what zarr encodes
                 v.fill,
             )
             for v in schema.variables
@@ -526,8 +526,7 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     for last in bounds:  # positions first..last: whole write units
         size = last - first + 1
         buffers = {  # every row is assigned below: a product or its fill value
-            slot.name: np.empty((size, *slot.shape), dtype=TEXT if slot.text else slot.dtype)
-            for slot in slots
+            slot.name: np.empty((size, *slot.shape), dtype=slot.dtype) for slot in slots
         }
         for i in range(size):
             failure = _process(ctx, batch.observations[first + i], buffers, i, ledger, first + i)
