@@ -110,14 +110,14 @@ def check_complete(store: Path, clean: xr.Dataset) -> None:
 #: (step, observations a first, clean run wrote before the killed one: 0 = a new store)
 STEPS = [
     ("create", 0),  # the group is there, its arrays are not
-    ("consolidate-before:1", 0),  # created at full length, ids and attrs written, not consolidated
-    ("consolidate-after:1", 0),  # created and consolidated, no task started
+    ("create:2", 0),  # every array and the ids written, the group still marked incomplete
+    ("created", 0),  # created and consolidated, no task started
     ("append:3", N // 2),  # a run that extends the store: three arrays grown, the others not
     ("consolidate-before:1", N // 2),  # the ids appended, the consolidated metadata not rewritten
     ("products", 0),  # a batch's products written, its ledger rows not
     ("ledger-column:3", 0),  # three ledger columns of a batch written, the others not
     ("provenance", 0),  # the PROV-JSON document half written, the attrs not updated
-    ("consolidate-before:2", 0),  # the run's attrs written, the consolidated metadata not
+    ("consolidate-before:1", 0),  # the run's attrs written, the consolidated metadata not
 ]
 
 

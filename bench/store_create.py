@@ -1,0 +1,123 @@
+"""Creating a new store: zarr one array at a time against esap-dask's ``create_store``.
+
+``python -m bench.store_create [--rounds 9]``
+
+A first run creates its store before any task starts, on the driver: every array at its
+full length, the ``obs`` ids, the ledger subgroup and the consolidated metadata. The
+baseline is what esap-dask did before (and what the zarr documentation shows): a group,
+then ``create_array`` and the coordinates' values one array at a time on the store, then
+``zarr.consolidate_metadata``. esap-dask builds the hierarchy in a ``MemoryStore`` on
+zarr's loop, then writes its keys to the store concurrently, the group's final attrs
+last (``esap_dask.store.create_store``). Both stores are checked byte for byte equal.
+
+Cases: ``helloworld`` with 10,000 rows (chunks of 1,250: 4 products and the 5 ledger
+arrays) and ``dl3-products`` with 105 rows (chunks of 27: 39 products, 5 coordinates).
+Rounds interleave the two ways; medians (min-max) go to ``bench/results.json``
+(cases ``store create/<pipeline>``), the ratio is baseline / esap-dask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from bench.common import Record, report, summarize
+from esap_dask.catalogs.workflows import get_pipeline
+from esap_dask.engine.ledger_layout import ARRAYS
+from esap_dask.pipeline import Schema
+from esap_dask.store import (
+    LEDGER_ATTRS,
+    LEDGER_GROUP,
+    StoreLayout,
+    _array_spec,
+    _array_specs,
+    cf_attrs,
+    consolidate,
+    create_store,
+)
+
+CASES = {"helloworld": (10_000, 1_250), "dl3-products": (105, 27)}
+
+
+def one_at_a_time(
+    path: str, schema: Schema, layout: StoreLayout, ids: list[str], attrs: dict[str, Any]
+) -> None:
+    """The baseline: zarr's synchronous API, one array after the other, then consolidation."""
+    group = zarr.open_group(
+        path, mode="w-", zarr_format=3, attributes={"esap": {**attrs, "incomplete": True}}
+    )
+    group.create_group(LEDGER_GROUP, attributes=LEDGER_ATTRS)
+    obs = _array_spec(object, ["obs"], (len(ids),), layout, "", cf_attrs("", "observation id"))
+    specs = [
+        ("obs", obs, np.asarray(ids, dtype=object)),
+        *_array_specs(schema, layout, len(ids)),
+        *_array_specs(ARRAYS, layout, len(ids), prefix=f"{LEDGER_GROUP}/"),
+    ]
+    for name, spec, values in specs:
+        arr = group.create_array(name, **spec)
+        if values is not None:
+            arr[...] = values
+    group.attrs["esap"] = dict(attrs)
+    consolidate(group.store)
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    return not mismatch and not errors and all(same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def run(rounds: int) -> list[Record]:
+    records = []
+    for name, (n, chunk) in CASES.items():
+        pipe = get_pipeline(name)
+        schema = pipe.output_schema(pipe.resolve({}))
+        layout = StoreLayout(chunk)
+        ids = [f"obs-{i}" for i in range(n)]
+        attrs = {"pipeline": name, "schema": schema.describe()}
+        work = Path(tempfile.mkdtemp(prefix="esap-bench-create-"))
+        base: list[float] = []
+        head: list[float] = []
+        try:
+            for r in range(rounds + 1):  # round 0 warms up (imports, page cache)
+                order = [("base", base), ("head", head)]
+                for label, times in order if r % 2 else order[::-1]:
+                    path = str(work / f"{label}{r}.zarr")
+                    t = time.perf_counter()
+                    if label == "base":
+                        one_at_a_time(path, schema, layout, ids, attrs)
+                    else:
+                        create_store(path, schema, layout, ARRAYS, attrs, ids=ids)
+                    if r:
+                        times.append(time.perf_counter() - t)
+                if not same_tree(work / f"base{r}.zarr", work / f"head{r}.zarr"):
+                    raise SystemExit(f"{name}: the two stores of round {r} differ")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        records.append(summarize(f"store create/{name}", "one array at a time", "s", base))
+        records.append(summarize(f"store create/{name}", "create_store", "s", head, base))
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()}")
+    report(run(args.rounds))
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
