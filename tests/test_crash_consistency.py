@@ -117,7 +117,6 @@ STEPS = [
     ("products", 0),  # a batch's products written, its ledger rows not
     ("ledger-column:3", 0),  # three ledger columns of a batch written, the others not
     ("provenance", 0),  # the PROV-JSON document half written, the attrs not updated
-    ("consolidate-before:1", 0),  # the run's attrs written, the consolidated metadata not
 ]
 
 

@@ -490,8 +490,7 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                 started=started,
                 user=user,
                 max_attempts=max_attempts,
-            )
-        run_store.consolidate()
+            )  # with the store's consolidated metadata (RunStore.add_run)
         _record_receipt(receipt_for, deps, summary)
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary

@@ -334,7 +334,9 @@ def _array_specs(schema: Schema, layout: StoreLayout, n: int, prefix: str = "") 
 
 
 #: The attrs of a complete ledger subgroup.
-LEDGER_ATTRS: dict[str, Any] = {"description": "the ledger: one row per observation of the store's obs"}
+LEDGER_ATTRS: dict[str, Any] = {
+    "description": "the ledger: one row per observation of the store's obs"
+}
 
 
 def create_store(

@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,7 @@ from esap_dask.store import (
     check_writable,
     consolidate,
     create_store,
+    disk_errors,
     esap_attrs,
     open_for_run,
     open_store,
@@ -165,10 +167,25 @@ class RunStore:
         return store_layout(self.group)
 
     def add_run(self, entry: Mapping[str, Any]) -> None:
-        """Append one run's record to ``attrs["esap"]["runs"]`` (the one writer of runs)."""
+        """Append one run's record to ``attrs["esap"]["runs"]`` (the one writer of runs).
+
+        The group's metadata is written once, the attrs with the consolidated metadata
+        of its arrays as the last consolidation left it: a run changes no array's shape
+        or attrs after it created or grew the store (each of those consolidates), so
+        reading every array's metadata back again (:meth:`consolidate`) found the same:
+        0.036 s of a run on a store of ``dl3-products`` (44 arrays), 0.010 s of
+        ``helloworld`` (``python -m bench.store_create`` prints both). A group without
+        consolidated metadata (written by another tool) is consolidated in full.
+        """
         meta = esap_attrs(self.group)
         meta["runs"] = [*meta.get("runs", []), dict(entry)]
-        self.group.attrs["esap"] = meta
+        with disk_errors(self.url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)  # "not in the spec"
+            root = zarr.open_group(self.group.store, mode="r+", use_consolidated=None)
+            root.attrs["esap"] = meta
+            if root.metadata.consolidated_metadata is None:
+                consolidate(root.store)
+        self._group = root
 
     def consolidate(self) -> None:
         """Rewrite the consolidated metadata (after shapes or attrs changed)."""
