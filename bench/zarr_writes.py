@@ -1,15 +1,14 @@
-"""17 concurrent array writes per batch: zarr's private gather against public paths.
+"""17 concurrent array writes per batch: gathered on zarr's loop against a thread pool.
 
 ``python -m bench.zarr_writes [--rounds 5]``
 
 A batch of esap-dask writes 17 and more arrays (products, then the ledger). This
 compares, on one sharded store (chunks of 50 rows, shards of 100), writes of 100 rows
-to 17 arrays: gathered on zarr's event loop (``Array._async_array`` and
-``zarr.core.sync.sync``, zarr's private API: what ``esap_dask.store.write_rows`` does),
-one public ``arr[a:b] = v`` per array from a thread pool, and the same one after the
-other. Rounds are interleaved; the medians are printed, nothing is written to
-``bench/results.json``. The answer decides whether ``esap_dask.store._on_zarr_loop``
-can move to the public API.
+to 17 arrays: gathered on zarr's event loop (``Array.async_array.setitem`` awaited
+through ``zarr.core.sync.sync``, the runner of zarr's synchronous API: what
+``esap_dask.store.write_rows`` does), one ``arr[a:b] = v`` per array from a thread pool
+(what it did in sessions 4-8), and the same one after the other. Rounds are interleaved;
+the medians are printed, nothing is written to ``bench/results.json``.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ def main() -> None:
 
     def gathered(b: int) -> None:
         async def write_all() -> None:
-            await asyncio.gather(*(a._async_array.setitem(slice(b, b + B), values) for a in arrays))
+            await asyncio.gather(*(a.async_array.setitem(slice(b, b + B), values) for a in arrays))
 
         zarr_sync(write_all())
 
@@ -58,9 +57,9 @@ def main() -> None:
             a[b : b + B] = values
 
     ways: dict[str, Callable[[int], None]] = {
-        "gathered (private)": gathered,
-        "thread pool (public)": threads,
-        "one after the other (public)": sequential,
+        "gathered on zarr's loop": gathered,
+        "thread pool": threads,
+        "one after the other": sequential,
     }
     times: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(rounds):

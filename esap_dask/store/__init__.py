@@ -47,15 +47,15 @@ when it is unset, each step costs one comparison with ``None``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
-import functools
 import os
 import shutil
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -712,7 +712,7 @@ def write_rows(
     The caller owns every write unit that ``rows`` touch (no other task writes between
     ``rows[0]`` and ``rows[-1]``). ``ledger/status`` (:data:`COMMIT_COLUMN`), when
     given, is written after every other column. The columns are written concurrently
-    (:func:`_all_at_once`: a batch writes 17 and more arrays); writes that must follow
+    (:func:`_on_zarr_loop`: a batch writes 17 and more arrays); writes that must follow
     others (the ledger after the products) are a later call. Contiguous rows are one
     slice assignment each (zarr 3.1 mis-broadcasts orthogonal integer-array writes into
     sharded arrays). Scattered rows (a rerun of some failed or changed observations) are
@@ -728,18 +728,15 @@ def write_rows(
         return
     lo, hi = runs[0][0], runs[-1][1]
 
-    def write(arr: zarr.Array, values: np.ndarray) -> None:
+    async def write(name: str, arr: zarr.AsyncArray[Any], values: np.ndarray) -> None:
         row_bytes = values[0].nbytes if values.dtype.kind not in "OT" else 64  # text: ~64
         if len(runs) > 1 and (hi - lo) * max(1, row_bytes) <= PATCH_BYTES:
-            block = np.asarray(arr[lo:hi])
+            block = np.asarray(await arr.getitem(slice(lo, hi)))
             block[rows - lo] = values
-            arr[lo:hi] = block
-            return
-        for r0, r1, p0, p1 in runs:  # in turn: two runs may share a chunk
-            arr[r0:r1] = values[p0:p1]
-
-    def write_column(name: str, arr: zarr.Array, values: np.ndarray) -> None:
-        write(arr, values)
+            await arr.setitem(slice(lo, hi), block)
+        else:
+            for r0, r1, p0, p1 in runs:  # in turn: two runs may share a chunk
+                await arr.setitem(slice(r0, r1), values[p0:p1])
         if name.startswith(f"{LEDGER_GROUP}/"):
             crash_point("ledger-column")
 
@@ -751,45 +748,64 @@ def write_rows(
     ]
     with disk_errors(str(group.store)):
         for part in parts:
-            _all_at_once(
-                [
-                    functools.partial(
-                        write_column,
-                        name,
-                        arrays[name] if arrays is not None else array(group, name),
-                        values,
-                    )
-                    for name, values in part
-                ]
-            )
+            if part:
+                _on_zarr_loop(
+                    [
+                        write(
+                            name,
+                            (
+                                arrays[name] if arrays is not None else array(group, name)
+                            ).async_array,
+                            values,
+                        )
+                        for name, values in part
+                    ]
+                )
 
 
-#: (process id, pool): the threads that write one batch's columns at once.
-_WRITERS: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _all_at_once(writes: Sequence[Callable[[], None]]) -> None:
-    """Run every write at once, one thread each; raise the first error once all ended.
+def _on_zarr_loop(writes: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Await every write at once on zarr's event loop; raise the first error once all ended.
 
     A batch writes 17 and more arrays (products, then the ledger); one after the
     other, a task of tiny observations spent most of its time waiting on them
-    (DESIGN.md, "Fair peers"). Each write is zarr's public ``arr[a:b] = v``; zarr runs
-    them on its own event loop, so the threads mostly wait. Measured against gathering
-    the same writes on zarr's loop through its private API (``Array._async_array``,
-    ``zarr.core.sync``), which is what this replaced (``python -m bench.zarr_writes``,
-    zarr 3.1.6, 17 one-shard writes of 100 rows, medians of 5 interleaved rounds on the
-    shared 2-core machine, load 8-16; public against private): 44 ms against 46, 46
-    against 39, 52 against 66, 75 against 85 a batch, within noise of each other; one
-    after the other: 56-62 ms.
+    (DESIGN.md, "Fair peers"). Gathered on zarr's own loop (``zarr.core.sync.sync``, the
+    runner of zarr's synchronous API; each write is the public ``AsyncArray.setitem``)
+    they cost less than the public ``arr[a:b] = v`` from a pool of threads, each of which
+    hands its write to that same loop: ``python -m bench.zarr_writes`` (zarr 3.1.6, 17
+    one-shard writes of 100 rows, 5 rounds, load 2) 35.6 ms a batch against 45.6 (one
+    after the other: 51.5); the 44 arrays of a batch of 14 ``dl3-products`` rows, 53 ms
+    and 73 ms of CPU against 76 and 100 ms (15 interleaved rounds, medians). At load
+    8-16 (session 4) the two were within noise of each other.
     """
-    global _WRITERS
-    if len(writes) <= 1:
-        for one in writes:
+    from zarr.core.sync import sync
+
+    async def every() -> list[Any]:
+        return await asyncio.gather(*writes, return_exceptions=True)
+
+    for outcome in sync(every()):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+#: (process id, pool): the threads that read arrays at once (:func:`read_many`).
+_READERS: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _all_at_once(reads: Sequence[Callable[[], None]]) -> None:
+    """Run every read at once, one thread each; raise the first error once all ended.
+
+    Each read looks its array up (a metadata read) and reads it with zarr's public API;
+    see :func:`read_many` for what it gained. Writes are gathered on zarr's loop instead
+    (:func:`_on_zarr_loop`).
+    """
+    global _READERS
+    if len(reads) <= 1:
+        for one in reads:
             one()
         return
-    if _WRITERS is None or _WRITERS[0] != os.getpid():  # a forked process has no threads
-        _WRITERS = (os.getpid(), ThreadPoolExecutor(32, thread_name_prefix="esap-zarr-write"))
-    futures = [_WRITERS[1].submit(one) for one in writes]
+    if _READERS is None or _READERS[0] != os.getpid():  # a forked process has no threads
+        _READERS = (os.getpid(), ThreadPoolExecutor(32, thread_name_prefix="esap-zarr-read"))
+    futures = [_READERS[1].submit(one) for one in reads]
     wait(futures)
     for future in futures:
         future.result()
