@@ -15,7 +15,14 @@ import pytest
 import xarray as xr
 import zarr
 
-from esap_dask import ObservationError, ledger, map_observations, read_ledger
+from esap_dask import (
+    ObservationError,
+    Pipeline,
+    Variable,
+    ledger,
+    map_observations,
+    read_ledger,
+)
 from esap_dask.engine.ledger import DONE, FAILED
 from esap_dask.store import obs_arrays, open_store
 
@@ -289,6 +296,37 @@ def test_a_file_name_that_is_not_utf8_is_named_and_nothing_is_written(tmp_path):
     assert "caf\\xe9.dat" in str(err.value) and "rename the file" in str(err.value)
     assert str(folder) in str(err.value)  # the whole path: where it is
     assert not store.exists()
+
+
+def test_a_pipeline_that_moves_its_input_away_fails_nothing(tmp_path, client):
+    """The ledger's checksum is read with the input's check, before the pipeline runs.
+
+    It was read after the pipeline, outside the observation's error handling: a pipeline
+    that moves its input away (an archiver; or any file removed while it was processed)
+    made the whole batch fail, every observation of it marked failed.
+    """
+    files = make_files(tmp_path / "in", 12)
+    done = tmp_path / "done"
+    done.mkdir()
+
+    def archive(path):
+        size = os.path.getsize(path)
+        os.replace(path, done / os.path.basename(path))
+        return {"size": size}
+
+    pipe = Pipeline(  # a declared schema: inferring it would run archive on a file first
+        name="archive",
+        version="1",
+        function=archive,
+        schema=[Variable("size", "int64", units="byte")],
+    )
+    store = tmp_path / "s.zarr"
+    summary = map_observations(pipe, files, store, client=client)
+    assert (summary.succeeded, summary.failed) == (12, 0), summary.failures
+    table = ledger(store)
+    for path in sorted(done.iterdir()):  # each checksum is the content's, read before the move
+        row = table.loc[path.name]
+        assert row.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_nothing_to_do_starts_no_cluster(tmp_path, client):

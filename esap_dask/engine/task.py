@@ -46,6 +46,7 @@ from esap_dask.engine.observations import (
     Observation,
     RunNumbers,
     ValueFingerprints,
+    sha256_fd,
     sha256_file,
 )
 from esap_dask.engine.remote import local_copy
@@ -203,21 +204,33 @@ class BatchReport:
     cancelled: bool = False
 
 
-def check_input(obs: Observation) -> bool:
+def check_input(obs: Observation, checksum: bool = False) -> str | None:
     """Raise a clear error for a file observation that is missing or not a file.
 
-    True when ``obs`` is a regular file (one ``stat``: its checksum goes to the ledger).
+    With ``checksum``, the SHA-256 of a regular file's content (hex), read through the
+    descriptor the check opened: one ``open`` and ``fstat`` serve both (a ``stat``, then
+    a Python file object for the checksum, took 13.2 µs a 100-byte file against 7.1;
+    ``python -m bench.checksums``). None for other observations, and without
+    ``checksum``. An unreadable file raises here, so its observation fails alone (the
+    checksum read after the pipeline failed its whole batch). Opened without blocking: a
+    FIFO named as an observation is not waited on.
     """
     if obs.kind != "file":
-        return False
+        return None
     path = obs.value
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file; check the observation list") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(f"{path}: is a directory, not an observation file")
-    return stat.S_ISREG(st.st_mode)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{path}: is a directory, not an observation file")
+        if not (checksum and stat.S_ISREG(st.st_mode)):
+            return None
+        return sha256_fd(fd, st.st_size)
+    finally:
+        os.close(fd)
 
 
 class _Slot(NamedTuple):
@@ -339,9 +352,10 @@ def _process(
     schema = ctx.schema
     ledger["start"][k] = time.time()
     failure = None
-    is_file = False
     try:
-        is_file = check_input(obs)
+        checksum = check_input(obs, ctx.checksums)
+        if checksum is not None:
+            ledger["checksum"][k] = checksum
         if obs.kind == "url":  # the pipeline reads a local copy, removed after
             with local_copy(obs.value, ctx.input_options) as path:
                 _place(schema, ctx.pipeline.function(path, **ctx.params), buffers, i)
@@ -359,8 +373,6 @@ def _process(
         ledger["error"][k] = message
         ledger["traceback"][k] = traceback.format_exc()[-MAX_TRACEBACK:]
         failure = (obs.id, type(err).__name__, message)
-    if ctx.checksums and is_file:
-        ledger["checksum"][k] = sha256_file(obs.value)
     ledger["end"][k] = time.time()
     return failure
 

@@ -1,0 +1,87 @@
+"""A task's check and checksum of each input file: one descriptor against stat, then open.
+
+``python -m bench.checksums [--rounds 9] [--files 3000] [--size 100]``
+
+Before its pipeline runs on a file, a task checks that the file is there and is not a
+directory, and the ledger records the SHA-256 of its content. The baseline is what a task
+did up to session 8: ``os.stat`` for the check, then ``open(path, "rb")``, ``fstat`` and
+one ``read`` for the checksum (after the pipeline). esap-dask's ``check_input`` opens the
+file once and serves both from the descriptor (``fstat``, ``os.read``). Files of
+``--size`` bytes (the tiny files of ``bench.peers`` hold 100-150), in a temporary
+directory; rounds interleave the two ways, medians of µs per file go to
+``bench/results.json`` (case ``checksums/<size> B``), the ratio is baseline / esap-dask.
+Both ways are checked to give the same digests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Record, report, summarize
+from esap_dask.engine.observations import SMALL_FILE, Observation
+from esap_dask.engine.task import check_input
+
+
+def stat_then_open(path: str) -> str:
+    """The baseline: the check (``stat``), then the checksum through a Python file object."""
+    os.stat(path)
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size <= SMALL_FILE:
+            return hashlib.sha256(f.read()).hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def run(rounds: int, count: int, size: int) -> list[Record]:
+    work = Path(tempfile.mkdtemp(prefix="esap-bench-checksums-"))
+    try:
+        paths = []
+        for i in range(count):
+            path = work / f"obs{i:05d}.dat"
+            path.write_bytes(os.urandom(size))
+            paths.append(str(path))
+        observations = [Observation.of(p) for p in paths]
+        for p, o in zip(paths[:100], observations[:100], strict=True):
+            if stat_then_open(p) != check_input(o, checksum=True):
+                raise SystemExit(f"{p}: the two ways disagree")
+        base: list[float] = []
+        head: list[float] = []
+        for r in range(rounds + 1):  # round 0 warms up (page cache)
+            ways = [("base", base), ("head", head)]
+            for label, times in ways if r % 2 else ways[::-1]:
+                t = time.perf_counter()
+                if label == "base":
+                    for p in paths:
+                        stat_then_open(p)
+                else:
+                    for o in observations:
+                        check_input(o, checksum=True)
+                if r:
+                    times.append((time.perf_counter() - t) / count * 1e6)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    case = f"checksums/{size} B"
+    return [
+        summarize(case, "stat, then open", "µs per file", base),
+        summarize(case, "check_input (one descriptor)", "µs per file", head, base),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--size", type=int, default=100)
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()}")
+    report(run(args.rounds, args.files, args.size))
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
