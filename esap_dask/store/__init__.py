@@ -396,8 +396,6 @@ async def _build(
     ids: Sequence[str],
 ) -> None:
     """Create the store's hierarchy in ``memory`` (a MemoryStore), consolidated."""
-    import asyncio
-
     import zarr.api.asynchronous as za
 
     root = await za.open_group(
@@ -422,8 +420,6 @@ async def _build(
 
 async def _put(target: Any, keys: Mapping[str, Any]) -> None:
     """Write ``keys`` (key -> zarr buffer) into the store ``target``, all at once."""
-    import asyncio
-
     await asyncio.gather(*(target.set(key, value) for key, value in keys.items()))
 
 
