@@ -116,7 +116,8 @@ def main() -> None:
             print(f"load {os.getloadavg()}; runs {[round(s, 3) for s in seconds]} s;")
             print(f"unchanged rerun {rerun:.3f} s")
             print("=== driver (pyinstrument, last round) ===")
-            print(profiler.output_text(unicode=False, color=False, show_all=bool(os.environ.get("PROFILE_ALL"))))
+            every = bool(os.environ.get("PROFILE_ALL"))  # PROFILE_ALL=1: every frame, none hidden
+            print(profiler.output_text(unicode=False, color=False, show_all=every))
             if not args.no_workers:
                 for worker, text in client.run(_worker_stats, args.top).items():
                     print(f"=== worker {worker} (cProfile, every batch of {args.rounds} runs) ===")
