@@ -22,6 +22,7 @@ directory, removed after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -103,7 +104,9 @@ def cluster(tree: Path, work: Path, name: str) -> Iterator[str]:
         "    time.sleep(86400)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(address)], env=env, cwd=work)
+    proc = subprocess.Popen(  # a session of its own: its workers are stopped with it
+        [sys.executable, "-c", code, str(address)], env=env, cwd=work, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not address.exists() or not address.read_text():
@@ -111,12 +114,13 @@ def cluster(tree: Path, work: Path, name: str) -> Iterator[str]:
                 raise SystemExit(f"the cluster of {tree} did not start")
             time.sleep(0.2)
         yield address.read_text()
-    finally:  # an interrupt: the cluster's own shutdown, not a kill
+    finally:  # an interrupt: the cluster's own shutdown; a kill of all of it if that hangs
         proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)  # a LocalCluster once sat 60 s in its shutdown, its workers alive
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of its session
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @contextmanager
