@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
 
 from bench.common import Record, report, summarize
@@ -44,12 +43,10 @@ from esap_dask.store import (
     LEDGER_GROUP,
     RunStore,
     StoreLayout,
-    _array_spec,
-    _array_specs,
-    cf_attrs,
     consolidate,
     create_store,
     esap_attrs,
+    store_specs,
 )
 
 CASES = {"helloworld": (10_000, 1_250), "dl3-products": (105, 27)}
@@ -63,13 +60,7 @@ def one_at_a_time(
         path, mode="w-", zarr_format=3, attributes={"esap": {**attrs, "incomplete": True}}
     )
     group.create_group(LEDGER_GROUP, attributes=LEDGER_ATTRS)
-    obs = _array_spec(object, ["obs"], (len(ids),), layout, "", cf_attrs("", "observation id"))
-    specs = [
-        ("obs", obs, np.asarray(ids, dtype=object)),
-        *_array_specs(schema, layout, len(ids)),
-        *_array_specs(ARRAYS, layout, len(ids), prefix=f"{LEDGER_GROUP}/"),
-    ]
-    for name, spec, values in specs:
+    for name, spec, values in store_specs(schema, layout, ARRAYS, ids):
         arr = group.create_array(name, **spec)
         if values is not None:
             arr[...] = values

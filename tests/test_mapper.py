@@ -324,7 +324,9 @@ def test_a_pipeline_that_moves_its_input_away_fails_nothing(tmp_path, client):
     summary = map_observations(pipe, files, store, client=client)
     assert (summary.succeeded, summary.failed) == (12, 0), summary.failures
     table = ledger(store)
-    for path in sorted(done.iterdir()):  # each checksum is the content's, read before the move
+    moved = sorted(done.iterdir())
+    assert [p.name for p in moved] == sorted(table.index)  # every input, moved once
+    for path in moved:  # each checksum is the content's, read before the move
         row = table.loc[path.name]
         assert row.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
 

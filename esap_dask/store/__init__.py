@@ -333,6 +333,20 @@ def _array_specs(schema: Schema, layout: StoreLayout, n: int, prefix: str = "") 
     return specs
 
 
+def store_specs(
+    schema: Schema, layout: StoreLayout, ledger: Schema, ids: Sequence[str]
+) -> list[_Spec]:
+    """Every array of a new store with one row per id of ``ids``: ``obs`` (the ids in it),
+    the products and their coordinates, and the ``ledger`` subgroup's arrays."""
+    n = len(ids)
+    obs = _array_spec(object, ["obs"], (n,), layout, "", cf_attrs("", "observation id"))
+    return [
+        ("obs", obs, np.asarray(list(ids), dtype=object) if n else None),
+        *_array_specs(schema, layout, n),
+        *_array_specs(ledger, layout, n, prefix=f"{LEDGER_GROUP}/"),
+    ]
+
+
 #: The attrs of a complete ledger subgroup.
 LEDGER_ATTRS: dict[str, Any] = {
     "description": "the ledger: one row per observation of the store's obs"
@@ -402,19 +416,13 @@ async def _build(
         store=memory, mode="w-", zarr_format=3, attributes={"esap": dict(attrs)}
     )
     await root.create_group(LEDGER_GROUP, attributes=LEDGER_ATTRS)
-    obs = _array_spec(object, ["obs"], (len(ids),), layout, "", cf_attrs("", "observation id"))
-    specs: list[_Spec] = [
-        ("obs", obs, np.asarray(list(ids), dtype=object) if len(ids) else None),
-        *_array_specs(schema, layout, len(ids)),
-        *_array_specs(ledger, layout, len(ids), prefix=f"{LEDGER_GROUP}/"),
-    ]
 
     async def one(path: str, spec: dict[str, Any], values: np.ndarray | None) -> None:
         arr = await root.create_array(path, **spec)
         if values is not None:
             await arr.setitem(..., values)
 
-    await asyncio.gather(*(one(*spec) for spec in specs))
+    await asyncio.gather(*(one(*spec) for spec in store_specs(schema, layout, ledger, ids)))
     await za.consolidate_metadata(memory)
 
 
