@@ -7,7 +7,9 @@ rerun starts without importing the cluster machinery.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import xarray as xr
 import esap_dask
 from esap_dask import map_observations
 from esap_dask.engine.execute import MAX_TASKS, TASKS_PER_THREAD
+from esap_dask.engine.observations import SMALL_FILE, sha256_fd
 from esap_dask.engine.task import BatchReport
 
 HERE = Path(__file__).parent
@@ -213,3 +216,18 @@ def test_a_run_over_run_numbers_keeps_its_ledger_as_a_list_would(tmp_path, clien
     doc = json.loads(Path(again.provenance).read_text())
     assert [k for k in doc["entity"] if k.startswith("esap:input/")] == ["esap:input/4"]
     assert doc["entity"]["esap:input/4"]["esap:fingerprint"] == la_fp(4)
+
+
+@pytest.mark.parametrize("size", [0, 100, SMALL_FILE, SMALL_FILE + 1])
+@pytest.mark.parametrize("fstat_said", ["right", "less (grew)", "more (shrank)"])
+def test_a_file_checksum_is_its_content_whatever_its_fstat_said(tmp_path, size, fstat_said):
+    """One read when the size is right; a file that changed since its fstat is read to its end."""
+    path = tmp_path / "obs.dat"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    told = {"right": size, "less (grew)": max(size - 7, 0), "more (shrank)": size + 7}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert sha256_fd(fd, told[fstat_said]) == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)
