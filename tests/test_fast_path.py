@@ -7,6 +7,7 @@ rerun starts without importing the cluster machinery.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -231,3 +232,91 @@ def test_a_file_checksum_is_its_content_whatever_its_fstat_said(tmp_path, size, 
         assert sha256_fd(fd, told[fstat_said]) == hashlib.sha256(data).hexdigest()
     finally:
         os.close(fd)
+
+
+def _inputs(doc: dict) -> tuple[dict, dict]:
+    """The input entities of a PROV document, and its usages by entity (run id left out)."""
+    entities = {k: e for k, e in doc["entity"].items() if k.startswith("esap:input/")}
+    used = {u["prov:entity"]: (k, u["prov:role"]) for k, u in doc["used"].items()}
+    return entities, used
+
+
+def _files(folder: Path, names: list[str]) -> list[str]:
+    folder.mkdir()
+    for k, name in enumerate(names):
+        (folder / name).write_bytes(os.urandom(50 + k))
+    return [str(folder / n) for n in names]
+
+
+def test_inputs_rendered_by_the_tasks_make_the_document_the_driver_made(
+    tmp_path, client, monkeypatch
+):
+    """The tasks render their inputs' provenance; the document is the one the driver wrote."""
+    from esap_dask.engine import provenance
+
+    files = _files(tmp_path / "in", [f"obs{k:02d}.dat" for k in range(14)])
+    from_ledger = []  # the planned rows whose inputs the driver read from the ledger
+    not_in_parts = provenance._not_in_parts
+    monkeypatch.setattr(
+        provenance,
+        "_not_in_parts",
+        lambda todo, parts: from_ledger.append(len(r := not_in_parts(todo, parts))) or r,
+    )
+    by_tasks = map_observations(
+        "helloworld", files, tmp_path / "a.zarr", client=client, batch_size=4
+    )
+    assert from_ledger == [0]  # every input rendered by its task
+    assert not list(Path(f"{tmp_path / 'a.zarr'}.provenance").glob("*.parts"))  # removed
+
+    @contextlib.contextmanager
+    def no_parts(*args, **kwargs):
+        yield None
+
+    monkeypatch.setattr(provenance, "task_parts", no_parts)
+    by_driver = map_observations(
+        "helloworld", files, tmp_path / "b.zarr", client=client, batch_size=4
+    )
+    a = json.loads(Path(by_tasks.provenance).read_text())
+    b = json.loads(Path(by_driver.provenance).read_text())
+    assert from_ledger == [0, 14]  # then every input read from the ledger
+    assert _inputs(a) == _inputs(b)
+    entities, used = _inputs(a)
+    assert len(entities) == len(used) == 14
+    for f in files:
+        entity = entities[f"esap:input/{os.path.basename(f)}"]
+        assert entity["prov:location"] == f
+        assert (
+            entity["voprov:checksum"]
+            == "sha256:" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        )
+    # the run's own entry of its usages names this run
+    run = f"esap:run/{by_tasks.run_id}"
+    assert {u["prov:activity"] for u in a["used"].values()} == {run}
+
+
+def test_a_part_cut_short_or_missing_is_read_from_the_ledger(tmp_path, client):
+    """Parts spoiled before the run's record: those inputs come from the ledger, none lost."""
+    names = [f"obs{k:02d}.dat" for k in range(11)] + ["spoil.dat"]
+    files = _files(tmp_path / "in", names)
+    store = tmp_path / "s.zarr"
+    parts = f"{store}.provenance"
+    summary = map_observations(
+        str(HERE / "pipelines" / "spoil_parts.py"),
+        files,
+        store,
+        client=client,
+        batch_size=4,
+        params={"parts": parts},
+    )
+    assert summary.succeeded == 12
+    spoiled = Path(parts, "spoiled.txt").read_text().split()
+    assert spoiled  # at least one part of an earlier batch was cut short
+    entities, used = _inputs(json.loads(Path(summary.provenance).read_text()))
+    assert set(entities) == set(used) == {f"esap:input/{n}" for n in names}
+    for f in files:
+        entity = entities[f"esap:input/{os.path.basename(f)}"]
+        assert entity["prov:location"] == f
+        assert (
+            entity["voprov:checksum"]
+            == "sha256:" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        )

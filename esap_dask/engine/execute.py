@@ -333,6 +333,7 @@ def execute(
                 started: tuple[str, ...] = ()
                 try:  # an error, or a result that died with its worker before it was fetched
                     report = fut.result()
+                    report.rows = batch.rows
                 except Exception as err:
                     error = err
                 if unplanned is not None:  # the first probe ended: plan the rest

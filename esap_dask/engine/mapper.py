@@ -439,58 +439,62 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
             _record_receipt(receipt_for, deps, summary)
             return summary
         client_notes: list[str] = []
-        with _client_for(client, facility, client_notes) as cl:
-            if pipe is None:
-                pipe = _as_pipeline(pipeline, cl, obs_list, in_opts)
-                resolved = pipe.resolve(params)
-            schema = pipe.output_schema(resolved)
-            new = todo.new
-            new_ids = new.ids() if isinstance(new, RunNumbers) else [o.id for o in new]
-            if group is None:
-                layout = choose_layout(
-                    schema, len(obs_list), nthreads(cl), chunk=chunk, shard=shard
+        # the tasks render their inputs' provenance there; removed once the run is recorded
+        with provenance.task_parts(store, run_id, opts) as parts:
+            with _client_for(client, facility, client_notes) as cl:
+                if pipe is None:
+                    pipe = _as_pipeline(pipeline, cl, obs_list, in_opts)
+                    resolved = pipe.resolve(params)
+                schema = pipe.output_schema(resolved)
+                new = todo.new
+                new_ids = new.ids() if isinstance(new, RunNumbers) else [o.id for o in new]
+                if group is None:
+                    layout = choose_layout(
+                        schema, len(obs_list), nthreads(cl), chunk=chunk, shard=shard
+                    )
+                    group = run_store.create(
+                        schema, layout, ARRAYS, pipeline=pipe, created=started, ids=new_ids
+                    )
+                else:
+                    check_schema(group, schema)
+                    layout = run_store.layout
+                    if new_ids:
+                        append_observations(group, new_ids)
+                del new_ids  # run numbers' ids are made for the store, not kept for the run
+                reopen(group, todo, ledger)  # rows to redo: pending until rewritten
+                ctx = RunContext(
+                    store=store,
+                    pipeline=pipe,
+                    params=resolved,
+                    param_hash=pipe.parameter_hash(resolved),
+                    schema=schema,
+                    run_id=run_id,
+                    storage_options=opts,
+                    unit=layout.unit,
+                    input_options=in_opts,
+                    provenance_parts=parts,
                 )
-                group = run_store.create(
-                    schema, layout, ARRAYS, pipeline=pipe, created=started, ids=new_ids
-                )
-            else:
-                check_schema(group, schema)
-                layout = run_store.layout
-                if new_ids:
-                    append_observations(group, new_ids)
-            del new_ids  # run numbers' ids are made for the store, not kept for the run
-            reopen(group, todo, ledger)  # rows to redo: pending until rewritten
-            ctx = RunContext(
-                store=store,
-                pipeline=pipe,
-                params=resolved,
-                param_hash=pipe.parameter_hash(resolved),
-                schema=schema,
-                run_id=run_id,
-                storage_options=opts,
-                unit=layout.unit,
-                input_options=in_opts,
+                known = set(_cluster_notes(cl))
+                reports = execute(cl, ctx, group, todo, layout, batch_size, progress)
+                _raise_store_failure(reports)  # a full disk stops the run (exit 2), not exit 1
+                cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
+                dashboard = getattr(cl, "dashboard_link", None)
+            summary = summarise(
+                store, run_id, pipe.name, pipe.version, facility, obs_list, todo, reports, t0
             )
-            known = set(_cluster_notes(cl))
-            reports = execute(cl, ctx, group, todo, layout, batch_size, progress)
-            _raise_store_failure(reports)  # a full disk stops the run (exit 2), not exit 1
-            cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
-            dashboard = getattr(cl, "dashboard_link", None)
-        summary = summarise(
-            store, run_id, pipe.name, pipe.version, facility, obs_list, todo, reports, t0
-        )
-        summary.notes += client_notes + cluster_notes
-        summary.dashboard = dashboard
-        with gc_paused(), disk_errors(store):
-            summary.provenance = provenance.record_run(
-                run_store,
-                summary,
-                ctx,
-                todo.todo,
-                started=started,
-                user=user,
-                max_attempts=max_attempts,
-            )  # with the store's consolidated metadata (RunStore.add_run)
+            summary.notes += client_notes + cluster_notes
+            summary.dashboard = dashboard
+            with gc_paused(), disk_errors(store):
+                summary.provenance = provenance.record_run(
+                    run_store,
+                    summary,
+                    ctx,
+                    todo.todo,
+                    started=started,
+                    user=user,
+                    max_attempts=max_attempts,
+                    reports=reports,
+                )  # with the store's consolidated metadata (RunStore.add_run)
         _record_receipt(receipt_for, deps, summary)
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary

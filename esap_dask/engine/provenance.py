@@ -17,6 +17,7 @@ One document per run, written next to the store as
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import itertools
@@ -36,7 +37,7 @@ from esap_dask.store import COMMIT_COLUMN, crash_point
 if TYPE_CHECKING:
     from esap_dask.engine.ledger import PlannedRow
     from esap_dask.engine.summary import RunSummary
-    from esap_dask.engine.task import RunContext
+    from esap_dask.engine.task import BatchReport, RunContext
     from esap_dask.store.run import RunStore
 
 __all__ = ["PREFIXES", "build_document", "encode_document", "record_run", "software_versions"]
@@ -174,6 +175,95 @@ _INPUTS_AT_ONCE = 5000
 _TEXT_ROWS = 2000
 
 
+def parts_url(store: str, run_id: str) -> str:
+    """The directory where the tasks of run ``run_id`` leave their inputs' provenance."""
+    return f"{store.rstrip('/')}.provenance/{run_id}.parts"
+
+
+@contextlib.contextmanager
+def task_parts(
+    store: str, run_id: str, storage_options: Mapping[str, Any] | None
+) -> Iterator[str | None]:
+    """The directory of the run's parts (:func:`parts_url`), made now, removed at the end.
+
+    None when it cannot be made: the driver then renders every input itself.
+    """
+    import fsspec
+
+    url: str | None = parts_url(store, run_id)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        fs.makedirs(path, exist_ok=True)
+    except Exception:
+        url = None
+    try:
+        yield url
+    finally:
+        if url is not None:
+            with contextlib.suppress(Exception):
+                fs.rm(path, recursive=True)
+
+
+def write_part(
+    directory: str,
+    storage_options: Mapping[str, Any] | None,
+    run_id: str,
+    index: int,
+    inputs: Mapping[str, Column],
+) -> tuple[int, int]:
+    """Render the inputs of one batch into ``<directory>/<index>``; (entity, usage) bytes.
+
+    Called by a task once it committed its rows (:func:`esap_dask.engine.task.run_batch`):
+    the workers render the inputs of their batches while the run goes on, and the run's
+    record joins the parts (:class:`Part`) instead of reading the ledger back and
+    rendering every input on the driver, which took a quarter of a run of 100,000 tiny
+    observations (0.29 s of 1.12; 0.05-0.07 s of 0.29 at 10,000). ``inputs``: columns
+    ``id``, ``source``, ``fingerprint``, ``checksum``. The file holds the entities' JSON
+    members, then the usages', without a separator.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(f"{directory}/{index}", **dict(storage_options or {}))
+    run = f"esap:run/{run_id}"
+    n = len(inputs["id"])
+    sizes = [0, 0]
+    with fs.open(path, "wb") as f:
+        for k in (0, 1):
+            sep = b""
+            for lo in range(0, n, _TEXT_ROWS):
+                block = {key: values[lo : lo + _TEXT_ROWS] for key, values in inputs.items()}
+                text = _entity_members(block) if k == 0 else _used_members(run, block["id"])
+                data = sep + text.encode()
+                f.write(data)
+                sizes[k] += len(data)
+                sep = b","
+    return sizes[0], sizes[1]
+
+
+class Part:
+    """The inputs of one batch as its task rendered them (:func:`write_part`)."""
+
+    def __init__(self, fs: Any, path: str, sizes: tuple[int, int], rows: np.ndarray) -> None:
+        self.fs, self.path, self.sizes, self.rows = fs, path, sizes, rows
+
+    def complete(self) -> bool:
+        """Whether the file is there, of the size its task reported."""
+        try:
+            return int(self.fs.size(self.path)) == sum(self.sizes)
+        except OSError:
+            return False
+
+    def read(self, used: bool) -> str:
+        """The entities' members, or with ``used`` the usages'."""
+        with self.fs.open(self.path, "rb") as f:
+            if used:
+                f.seek(self.sizes[0])
+            data = f.read(self.sizes[1] if used else self.sizes[0])
+        if len(data) != self.sizes[used]:
+            raise OSError(f"{self.path}: {len(data)} bytes, not {self.sizes[used]}")
+        return data.decode()
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))  # the C encoder
 
@@ -187,13 +277,16 @@ def encode_document(
     doc: Mapping[str, Any],
     run_id: str,
     inputs: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]],
+    parts: Sequence[Part] = (),
 ) -> Iterator[str]:
     """The PROV-JSON text of ``doc`` with the run's ``inputs`` added, in pieces.
 
     ``inputs`` holds equal-length columns ``id``, ``source``, ``fingerprint`` and
     ``checksum`` (or is an iterable of such blocks, consumed once: a run's record reads
     its ledger a block at a time); each input becomes a used ``prov:Entity`` with its
-    location, fingerprint and checksum. The pieces joined are one JSON object.
+    location, fingerprint and checksum. ``parts`` are inputs the run's tasks rendered
+    already (:func:`write_part`), placed before ``inputs``. The pieces joined are one
+    JSON object.
     """
     run = f"esap:run/{run_id}"
     blocks = _blocks(inputs) if isinstance(inputs, Mapping) else inputs
@@ -202,6 +295,9 @@ def encode_document(
     fixed = _members(doc["entity"])
     yield f',"entity":{{{fixed}'
     sep = "," if fixed else ""
+    for part in parts:
+        yield sep + part.read(used=False)
+        sep = ","
     used: list[np.ndarray] = []  # the ids, for the usages after the entities
     for block in blocks:
         n = len(block["id"])
@@ -213,6 +309,9 @@ def encode_document(
     fixed = _members(doc["used"])
     yield f'}},"used":{{{fixed}'
     sep = "," if fixed else ""
+    for part in parts:
+        yield sep + part.read(used=True)
+        sep = ","
     for ids in used:
         for lo in range(0, len(ids), _TEXT_ROWS):
             yield sep + _used_members(run, ids[lo : lo + _TEXT_ROWS])
@@ -226,7 +325,15 @@ def _blocks(inputs: Mapping[str, np.ndarray]) -> Iterator[Mapping[str, np.ndarra
         yield {k: v[lo : lo + _INPUTS_AT_ONCE] for k, v in inputs.items()}
 
 
-def _used_members(run: str, ids: np.ndarray) -> str:
+#: A column of inputs: the ledger's (an array), or a task's (a list).
+Column = Sequence[str] | np.ndarray
+
+
+def _tolist(values: Column) -> list[Any]:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _used_members(run: str, ids: Column) -> str:
     """JSON members: the usages of inputs ``ids`` by ``run``.
 
     Written from templates with json's own C string escaper: building a dict per input
@@ -238,17 +345,17 @@ def _used_members(run: str, ids: np.ndarray) -> str:
     head = f'{{"prov:activity":{_quote(run)},"prov:entity":'
     return ",".join(
         f'{_quote("_:used-" + i)}:{head}{_quote("esap:input/" + i)},"prov:role":"voprov:input"}}'
-        for i in ids.tolist()
+        for i in _tolist(ids)
     )
 
 
-def _entity_members(inputs: Mapping[str, np.ndarray]) -> str:
+def _entity_members(inputs: Mapping[str, Column]) -> str:
     """JSON members: the entities of ``inputs`` (columns id, source, fingerprint, checksum)."""
     columns = zip(
-        inputs["id"].tolist(),
-        inputs["source"].tolist(),
-        inputs["fingerprint"].tolist(),
-        inputs["checksum"].tolist(),
+        _tolist(inputs["id"]),
+        _tolist(inputs["source"]),
+        _tolist(inputs["fingerprint"]),
+        _tolist(inputs["checksum"]),
         strict=True,
     )
     parts = []
@@ -342,6 +449,35 @@ def _block_rows(group: Any) -> int:
     return chunk * max(1, round(_INPUTS_AT_ONCE / chunk))
 
 
+def _parts(fs: Any, directory: str | None, reports: Sequence[BatchReport]) -> list[Part]:
+    """The complete parts the run's tasks wrote, in row order."""
+    if directory is None:
+        return []
+    found = [
+        Part(fs, f"{directory}/{r.index}", r.part, r.rows)
+        for r in reports
+        if r.part is not None and r.rows is not None and len(r.rows)
+    ]
+    found.sort(key=lambda p: int(p.rows[0]))
+    return [p for p in found if p.complete()]
+
+
+def _not_in_parts(todo: Sequence[PlannedRow], parts: Sequence[Part]) -> Sequence[PlannedRow]:
+    """The planned rows that no part covers (their inputs are read from the ledger)."""
+    if not parts:
+        return todo
+    from esap_dask.engine.ledger import NewRows
+
+    if isinstance(todo, NewRows):
+        rows = np.arange(todo.start, todo.start + len(todo), dtype=np.int64)
+    else:
+        rows = np.fromiter((entry.row for entry in todo), dtype=np.int64, count=len(todo))
+    covered = np.isin(rows, np.concatenate([p.rows for p in parts]))
+    if covered.all():
+        return []
+    return [todo[int(k)] for k in np.flatnonzero(~covered)]
+
+
 def record_run(
     run_store: RunStore,
     summary: RunSummary,
@@ -351,12 +487,14 @@ def record_run(
     started: datetime,
     user: str | None = None,
     max_attempts: int | None = None,
+    reports: Sequence[BatchReport] = (),
 ) -> str:
     """Write the run's PROV-JSON next to the store and list it in the store's attrs.
 
     ``todo`` holds the run's planned rows (:attr:`esap_dask.engine.ledger.Plan.todo`); those
-    whose ledger row names this run are its inputs. Returns the document's path
-    (``<store>.provenance/<run id>.json``).
+    whose ledger row names this run are its inputs. The inputs of the ``reports`` whose
+    tasks rendered them (:func:`write_part`) are joined as they are; the others are read
+    from the ledger. Returns the document's path (``<store>.provenance/<run id>.json``).
     """
     group, store, storage_options = run_store.group, run_store.url, run_store.storage_options
     ended = datetime.now(UTC)
@@ -382,8 +520,14 @@ def record_run(
 
     fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
+    directory = ctx.provenance_parts
+    parts_path = (
+        fsspec.core.url_to_fs(directory, **dict(storage_options or {}))[1] if directory else None
+    )
+    parts = _parts(fs, parts_path, reports)
+    rest = _input_blocks(group, _not_in_parts(todo, parts))
     with fs.open(fs_path, "wb") as f:
-        for piece in encode_document(doc, summary.run_id, _input_blocks(group, todo)):
+        for piece in encode_document(doc, summary.run_id, rest, parts):
             f.write(piece.encode())
             crash_point("provenance")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
     run_store.add_run(

@@ -33,9 +33,9 @@ import stat
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import zarr
@@ -67,6 +67,8 @@ def __getattr__(name: str) -> Any:
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -89,6 +91,9 @@ class RunContext:
     #: fsspec options of URL observations by protocol, resolved on the driver (see
     #: :func:`esap_dask.engine.remote.input_options`)
     input_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: where each task renders the provenance of its inputs once it committed them
+    #: (:func:`esap_dask.engine.provenance.write_part`); None: the driver renders them all
+    provenance_parts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,11 @@ class BatchReport:
     from_ledger: bool = False
     #: the task did not start: its run was cancelled (its rows stay pending)
     cancelled: bool = False
+    #: bytes of the entities and usages the task rendered for the run's provenance
+    #: (:func:`esap_dask.engine.provenance.write_part`); None when it wrote none
+    part: tuple[int, int] | None = None
+    #: the batch's store rows, set by the driver when the report arrives
+    rows: np.ndarray | None = None
 
 
 def check_input(obs: Observation, checksum: bool = False) -> str | None:
@@ -553,7 +563,15 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
     # the commit point: write_rows writes ledger/status after every other array, so a row
     # reads done or failed only once its products and ledger arrays are written
-    write_rows(group, batch.rows, {**buffers, **pack(ledger)}, arrays=arrays)
+    columns = {**buffers, **pack(ledger)}
+    part = None
+    if ctx.provenance_parts is None:
+        write_rows(group, batch.rows, columns, arrays=arrays)
+    else:
+        part = _while_written(
+            lambda: write_rows(group, batch.rows, columns, arrays=arrays),
+            lambda: _write_part(ctx, batch, ledger),
+        )
     return BatchReport(
         index=batch.index,
         done=int((ledger["status"] == DONE).sum()),
@@ -562,4 +580,61 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
         worker=worker,
         seconds=time.perf_counter() - t0,
         started_on=started_on,
+        part=part,
     )
+
+
+def _while_written(write: Callable[[], None], render: Callable[[], T]) -> T:
+    """``render()`` here while ``write()`` (the batch's commit) runs in a thread of its own.
+
+    The commit's wait is mostly zarr's codec and store threads; the provenance part is
+    pure Python. Rendered after the commit, the parts of 100,000 tiny observations added
+    0.09-0.15 s to each worker's 0.83-0.92. A part written before its batch's commit is
+    harmless: the driver joins only the parts of tasks that reported, and a task whose
+    commit fails raises instead of reporting. Raises the commit's error, if any.
+    """
+    failed: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            write()
+        except BaseException as err:  # raised below, in the task's thread
+            failed.append(err)
+
+    thread = threading.Thread(target=commit, name="esap-commit")
+    thread.start()
+    try:
+        result = render()
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
+    return result
+
+
+def _write_part(
+    ctx: RunContext, batch: Batch, ledger: Mapping[str, np.ndarray]
+) -> tuple[int, int] | None:
+    """Render the provenance of the batch's inputs; None if it cannot be written.
+
+    Every row of the batch has its ledger row (done or failed) by now; their commit may
+    still be under way (:func:`_while_written`). A part that is not written costs
+    nothing but time: the run's record reads those inputs from the ledger.
+    """
+    if ctx.provenance_parts is None:
+        return None
+    from esap_dask.engine.provenance import write_part
+
+    obs = batch.observations
+    inputs: dict[str, Any] = {  # a run number's id is its text, as its source is
+        "id": ledger["source"] if isinstance(obs, RunNumbers) else [o.id for o in obs],
+        "source": ledger["source"],
+        "fingerprint": ledger["fingerprint"],
+        "checksum": ledger["checksum"],
+    }
+    try:
+        return write_part(
+            ctx.provenance_parts, ctx.storage_options, ctx.run_id, batch.index, inputs
+        )
+    except Exception:  # any failure: the driver reads these rows from the ledger
+        return None
