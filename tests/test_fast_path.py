@@ -320,3 +320,51 @@ def test_a_part_cut_short_or_missing_is_read_from_the_ledger(tmp_path, client):
             entity["voprov:checksum"]
             == "sha256:" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
         )
+
+
+@pytest.mark.parametrize("content_hash", [False, True])
+def test_a_new_store_records_the_fingerprints_its_tasks_took(tmp_path, client, content_hash):
+    """A first run's files are fingerprinted by the tasks that read them, as the driver would.
+
+    The ledger holds the fingerprints a driver computes; an unchanged rerun skips them all,
+    a changed file runs again; a missing file and a directory fail, and are recorded so.
+    """
+    from esap_dask.engine.ledger import read_ledger
+    from esap_dask.engine.observations import Observation, fingerprint
+    from esap_dask.store import open_store
+
+    files = _files(tmp_path / "in", [f"obs{k:02d}.dat" for k in range(9)])
+    (tmp_path / "in" / "dir.dat").mkdir()
+    listed = [*files, str(tmp_path / "in" / "gone.dat"), str(tmp_path / "in" / "dir.dat")]
+    store = tmp_path / "s.zarr"
+    first = map_observations(
+        "helloworld", listed, store, client=client, batch_size=4, content_hash=content_hash
+    )
+    assert (first.succeeded, first.failed) == (9, 2)
+    ledger = read_ledger(open_store(str(store), mode="r"))
+    expected = [fingerprint(Observation.of(f), content=content_hash) for f in listed]
+    assert ledger.fingerprint.tolist() == expected
+    assert expected[-2:] == ["missing", "directory"]
+    if content_hash:
+        assert expected[0] == "sha256:" + hashlib.sha256(Path(files[0]).read_bytes()).hexdigest()
+    again = map_observations("helloworld", files, store, client=client, content_hash=content_hash)
+    assert (again.processed, again.skipped) == (0, 9)
+    Path(files[3]).write_bytes(b"changed, and longer than before")
+    third = map_observations("helloworld", files, store, client=client, content_hash=content_hash)
+    assert (third.processed, third.reasons) == (1, {"changed": 1})
+
+
+def test_a_batch_of_new_files_travels_without_fingerprints(tmp_path):
+    """The tasks take them: the pickled batch holds the paths, not a fingerprint each."""
+    from esap_dask.engine.observations import Observation, TakenByWorkers
+    from esap_dask.engine.task import Batch
+
+    files = _files(tmp_path / "in", [f"obs{k:02d}.dat" for k in range(50)])
+    obs = [Observation.of(f) for f in files]
+    rows = np.arange(50)
+    taken = Batch(0, rows, obs, TakenByWorkers(obs), [0] * 50)
+    listed = Batch(0, rows, obs, list(TakenByWorkers(obs)), [0] * 50)
+    back = pickle.loads(pickle.dumps(taken))
+    assert isinstance(back.fingerprints, TakenByWorkers)
+    assert list(back.fingerprints) == listed.fingerprints  # read there, each is taken there
+    assert len(pickle.dumps(taken)) < len(pickle.dumps(listed)) - 50 * 10

@@ -372,15 +372,13 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
         raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
     run_store = RunStore.resolve(store, facility=facility, storage_options=storage_options)
     if dry_run:
-        obs_list, _, fps = _observations(
-            observations, select, input_storage_options, facility, content_hash
-        )
+        obs_list, in_opts = _observations(observations, select, input_storage_options, facility)
+        with gc_paused():
+            fps = fingerprints(obs_list, content=content_hash, input_options=in_opts)
         return _dry_run(pipeline, obs_list, fps, run_store, params, force, max_attempts)
     store, opts = run_store.url, run_store.storage_options
     run_store.check_writable()
-    obs_list, in_opts, fps = _observations(
-        observations, select, input_storage_options, facility, content_hash
-    )
+    obs_list, in_opts = _observations(observations, select, input_storage_options, facility)
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     migrated: list[str] = []
     with run_store.lock(run_id) as lock:
@@ -412,7 +410,10 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
             ledger = Ledger.empty()
         resolved = pipe.resolve(params) if pipe else dict(params or {})
         deps = _receipt_dependencies(pipe) if receipt_for is not None and pipe else None
-        with gc_paused():
+        with gc_paused():  # a new store's files are fingerprinted by the tasks that read them
+            fps = fingerprints(
+                obs_list, content=content_hash, input_options=in_opts, new_store=group is None
+            )
             todo = plan(
                 obs_list,
                 fps,
@@ -546,9 +547,8 @@ def _observations(
     select: Mapping[str, Any] | None,
     input_storage_options: Mapping[str, Any] | None,
     facility: str,
-    content_hash: bool,
-) -> tuple[Sequence[Observation], dict[str, Any], Sequence[str]]:
-    """The run's observations, the fsspec options of its URLs, and their fingerprints."""
+) -> tuple[Sequence[Observation], dict[str, Any]]:
+    """The run's observations, and the fsspec options of its URLs."""
     with gc_paused():
         obs_list = as_observations(
             observations,
@@ -559,8 +559,7 @@ def _observations(
         numbers = isinstance(obs_list, RunNumbers)
         urls = [] if numbers else [o.value for o in obs_list if o.kind == "url"]
         in_opts = input_options(urls, facility, input_storage_options) if urls else {}
-        fps = fingerprints(obs_list, content=content_hash, input_options=in_opts)
-    return obs_list, in_opts, fps
+    return obs_list, in_opts
 
 
 def _dry_run(

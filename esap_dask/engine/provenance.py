@@ -27,11 +27,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
-from json.encoder import encode_basestring_ascii as _quote  # json.dumps's string escaper
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from esap_dask.engine.provenance_inputs import (
+    TEXT_ROWS,
+    entity_members,
+    parts_url,
+    used_members,
+)
 from esap_dask.store import COMMIT_COLUMN, crash_point
 
 if TYPE_CHECKING:
@@ -169,16 +174,6 @@ def build_document(
 #: document of a run over 100,000 files is never whole in memory.
 _INPUTS_AT_ONCE = 5000
 
-#: Inputs rendered as one piece of text: a block of ledger chunks of 12,500 rows rendered
-#: at once held 9 MiB of text (its parts, the joined text and its bytes), the driver's
-#: peak of a 100,000-observation run once run numbers were no longer held as objects.
-_TEXT_ROWS = 2000
-
-
-def parts_url(store: str, run_id: str) -> str:
-    """The directory where the tasks of run ``run_id`` leave their inputs' provenance."""
-    return f"{store.rstrip('/')}.provenance/{run_id}.parts"
-
 
 @contextlib.contextmanager
 def task_parts(
@@ -202,42 +197,6 @@ def task_parts(
         if url is not None:
             with contextlib.suppress(Exception):
                 fs.rm(path, recursive=True)
-
-
-def write_part(
-    directory: str,
-    storage_options: Mapping[str, Any] | None,
-    run_id: str,
-    index: int,
-    inputs: Mapping[str, Column],
-) -> tuple[int, int]:
-    """Render the inputs of one batch into ``<directory>/<index>``; (entity, usage) bytes.
-
-    Called by a task once it committed its rows (:func:`esap_dask.engine.task.run_batch`):
-    the workers render the inputs of their batches while the run goes on, and the run's
-    record joins the parts (:class:`Part`) instead of reading the ledger back and
-    rendering every input on the driver, which took a quarter of a run of 100,000 tiny
-    observations (0.29 s of 1.12; 0.05-0.07 s of 0.29 at 10,000). ``inputs``: columns
-    ``id``, ``source``, ``fingerprint``, ``checksum``. The file holds the entities' JSON
-    members, then the usages', without a separator.
-    """
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(f"{directory}/{index}", **dict(storage_options or {}))
-    run = f"esap:run/{run_id}"
-    n = len(inputs["id"])
-    sizes = [0, 0]
-    with fs.open(path, "wb") as f:
-        for k in (0, 1):
-            sep = b""
-            for lo in range(0, n, _TEXT_ROWS):
-                block = {key: values[lo : lo + _TEXT_ROWS] for key, values in inputs.items()}
-                text = _entity_members(block) if k == 0 else _used_members(run, block["id"])
-                data = sep + text.encode()
-                f.write(data)
-                sizes[k] += len(data)
-                sep = b","
-    return sizes[0], sizes[1]
 
 
 class Part:
@@ -301,8 +260,8 @@ def encode_document(
     used: list[np.ndarray] = []  # the ids, for the usages after the entities
     for block in blocks:
         n = len(block["id"])
-        for lo in range(0, n, _TEXT_ROWS):
-            yield sep + _entity_members({k: v[lo : lo + _TEXT_ROWS] for k, v in block.items()})
+        for lo in range(0, n, TEXT_ROWS):
+            yield sep + entity_members({k: v[lo : lo + TEXT_ROWS] for k, v in block.items()})
             sep = ","
         if n:
             used.append(block["id"])
@@ -313,8 +272,8 @@ def encode_document(
         yield sep + part.read(used=True)
         sep = ","
     for ids in used:
-        for lo in range(0, len(ids), _TEXT_ROWS):
-            yield sep + _used_members(run, ids[lo : lo + _TEXT_ROWS])
+        for lo in range(0, len(ids), TEXT_ROWS):
+            yield sep + used_members(run, ids[lo : lo + TEXT_ROWS])
             sep = ","
     yield "}}"
 
@@ -325,51 +284,9 @@ def _blocks(inputs: Mapping[str, np.ndarray]) -> Iterator[Mapping[str, np.ndarra
         yield {k: v[lo : lo + _INPUTS_AT_ONCE] for k, v in inputs.items()}
 
 
-#: A column of inputs: the ledger's (an array), or a task's (a list).
-Column = Sequence[str] | np.ndarray
-
-
-def _tolist(values: Column) -> list[Any]:
-    return values.tolist() if isinstance(values, np.ndarray) else list(values)
-
-
-def _used_members(run: str, ids: Column) -> str:
-    """JSON members: the usages of inputs ``ids`` by ``run``.
-
-    Written from templates with json's own C string escaper: building a dict per input
-    and encoding it took a fifth of a 100,000-observation run. (Its call, 48 ns, is
-    barely slower than a bare f-string, 35 ns; ``'"{}"'.format`` took 104 ns.) Every
-    name is escaped, the usage's own too: a file named with a quote, a backslash or a
-    newline made the document invalid JSON.
-    """
-    head = f'{{"prov:activity":{_quote(run)},"prov:entity":'
-    return ",".join(
-        f'{_quote("_:used-" + i)}:{head}{_quote("esap:input/" + i)},"prov:role":"voprov:input"}}'
-        for i in _tolist(ids)
-    )
-
-
-def _entity_members(inputs: Mapping[str, Column]) -> str:
-    """JSON members: the entities of ``inputs`` (columns id, source, fingerprint, checksum)."""
-    columns = zip(
-        _tolist(inputs["id"]),
-        _tolist(inputs["source"]),
-        _tolist(inputs["fingerprint"]),
-        _tolist(inputs["checksum"]),
-        strict=True,
-    )
-    parts = []
-    for ident, source, fp, checksum in columns:
-        digest = f',"voprov:checksum":{_quote("sha256:" + checksum)}' if checksum else ""
-        parts.append(
-            f'{_quote("esap:input/" + ident)}:{{"prov:type":"voprov:Entity",'
-            f'"voprov:name":{_quote(ident)},"prov:location":{_quote(source)},'
-            f'"esap:fingerprint":{_quote(fp)}{digest}}}'
-        )
-    return ",".join(parts)
-
-
-def _input_blocks(group: Any, todo: Sequence[PlannedRow]) -> Iterator[Mapping[str, np.ndarray]]:
+def _input_blocks(
+    group: Any, todo: Sequence[PlannedRow], recorded: bool = False
+) -> Iterator[Mapping[str, np.ndarray]]:
     """The inputs of the run that planned ``todo``, a block of rows at a time, in row order.
 
     A planned row is an input when its ledger row is committed (done or failed): the
@@ -383,7 +300,7 @@ def _input_blocks(group: Any, todo: Sequence[PlannedRow]) -> Iterator[Mapping[st
     ``record`` strings (seven fields a row) for every run.
     """
     from esap_dask.engine.ledger import PENDING, NewRows, column_reader
-    from esap_dask.engine.observations import RunNumbers, ValueFingerprints
+    from esap_dask.engine.observations import RunNumbers, TakenByWorkers, ValueFingerprints
 
     if isinstance(todo, NewRows):  # in row order already; read by column, no row objects
         rows = np.arange(todo.start, todo.start + len(todo), dtype=np.int64)
@@ -398,9 +315,10 @@ def _input_blocks(group: Any, todo: Sequence[PlannedRow]) -> Iterator[Mapping[st
         return
     numbers = observations.values if isinstance(observations, RunNumbers) else None
     files = numbers is None and any(o.kind != "value" for o in observations)
-    # values' fingerprints are computed when read: the ledger has them, as the workers
-    # computed them (one decode of a chunk instead of a hash per input)
-    recorded = isinstance(fingerprints, ValueFingerprints)
+    # values' fingerprints are computed when read, and a new store's files' were taken by
+    # the tasks: the ledger has them, as the workers computed them (one decode of a chunk
+    # instead of a hash or a stat per input)
+    recorded = recorded or isinstance(fingerprints, (ValueFingerprints, TakenByWorkers))
     names = ["status", *(["checksum"] if files else []), *(["fingerprint"] if recorded else [])]
     read = column_reader(group, names)
     block = _block_rows(group)
@@ -518,6 +436,8 @@ def record_run(
     path = f"{store.rstrip('/')}.provenance/{summary.run_id}.json"
     import fsspec  # here: an unchanged rerun writes no provenance, and needs no fsspec
 
+    from esap_dask.engine.observations import TakenByWorkers, ValueFingerprints
+
     fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
     directory = ctx.provenance_parts
@@ -525,7 +445,9 @@ def record_run(
         fsspec.core.url_to_fs(directory, **dict(storage_options or {}))[1] if directory else None
     )
     parts = _parts(fs, parts_path, reports)
-    rest = _input_blocks(group, _not_in_parts(todo, parts))
+    # the rows no part covers; their fingerprints from the ledger if the tasks took them
+    taken = isinstance(getattr(todo, "fingerprints", None), (ValueFingerprints, TakenByWorkers))
+    rest = _input_blocks(group, _not_in_parts(todo, parts), recorded=taken)
     with fs.open(fs_path, "wb") as f:
         for piece in encode_document(doc, summary.run_id, rest, parts):
             f.write(piece.encode())

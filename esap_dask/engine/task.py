@@ -43,8 +43,10 @@ import zarr
 from esap_dask.engine.ledger import DONE, FAILED, blank, pack, read_columns
 from esap_dask.engine.ledger_layout import buffer_dtype
 from esap_dask.engine.observations import (
+    ContentTakenByWorkers,
     Observation,
     RunNumbers,
+    TakenByWorkers,
     ValueFingerprints,
     sha256_fd,
     sha256_file,
@@ -66,6 +68,10 @@ def __getattr__(name: str) -> Any:
 
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
+
+#: How a task fingerprints the inputs of a new store (:class:`TakenByWorkers`): by size and
+#: modification time, or by content.
+STAT, CONTENT = "stat", "content"
 
 T = TypeVar("T")
 
@@ -122,7 +128,9 @@ class Batch:
             return _batch_of_numbers, (self.index, rows, obs.values, attempts)
         # by column: a list of 1,000s of named tuples pickles 5x slower than its columns
         columns = tuple(map(list, zip(*obs, strict=True)))
-        return _batch_of_columns, (self.index, self.rows, columns, list(fps), attempts)
+        # fingerprints the tasks take: their kind only (TakenByWorkers)
+        sent = type(fps) if isinstance(fps, TakenByWorkers) else list(fps)
+        return _batch_of_columns, (self.index, self.rows, columns, sent, attempts)
 
     def describe(self) -> str:
         """``"obs_a … obs_b (n observations)"`` for messages."""
@@ -132,10 +140,15 @@ class Batch:
 
 
 def _batch_of_columns(
-    index: int, rows: np.ndarray, columns: tuple[list[Any], ...], fps: list[str], att: np.ndarray
+    index: int,
+    rows: np.ndarray,
+    columns: tuple[list[Any], ...],
+    fps: list[str] | type[TakenByWorkers],
+    att: np.ndarray,
 ) -> Batch:
     observations = list(map(Observation._make, zip(*columns, strict=True))) if columns else []
-    return Batch(index, rows, observations, fps, att.tolist())
+    taken = fps(observations) if isinstance(fps, type) else fps
+    return Batch(index, rows, observations, taken, att.tolist())
 
 
 def _batch_of_numbers(
@@ -215,18 +228,24 @@ class BatchReport:
 
 
 def check_input(obs: Observation, checksum: bool = False) -> str | None:
+    """:func:`open_input`'s checksum."""
+    return open_input(obs, checksum)[0]
+
+
+def open_input(obs: Observation, checksum: bool = False) -> tuple[str | None, str | None]:
     """Raise a clear error for a file observation that is missing or not a file.
 
-    With ``checksum``, the SHA-256 of a regular file's content (hex), read through the
-    descriptor the check opened: one ``open`` and ``fstat`` serve both (a ``stat``, then
-    a Python file object for the checksum, took 13.2 µs a 100-byte file against 7.1;
-    ``python -m bench.checksums``). None for other observations, and without
-    ``checksum``. An unreadable file raises here, so its observation fails alone (the
-    checksum read after the pipeline failed its whole batch). Opened without blocking: a
-    FIFO named as an observation is not waited on.
+    Returns the file's checksum and its ``<size>-<mtime_ns>`` fingerprint (both None for
+    other observations). With ``checksum``, the SHA-256 of a regular file's content
+    (hex), read through the descriptor the check opened: one ``open`` and ``fstat`` serve
+    the check, the fingerprint and the checksum (a ``stat``, then a Python file object for
+    the checksum, took 13.2 µs a 100-byte file against 7.1; ``python -m bench.checksums``).
+    An unreadable file raises here, so its observation fails alone (the checksum read
+    after the pipeline failed its whole batch). Opened without blocking: a FIFO named as
+    an observation is not waited on.
     """
     if obs.kind != "file":
-        return None
+        return None, None
     path = obs.value
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -236,9 +255,10 @@ def check_input(obs: Observation, checksum: bool = False) -> str | None:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(f"{path}: is a directory, not an observation file")
+        taken = f"{st.st_size}-{st.st_mtime_ns}"  # observations.fingerprint's, from the fd
         if not (checksum and stat.S_ISREG(st.st_mode)):
-            return None
-        return sha256_fd(fd, st.st_size)
+            return None, taken
+        return sha256_fd(fd, st.st_size), taken
     finally:
         os.close(fd)
 
@@ -357,15 +377,25 @@ def _process(
     i: int,
     ledger: dict[str, np.ndarray],
     k: int,
+    take: str = "",
 ) -> tuple[str, str, str] | None:
-    """Run the pipeline on ``obs`` into row ``i`` of ``buffers`` and row ``k`` of ``ledger``."""
+    """Run the pipeline on ``obs`` into row ``i`` of ``buffers`` and row ``k`` of ``ledger``.
+
+    ``take``: :data:`STAT` or :data:`CONTENT` when the task fingerprints its inputs
+    (:class:`~esap_dask.engine.observations.TakenByWorkers`), from the descriptor it
+    checks and hashes the file through.
+    """
     schema = ctx.schema
     ledger["start"][k] = time.time()
     failure = None
     try:
-        checksum = check_input(obs, ctx.checksums)
+        checksum, taken = open_input(obs, ctx.checksums)
         if checksum is not None:
             ledger["checksum"][k] = checksum
+        if take == STAT and taken is not None:  # the task fingerprints its inputs
+            ledger["fingerprint"][k] = taken
+        elif take == CONTENT and checksum is not None:
+            ledger["fingerprint"][k] = f"sha256:{checksum}"
         if obs.kind == "url":  # the pipeline reads a local copy, removed after
             with local_copy(obs.value, ctx.input_options) as path:
                 _place(schema, ctx.pipeline.function(path, **ctx.params), buffers, i)
@@ -538,7 +568,14 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     units = np.asarray(batch.rows) // max(1, ctx.unit)
     bounds = _flushes([*np.flatnonzero(np.diff(units)).tolist(), n - 1], slots)
     ledger["source"][:] = [str(o.value) for o in batch.observations]
-    ledger["fingerprint"][:] = list(batch.fingerprints)
+    fps = batch.fingerprints
+    take = ""
+    if isinstance(fps, TakenByWorkers):
+        take = CONTENT if isinstance(fps, ContentTakenByWorkers) else STAT
+        if take == CONTENT and not ctx.checksums:
+            take, fps = "", list(fps)
+    if not take:
+        ledger["fingerprint"][:] = list(fps)
     ledger["params"][:] = ctx.param_hash
     ledger["version"][:] = ctx.pipeline.version
     ledger["attempts"][:] = np.asarray(batch.attempts) + len(started_on)
@@ -551,7 +588,8 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
             slot.name: np.empty((size, *slot.shape), dtype=slot.dtype) for slot in slots
         }
         for i in range(size):
-            failure = _process(ctx, batch.observations[first + i], buffers, i, ledger, first + i)
+            obs = batch.observations[first + i]
+            failure = _process(ctx, obs, buffers, i, ledger, first + i, take)
             if failure:
                 failures.append(failure)
         if size == n:  # one write of the whole batch: products and ledger together below
@@ -560,6 +598,9 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
         first = last + 1
     else:
         buffers = {}
+    if take:  # inputs not opened, or not hashed: "missing", "directory", ...
+        for k in np.flatnonzero(ledger["fingerprint"] == "").tolist():
+            ledger["fingerprint"][k] = fps[k]
     crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
     # the commit point: write_rows writes ledger/status after every other array, so a row
     # reads done or failed only once its products and ledger arrays are written
@@ -623,7 +664,7 @@ def _write_part(
     """
     if ctx.provenance_parts is None:
         return None
-    from esap_dask.engine.provenance import write_part
+    from esap_dask.engine.provenance_inputs import write_part
 
     obs = batch.observations
     inputs: dict[str, Any] = {  # a run number's id is its text, as its source is

@@ -1,0 +1,109 @@
+"""The PROV-JSON text of a run's inputs, as its tasks and its driver render it.
+
+Each processed input is a used ``prov:Entity`` (location, fingerprint, checksum) and a
+``used`` relation of the run (see :mod:`esap_dask.engine.provenance`). A task renders the
+inputs of its batch into a part beside the store (:func:`write_part`); the run's record
+joins the parts, and renders the inputs no part covers from the ledger. A module of its
+own: the worker-side task imports it, and the driver's provenance imports the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring_ascii as _quote  # json.dumps's string escaper
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TEXT_ROWS", "Column", "entity_members", "parts_url", "used_members", "write_part"]
+
+#: Inputs rendered as one piece of text: a block of ledger chunks of 12,500 rows rendered
+#: at once held 9 MiB of text (its parts, the joined text and its bytes), the driver's
+#: peak of a 100,000-observation run once run numbers were no longer held as objects.
+TEXT_ROWS = 2000
+
+
+def parts_url(store: str, run_id: str) -> str:
+    """The directory where the tasks of run ``run_id`` leave their inputs' provenance."""
+    return f"{store.rstrip('/')}.provenance/{run_id}.parts"
+
+
+#: A column of inputs: the ledger's (an array), or a task's (a list).
+Column = Sequence[str] | np.ndarray
+
+
+def _tolist(values: Column) -> list[Any]:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def used_members(run: str, ids: Column) -> str:
+    """JSON members: the usages of inputs ``ids`` by ``run``.
+
+    Written from templates with json's own C string escaper: building a dict per input
+    and encoding it took a fifth of a 100,000-observation run. (Its call, 48 ns, is
+    barely slower than a bare f-string, 35 ns; ``'"{}"'.format`` took 104 ns.) Every
+    name is escaped, the usage's own too: a file named with a quote, a backslash or a
+    newline made the document invalid JSON.
+    """
+    head = f'{{"prov:activity":{_quote(run)},"prov:entity":'
+    return ",".join(
+        f'{_quote("_:used-" + i)}:{head}{_quote("esap:input/" + i)},"prov:role":"voprov:input"}}'
+        for i in _tolist(ids)
+    )
+
+
+def entity_members(inputs: Mapping[str, Column]) -> str:
+    """JSON members: the entities of ``inputs`` (columns id, source, fingerprint, checksum)."""
+    columns = zip(
+        _tolist(inputs["id"]),
+        _tolist(inputs["source"]),
+        _tolist(inputs["fingerprint"]),
+        _tolist(inputs["checksum"]),
+        strict=True,
+    )
+    parts = []
+    for ident, source, fp, checksum in columns:
+        digest = f',"voprov:checksum":{_quote("sha256:" + checksum)}' if checksum else ""
+        parts.append(
+            f'{_quote("esap:input/" + ident)}:{{"prov:type":"voprov:Entity",'
+            f'"voprov:name":{_quote(ident)},"prov:location":{_quote(source)},'
+            f'"esap:fingerprint":{_quote(fp)}{digest}}}'
+        )
+    return ",".join(parts)
+
+
+def write_part(
+    directory: str,
+    storage_options: Mapping[str, Any] | None,
+    run_id: str,
+    index: int,
+    inputs: Mapping[str, Column],
+) -> tuple[int, int]:
+    """Render the inputs of one batch into ``<directory>/<index>``; (entity, usage) bytes.
+
+    Called by a task while its rows are committed (:func:`esap_dask.engine.task.run_batch`):
+    the workers render the inputs of their batches while the run goes on, and the run's
+    record joins the parts (:class:`esap_dask.engine.provenance.Part`) instead of reading
+    the ledger back and
+    rendering every input on the driver, which took a quarter of a run of 100,000 tiny
+    observations (0.29 s of 1.12; 0.05-0.07 s of 0.29 at 10,000). ``inputs``: columns
+    ``id``, ``source``, ``fingerprint``, ``checksum``. The file holds the entities' JSON
+    members, then the usages', without a separator.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(f"{directory}/{index}", **dict(storage_options or {}))
+    run = f"esap:run/{run_id}"
+    n = len(inputs["id"])
+    sizes = [0, 0]
+    with fs.open(path, "wb") as f:
+        for k in (0, 1):
+            sep = b""
+            for lo in range(0, n, TEXT_ROWS):
+                block = {key: values[lo : lo + TEXT_ROWS] for key, values in inputs.items()}
+                text = entity_members(block) if k == 0 else used_members(run, block["id"])
+                data = sep + text.encode()
+                f.write(data)
+                sizes[k] += len(data)
+                sep = b","
+    return sizes[0], sizes[1]
