@@ -241,6 +241,15 @@ def _inputs(doc: dict) -> tuple[dict, dict]:
     return entities, used
 
 
+def _check_entities(entities: dict, files: list[str]) -> None:
+    """Each file's entity: its location, and the SHA-256 of its content."""
+    for f in files:
+        entity = entities[f"esap:input/{os.path.basename(f)}"]
+        assert entity["prov:location"] == f
+        digest = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        assert entity["voprov:checksum"] == f"sha256:{digest}"
+
+
 def _files(folder: Path, names: list[str]) -> list[str]:
     folder.mkdir()
     for k, name in enumerate(names):
@@ -282,13 +291,7 @@ def test_inputs_rendered_by_the_tasks_make_the_document_the_driver_made(
     assert _inputs(a) == _inputs(b)
     entities, used = _inputs(a)
     assert len(entities) == len(used) == 14
-    for f in files:
-        entity = entities[f"esap:input/{os.path.basename(f)}"]
-        assert entity["prov:location"] == f
-        assert (
-            entity["voprov:checksum"]
-            == "sha256:" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
-        )
+    _check_entities(entities, files)
     # the run's own entry of its usages names this run
     run = f"esap:run/{by_tasks.run_id}"
     assert {u["prov:activity"] for u in a["used"].values()} == {run}
@@ -313,13 +316,7 @@ def test_a_part_cut_short_or_missing_is_read_from_the_ledger(tmp_path, client):
     assert spoiled  # at least one part of an earlier batch was cut short
     entities, used = _inputs(json.loads(Path(summary.provenance).read_text()))
     assert set(entities) == set(used) == {f"esap:input/{n}" for n in names}
-    for f in files:
-        entity = entities[f"esap:input/{os.path.basename(f)}"]
-        assert entity["prov:location"] == f
-        assert (
-            entity["voprov:checksum"]
-            == "sha256:" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
-        )
+    _check_entities(entities, files)
 
 
 @pytest.mark.parametrize("content_hash", [False, True])
