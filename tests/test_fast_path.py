@@ -264,6 +264,7 @@ def test_inputs_rendered_by_the_tasks_make_the_document_the_driver_made(
     from esap_dask.engine import provenance
 
     files = _files(tmp_path / "in", [f"obs{k:02d}.dat" for k in range(14)])
+    monkeypatch.setattr(provenance, "PART_PIECE", 7)  # parts read in many pieces
     from_ledger = []  # the planned rows whose inputs the driver read from the ledger
     not_in_parts = provenance._not_in_parts
     monkeypatch.setattr(
