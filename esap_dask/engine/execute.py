@@ -223,8 +223,15 @@ def execute(
     layout: StoreLayout,
     batch_size: int | None,
     progress: bool | Callable[[str], None] | None,
+    *,
+    threads: int | None = None,
+    dashboard: str | None = None,
 ) -> list[BatchReport]:
     """Run the batches of ``todo`` on ``client``'s cluster; the reports of those that ended.
+
+    ``threads`` (:func:`nthreads`) and ``dashboard`` (the client's ``dashboard_link``) as
+    the caller knows them: each is a round trip to the scheduler for a client connected
+    by address (3 ms each, twice a run).
 
     ``progress`` is a bar's switch, or a function that receives progress lines (see
     :class:`esap_dask.engine.progress.Progress`). In a run started with ``wait=False``
@@ -237,7 +244,7 @@ def execute(
         entries = _in_row_order(todo.todo)
         rows = _rows(entries)
         n = len(rows)
-        threads = nthreads(client)
+        threads = threads or nthreads(client)
         probes = 0 if batch_size else _probe_split(rows, layout.unit, threads)
         if batch_size:
             planned = make_batches(rows, layout.unit, batch_size)
@@ -299,9 +306,7 @@ def execute(
         cancelled.set()
         cancel_tasks(client, list(futures), prefix, tracked)
 
-    if control is None or control.attach(
-        cancel, run_id=ctx.run_id, dashboard=getattr(client, "dashboard_link", None)
-    ):
+    if control is None or control.attach(cancel, run_id=ctx.run_id, dashboard=dashboard):
         for b in batches:
             submit(b)
     else:  # cancelled before anything was submitted
@@ -318,7 +323,7 @@ def execute(
         total=n,
         description=f"{ctx.pipeline.name} → {os.path.basename(ctx.store)}",
         enabled=progress,
-        dashboard=getattr(client, "dashboard_link", None),
+        dashboard=dashboard,
         state=control.state if control is not None else None,
     )
     watch = _ClusterWatch(client, futures)

@@ -449,10 +449,9 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                 schema = pipe.output_schema(resolved)
                 new = todo.new
                 new_ids = new.ids() if isinstance(new, RunNumbers) else [o.id for o in new]
+                threads = nthreads(cl)
                 if group is None:
-                    layout = choose_layout(
-                        schema, len(obs_list), nthreads(cl), chunk=chunk, shard=shard
-                    )
+                    layout = choose_layout(schema, len(obs_list), threads, chunk=chunk, shard=shard)
                     group = run_store.create(
                         schema, layout, ARRAYS, pipeline=pipe, created=started, ids=new_ids
                     )
@@ -476,10 +475,20 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                     provenance_parts=parts,
                 )
                 known = set(_cluster_notes(cl))
-                reports = execute(cl, ctx, group, todo, layout, batch_size, progress)
+                dashboard = getattr(cl, "dashboard_link", None)
+                reports = execute(
+                    cl,
+                    ctx,
+                    group,
+                    todo,
+                    layout,
+                    batch_size,
+                    progress,
+                    threads=threads,
+                    dashboard=dashboard,
+                )
                 _raise_store_failure(reports)  # a full disk stops the run (exit 2), not exit 1
                 cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
-                dashboard = getattr(cl, "dashboard_link", None)
             summary = summarise(
                 store, run_id, pipe.name, pipe.version, facility, obs_list, todo, reports, t0
             )
