@@ -5,7 +5,7 @@
 Before its pipeline runs on a file, a task checks that the file is there and is not a
 directory, and the ledger records the SHA-256 of its content. The baseline is what a task
 did up to session 8: ``os.stat`` for the check, then ``open(path, "rb")``, ``fstat`` and
-one ``read`` for the checksum (after the pipeline). esap-dask's ``check_input`` opens the
+one ``read`` for the checksum (after the pipeline). esap-dask's ``open_input`` opens the
 file once and serves both from the descriptor (``fstat``, ``os.read``). Files of
 ``--size`` bytes (the tiny files of ``bench.peers`` hold 100-150), in a temporary
 directory; rounds interleave the two ways, medians of µs per file go to
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench.common import Record, report, summarize
 from esap_dask.engine.observations import SMALL_FILE, Observation
-from esap_dask.engine.task import check_input
+from esap_dask.engine.task import open_input
 
 
 def stat_then_open(path: str) -> str:
@@ -67,7 +67,7 @@ def run(rounds: int, count: int, size: int) -> list[Record]:
             paths.append(str(path))
         observations = [Observation.of(p) for p in paths]
         for p, o in zip(paths[:100], observations[:100], strict=True):
-            if not stat_then_open(p) == one_descriptor_1mib(o) == check_input(o, checksum=True):
+            if not stat_then_open(p) == one_descriptor_1mib(o) == open_input(o, True)[0]:
                 raise SystemExit(f"{p}: the ways disagree")
         base: list[float] = []
         old: list[float] = []
@@ -84,7 +84,7 @@ def run(rounds: int, count: int, size: int) -> list[Record]:
                         one_descriptor_1mib(o)
                 else:
                     for o in observations:
-                        check_input(o, checksum=True)
+                        open_input(o, checksum=True)
                 if r:
                     times.append((time.perf_counter() - t) / count * 1e6)
     finally:
@@ -95,7 +95,7 @@ def run(rounds: int, count: int, size: int) -> list[Record]:
         summarize(
             case, "one descriptor, 1 MiB read to the end (session 9)", "µs per file", old, base
         ),
-        summarize(case, "check_input (one descriptor, one read)", "µs per file", head, base),
+        summarize(case, "open_input (one descriptor, one read)", "µs per file", head, base),
     ]
 
 

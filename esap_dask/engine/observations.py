@@ -180,7 +180,8 @@ class TakenByWorkers(MadeWhenRead[str]):
     run of 10,000 tiny files; with ``content_hash``, every file read and hashed on the
     driver, one after the other). Batches are pickled without them
     (:class:`esap_dask.engine.task.Batch`); each task fingerprints its files as it
-    processes them, from the same descriptor as the checksum (:func:`check_input`'s). Read
+    processes them, from the descriptor it hashes the file through
+    (:func:`esap_dask.engine.task.open_input`). Read
     elsewhere, an item is the file's :func:`fingerprint` now.
     """
 

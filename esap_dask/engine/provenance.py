@@ -300,7 +300,7 @@ def _blocks(inputs: Mapping[str, np.ndarray]) -> Iterator[Mapping[str, np.ndarra
 
 
 def _input_blocks(
-    group: Any, todo: Sequence[PlannedRow], recorded: bool = False
+    group: Any, todo: Sequence[PlannedRow], recorded: bool
 ) -> Iterator[Mapping[str, np.ndarray]]:
     """The inputs of the run that planned ``todo``, a block of rows at a time, in row order.
 
@@ -311,11 +311,12 @@ def _input_blocks(
     one block of rows at a time: read whole, the columns of a 100,000-observation run held
     25 MiB of the driver's memory while the document was written (tracemalloc). Only
     ``status`` (one byte a row) is read, ``checksum`` when inputs are files or URLs, and the
-    fingerprints of plain values: reading the run id as well decoded the ledger's
-    ``record`` strings (seven fields a row) for every run.
+    fingerprints when ``recorded`` (those the workers computed: of plain values, and of a
+    new store's files): reading the run id as well decoded the ledger's ``record`` strings
+    (seven fields a row) for every run.
     """
     from esap_dask.engine.ledger import PENDING, NewRows, column_reader
-    from esap_dask.engine.observations import RunNumbers, TakenByWorkers, ValueFingerprints
+    from esap_dask.engine.observations import RunNumbers
 
     if isinstance(todo, NewRows):  # in row order already; read by column, no row objects
         rows = np.arange(todo.start, todo.start + len(todo), dtype=np.int64)
@@ -330,10 +331,6 @@ def _input_blocks(
         return
     numbers = observations.values if isinstance(observations, RunNumbers) else None
     files = numbers is None and any(o.kind != "value" for o in observations)
-    # values' fingerprints are computed when read, and a new store's files' were taken by
-    # the tasks: the ledger has them, as the workers computed them (one decode of a chunk
-    # instead of a hash or a stat per input)
-    recorded = recorded or isinstance(fingerprints, (ValueFingerprints, TakenByWorkers))
     names = ["status", *(["checksum"] if files else []), *(["fingerprint"] if recorded else [])]
     read = column_reader(group, names)
     block = _block_rows(group)
@@ -402,7 +399,7 @@ def _not_in_parts(todo: Sequence[PlannedRow], parts: Sequence[Part]) -> Sequence
     from esap_dask.engine.ledger import NewRows
 
     if isinstance(todo, NewRows):
-        rows = np.arange(todo.start, todo.start + len(todo), dtype=np.int64)
+        rows = np.asarray(todo.rows, dtype=np.int64)
     else:
         rows = np.fromiter((entry.row for entry in todo), dtype=np.int64, count=len(todo))
     covered = np.isin(rows, np.concatenate([p.rows for p in parts]))
@@ -460,9 +457,11 @@ def record_run(
         fsspec.core.url_to_fs(directory, **dict(storage_options or {}))[1] if directory else None
     )
     parts = _parts(fs, parts_path, reports)
-    # the rows no part covers; their fingerprints from the ledger if the tasks took them
-    taken = isinstance(getattr(todo, "fingerprints", None), (ValueFingerprints, TakenByWorkers))
-    rest = _input_blocks(group, _not_in_parts(todo, parts), recorded=taken)
+    # the rows no part covers. Values' fingerprints are computed when read, and a new
+    # store's files' were taken by the tasks: the ledger has them, as the workers computed
+    # them (one decode of a chunk instead of a hash or a stat per input)
+    recorded = isinstance(getattr(todo, "fingerprints", None), (ValueFingerprints, TakenByWorkers))
+    rest = _input_blocks(group, _not_in_parts(todo, parts), recorded)
     with fs.open(fs_path, "wb") as f:
         for piece in encode_document(doc, summary.run_id, rest, parts):
             f.write(piece.encode())

@@ -227,11 +227,6 @@ class BatchReport:
     rows: np.ndarray | None = None
 
 
-def check_input(obs: Observation, checksum: bool = False) -> str | None:
-    """:func:`open_input`'s checksum."""
-    return open_input(obs, checksum)[0]
-
-
 def open_input(obs: Observation, checksum: bool = False) -> tuple[str | None, str | None]:
     """Raise a clear error for a file observation that is missing or not a file.
 
@@ -570,11 +565,9 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     ledger["source"][:] = [str(o.value) for o in batch.observations]
     fps = batch.fingerprints
     take = ""
-    if isinstance(fps, TakenByWorkers):
+    if isinstance(fps, TakenByWorkers):  # filled in by _process, the others below
         take = CONTENT if isinstance(fps, ContentTakenByWorkers) else STAT
-        if take == CONTENT and not ctx.checksums:
-            take, fps = "", list(fps)
-    if not take:
+    else:
         ledger["fingerprint"][:] = list(fps)
     ledger["params"][:] = ctx.param_hash
     ledger["version"][:] = ctx.pipeline.version
@@ -598,7 +591,7 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
         first = last + 1
     else:
         buffers = {}
-    if take:  # inputs not opened, or not hashed: "missing", "directory", ...
+    if take:  # inputs not opened, or not hashed: "missing", "directory", ... read now
         for k in np.flatnonzero(ledger["fingerprint"] == "").tolist():
             ledger["fingerprint"][k] = fps[k]
     crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
