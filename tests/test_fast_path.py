@@ -366,3 +366,72 @@ def test_a_batch_of_new_files_travels_without_fingerprints(tmp_path):
     assert isinstance(back.fingerprints, TakenByWorkers)
     assert list(back.fingerprints) == listed.fingerprints  # read there, each is taken there
     assert len(pickle.dumps(taken)) < len(pickle.dumps(listed)) - 50 * 10
+
+
+def _chunk_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "zarr.json"
+    }
+
+
+def test_chunks_written_on_zarrs_loop_are_the_bytes_zarr_writes(tmp_path):
+    """Small chunks go through the loop (esap_dask.store.local), large through zarr's threads:
+    either way the files are what zarr's own LocalStore and zstd codec write, and read back."""
+    import zarr
+    from zarr.codecs.zstd import ZstdCodec
+
+    from esap_dask.store import zarr_store
+    from esap_dask.store.local import INLINE_BYTES, InlineZstdCodec, LocalChunkStore
+
+    rng = np.random.default_rng(7)
+    big = INLINE_BYTES // 4  # float64 values in one chunk: twice the threshold
+    values = {
+        "small": rng.random(1000),
+        "large": rng.random(big),
+        "text": np.asarray(
+            [f"observation {i} é\n" for i in range(500)], dtype=np.dtypes.StringDType()
+        ),
+    }
+    zstd = [{"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
+
+    def write(group: zarr.Group) -> dict[str, type]:
+        codecs = {}
+        for name, v in values.items():
+            arr = group.create_array(
+                name, shape=v.shape, chunks=v.shape, dtype=v.dtype, compressors=zstd
+            )
+            arr[...] = v
+            codecs[name] = type(arr.compressors[0])
+        return codecs
+
+    ours = zarr.open_group(zarr_store(str(tmp_path / "ours.zarr")), mode="w")
+    assert type(ours.store) is LocalChunkStore
+    assert set(write(ours).values()) == {InlineZstdCodec}
+    with zarr.config.set({"codecs.zstd": "zarr.codecs.zstd.ZstdCodec"}):
+        plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+        assert set(write(plain).values()) == {ZstdCodec}
+    mine, theirs = _chunk_files(tmp_path / "ours.zarr"), _chunk_files(tmp_path / "plain.zarr")
+    assert sorted(mine) == sorted(theirs) == ["large/c/0", "small/c/0", "text/c/0"]
+    assert mine == theirs
+    assert len(mine["large/c/0"]) > INLINE_BYTES > len(mine["small/c/0"])
+    assert not list((tmp_path / "ours.zarr").rglob("*.partial"))  # no temporary file left
+    reopened = zarr.open_group(zarr_store(str(tmp_path / "ours.zarr"), read_only=True), mode="r")
+    for name, v in values.items():
+        np.testing.assert_array_equal(reopened[name][...], v)
+    assert reopened.store.read_only
+    with pytest.raises(ValueError, match="read-only"):
+        reopened["small"][:10] = 0.0
+
+
+def test_a_run_writes_through_the_loop_store_and_codec(tmp_path, client):
+    from esap_dask.store import open_store
+    from esap_dask.store.local import InlineZstdCodec, LocalChunkStore
+
+    store = tmp_path / "h.zarr"
+    map_observations("helloworld", range(40), store, client=client)
+    group = open_store(str(store), mode="r")
+    assert type(group.store) is LocalChunkStore
+    assert type(group["ledger/status"].compressors[0]) is InlineZstdCodec
+    assert xr.open_zarr(store).sizes["obs"] == 40  # a plain reader opens it

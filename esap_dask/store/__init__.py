@@ -67,6 +67,9 @@ import zarr.errors
 
 from esap_dask.errors import Remedy, Worded
 from esap_dask.pipeline import Schema, SchemaError
+from esap_dask.store.local import LocalChunkStore, use_inline_codecs
+
+use_inline_codecs()  # small chunks compressed on zarr's loop (esap_dask.store.local)
 
 __all__ = [
     "CRASH_STEPS",
@@ -221,13 +224,15 @@ def dims_of(arr: zarr.Array) -> tuple[str, ...]:
     return tuple(getattr(arr.metadata, "dimension_names", None) or ())
 
 
-def zarr_store(store: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """What zarr opens for ``store``: the path itself, or an fsspec store for a URL."""
+def zarr_store(
+    store: str, storage_options: Mapping[str, Any] | None = None, *, read_only: bool = False
+) -> Any:
+    """What zarr opens for ``store``: a :class:`LocalChunkStore`, or an fsspec store for a URL."""
     if "://" in store and not store.startswith("file://"):
         from zarr.storage import FsspecStore
 
         return FsspecStore.from_url(store, storage_options=dict(storage_options or {}))
-    return store.removeprefix("file://")
+    return LocalChunkStore(store.removeprefix("file://"), read_only=read_only)
 
 
 def check_writable(store: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -510,7 +515,9 @@ def open_store(
     """
     try:
         return zarr.open_group(
-            zarr_store(store, storage_options), mode=mode, use_consolidated=consolidated
+            zarr_store(store, storage_options, read_only=mode == "r"),
+            mode=mode,
+            use_consolidated=consolidated,
         )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise StoreError(f"{store}: no Zarr store there") from err
