@@ -78,16 +78,19 @@ def test_the_rest_of_a_probed_run_goes_to_every_worker(tmp_path, client):
 
 
 def test_probes_then_tasks_sized_from_the_measured_time():
-    from esap_dask.engine.execute import _probe_split, _tasks_per_thread
+    from esap_dask.engine.execute import _measured, _probe_split, _tasks_per_thread
 
     rows = list(range(1000))
     assert _probe_split(rows, 10, 2) == 20  # the first unit of each of 2 threads
     assert _probe_split(rows[:40], 10, 2) == 0  # 4 units for 2 threads: no probes
     tiny = BatchReport(0, 10, 0, [], "w", seconds=0.001)  # 0.1 ms a row
-    assert _tasks_per_thread(tiny, 980, 2) == 1
+    assert _tasks_per_thread(*_measured(tiny), 980, 2) == 1
     heavy = BatchReport(0, 10, 0, [], "w", seconds=10.0)  # 1 s a row
-    assert _tasks_per_thread(heavy, 980, 2) == TASKS_PER_THREAD
-    assert _tasks_per_thread(None, 980, 2) == TASKS_PER_THREAD  # the probe failed
+    assert _tasks_per_thread(*_measured(heavy), 980, 2) == TASKS_PER_THREAD
+    assert _tasks_per_thread(*_measured(None), 980, 2) == TASKS_PER_THREAD  # the probe failed
+    # more time never means fewer tasks: a bound giving one a thread is the answer
+    counts = [_tasks_per_thread(s / 100, 10, 980, 2) for s in range(1, 2000)]
+    assert counts == sorted(counts) and counts[0] == 1 and counts[-1] == TASKS_PER_THREAD
     assert MAX_TASKS >= 1000
 
 

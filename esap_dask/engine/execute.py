@@ -159,18 +159,26 @@ def _probe_split(rows: Sequence[int], unit: int, threads: int) -> int:
     return 0
 
 
-def _tasks_per_thread(report: BatchReport | None, rest: int, threads: int) -> int:
-    """Tasks a thread gets for the ``rest`` rows, from a probe's measured time per row.
+def _tasks_per_thread(seconds: float | None, rows: int, rest: int, threads: int) -> int:
+    """Tasks a thread gets for the ``rest`` rows, from a probe's time for its ``rows``.
 
     Work whose share per thread is below :data:`MIN_TASK_SECONDS` per task gets fewer,
     larger tasks (one a thread for tiny work); work that is not tiny, or not measured (the
-    probe failed), gets :data:`TASKS_PER_THREAD`, as the default plan.
+    probe failed: ``seconds`` is None), gets :data:`TASKS_PER_THREAD`, as the default plan.
+    The count never falls as ``seconds`` grows: an upper bound of the probe's time that
+    gives one task a thread means its own time gives one too.
     """
-    rows = (report.done + report.failed) if report is not None else 0
-    if report is None or report.from_ledger or not rows or report.seconds <= 0:
+    if seconds is None or not rows or seconds <= 0:
         return TASKS_PER_THREAD
-    share = report.seconds / rows * rest / threads
+    share = seconds / rows * rest / threads
     return max(1, min(TASKS_PER_THREAD, int(share / MIN_TASK_SECONDS)))
+
+
+def _measured(report: BatchReport | None) -> tuple[float | None, int]:
+    """A probe's own time and its rows, as its report says (None: not measured)."""
+    if report is None or report.from_ledger:
+        return None, 0
+    return report.seconds, report.done + report.failed
 
 
 def _in_row_order(todo: Sequence[PlannedRow]) -> Sequence[PlannedRow]:
@@ -255,11 +263,11 @@ def execute(
         batches = [_batch(i, _pick(entries, b)) for i, b in enumerate(planned)]
     unplanned = entries[probes:] if probes else None
 
-    def plan_rest(report: BatchReport | None) -> list[Batch]:
-        """Batches of the rows after the probes, sized by the first probe's time per row."""
+    def plan_rest(per_thread: int) -> list[Batch]:
+        """Batches of the rows after the probes, ``per_thread`` tasks a thread."""
         assert unplanned is not None
         rest = _rows(unplanned)
-        parts = _tasks_per_thread(report, len(rest), threads) * threads
+        parts = per_thread * threads
         with gc_paused():
             if parts == threads:  # tiny work: one even batch a thread, fewest round trips
                 sized = make_batches(rest, layout.unit, math.ceil(len(rest) / threads))
@@ -273,6 +281,7 @@ def execute(
     shared = SharedContext(ctx)  # pickled once, not with every task
     prefix = f"esap-batch-{ctx.run_id}-"
     by_key: dict[str, Batch] = {}
+    sent: dict[str, float] = {}  # when each task was submitted (time.monotonic)
     futures: list[Any] = []
     requeues: dict[int, int] = {}  # batches lost with a worker before they started
 
@@ -282,6 +291,7 @@ def execute(
             key += f"-requeue{requeues[b.index]}"
         fut = client.submit(run_batch, shared, b, key=key, pure=False)
         by_key[fut.key] = b
+        sent[fut.key] = time.monotonic()
         futures.append(fut)
         return fut
 
@@ -334,6 +344,16 @@ def execute(
                 batch = by_key.pop(fut.key)
                 if fut.status == "cancelled":  # aborted: its rows stay pending, for next time
                     continue
+                if unplanned is not None and fut.status == "finished":
+                    # The first probe ended. Its time since it was submitted bounds its own
+                    # time: when even that makes the rest tiny, plan and feed the rest now,
+                    # before the report's round trip (workers waited 10-20 ms for it).
+                    bound = time.monotonic() - sent[fut.key]
+                    if _tasks_per_thread(bound, len(batch.rows), len(unplanned), threads) == 1:
+                        waiting.extend(plan_rest(1))
+                        unplanned = None
+                if unplanned is None:
+                    feed(pending)  # the next task goes out before this one's report comes in
                 report, error = None, None
                 started: tuple[str, ...] = ()
                 try:  # an error, or a result that died with its worker before it was fetched
@@ -342,7 +362,9 @@ def execute(
                 except Exception as err:
                     error = err
                 if unplanned is not None:  # the first probe ended: plan the rest
-                    waiting.extend(plan_rest(report))
+                    seconds, measured = _measured(report)
+                    per_thread = _tasks_per_thread(seconds, measured, len(unplanned), threads)
+                    waiting.extend(plan_rest(per_thread))
                     unplanned = None
                 feed(pending)
                 fut.release()
