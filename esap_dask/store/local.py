@@ -5,8 +5,11 @@ a thread of its own (``asyncio.to_thread``) and back: two hops a chunk. A batch 
 esap-dask writes one chunk of each of its arrays, and on a store of many products the
 chunks are small (the 45 arrays of 14 ``dl3-products`` rows are 32 bytes to 560 kB).
 There the hops cost more than the work: one batch's 45 writes took 32-34 ms of wall time
-and 36-39 ms of CPU; with both done on the loop, 23-24 ms and 20-21 ms (40 writes each,
-medians, load 0.7; the chunks byte for byte the same). The zarr developers measured the
+and 36-39 ms of CPU; with the compression on the loop 27-29 and 30-34 ms, with the write
+too 19-24 and 19-22 ms (40 writes each, medians, load 0.7-2; the chunks byte for byte the
+same). Whole runs, interleaved A/B (``python -m bench.ab``, 6 rounds, load 1.1-2.4, at 256 KiB):
+10,000 tiny 0.90x, 10,000 tiny files 0.89x, 105 H.E.S.S. files 0.89x of the time
+(10 rounds: 0.89x again). The zarr developers measured the
 same (zarr-python#4293 "`to_thread` is slow"; #3885 moved codecs to synchronous calls
 in a release after 3.1.6, the newest on PyPI here).
 
@@ -15,13 +18,16 @@ So, for chunks of at most :data:`INLINE_BYTES`:
 - :class:`LocalChunkStore` (the store of every local path esap-dask opens) writes the
   key on the loop, as zarr's ``LocalStore`` does it in a thread: a temporary file in
   the key's directory, then renamed over the key (a chunk is never seen half written);
+  it reads such keys on the loop too;
 - :class:`InlineZstdCodec` (the implementation of the ``zstd`` codec in this process,
   chosen the way zarr documents: registered, and named in ``zarr.config`` under
   ``codecs.zstd``) compresses and decompresses on the loop.
 
 Larger chunks keep zarr's threads: their compression and I/O outweigh a hop, and
-threads let them overlap. What is written is what zarr writes; stores stay plain Zarr v3
-for every reader.
+threads let them overlap (a worker of several threads shares one loop: 4 MiB took 3-10 ms
+to compress, too long to hold it; 1 MiB, 1-2.5 ms). At 100,000 tiny observations the
+ledger's text chunks are above 1 MiB: 4 MiB made that case 0.95x, 256 KiB 0.99x.
+What is written is what zarr writes; stores stay plain Zarr v3 for every reader.
 """
 
 from __future__ import annotations
