@@ -420,12 +420,22 @@ def test_chunks_written_on_zarrs_loop_are_the_bytes_zarr_writes(tmp_path):
     assert mine == theirs
     assert len(mine["large/c/0"]) > INLINE_BYTES > len(mine["small/c/0"])
     assert not list((tmp_path / "ours.zarr").rglob("*.partial"))  # no temporary file left
-    reopened = zarr.open_group(zarr_store(str(tmp_path / "ours.zarr"), read_only=True), mode="r")
+    reopened = zarr.open_group(zarr_store(str(tmp_path / "ours.zarr"), mode="r"), mode="r")
     for name, v in values.items():
         np.testing.assert_array_equal(reopened[name][...], v)
     assert reopened.store.read_only
     with pytest.raises(ValueError, match="read-only"):
         reopened["small"][:10] = 0.0
+
+
+def test_opening_a_store_that_is_not_there_makes_no_directory(tmp_path):
+    """zarr opens a path to read or update read-only first; so must the loop store."""
+    from esap_dask.store import StoreError, open_store
+
+    for mode in ("r", "r+"):
+        with pytest.raises(StoreError, match="no Zarr store there"):
+            open_store(str(tmp_path / "missing.zarr"), mode=mode)  # type: ignore[arg-type]
+    assert not (tmp_path / "missing.zarr").exists()
 
 
 def test_a_run_writes_through_the_loop_store_and_codec(tmp_path, client):

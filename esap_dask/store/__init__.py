@@ -225,14 +225,22 @@ def dims_of(arr: zarr.Array) -> tuple[str, ...]:
 
 
 def zarr_store(
-    store: str, storage_options: Mapping[str, Any] | None = None, *, read_only: bool = False
+    store: str, storage_options: Mapping[str, Any] | None = None, *, mode: str = "w-"
 ) -> Any:
-    """What zarr opens for ``store``: a :class:`LocalChunkStore`, or an fsspec store for a URL."""
+    """What zarr opens for ``store`` in ``mode``: a :class:`LocalChunkStore`, or an fsspec store.
+
+    A local store opened to read or update (``r``, ``r+``) must exist: zarr opens such a
+    path read-only first, where a writable store makes its directory (a run stopped by a
+    bad parameter left an empty ``<store>`` behind).
+    """
     if "://" in store and not store.startswith("file://"):
         from zarr.storage import FsspecStore
 
         return FsspecStore.from_url(store, storage_options=dict(storage_options or {}))
-    return LocalChunkStore(store.removeprefix("file://"), read_only=read_only)
+    path = store.removeprefix("file://")
+    if mode in ("r", "r+") and not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    return LocalChunkStore(path, read_only=mode == "r")
 
 
 def check_writable(store: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -515,7 +523,7 @@ def open_store(
     """
     try:
         return zarr.open_group(
-            zarr_store(store, storage_options, read_only=mode == "r"),
+            zarr_store(store, storage_options, mode=mode),
             mode=mode,
             use_consolidated=consolidated,
         )
