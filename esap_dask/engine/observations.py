@@ -42,6 +42,7 @@ __all__ = [
     "parse_range",
     "sha256_fd",
     "sha256_file",
+    "stat_fingerprint",
 ]
 
 T = TypeVar("T")
@@ -192,6 +193,11 @@ class TakenByWorkers(MadeWhenRead[str]):
     def make(value: Any) -> str:
         return fingerprint(value)
 
+    @staticmethod
+    def taken(checksum: str | None, stat_fp: str | None) -> str | None:
+        """What a task records from the file it opened (None: it could not tell)."""
+        return stat_fp
+
 
 class ContentTakenByWorkers(TakenByWorkers):
     """:class:`TakenByWorkers` of a run with ``content_hash``: ``sha256:<hex>`` of each file."""
@@ -201,6 +207,10 @@ class ContentTakenByWorkers(TakenByWorkers):
     @staticmethod
     def make(value: Any) -> str:
         return fingerprint(value, content=True)
+
+    @staticmethod
+    def taken(checksum: str | None, stat_fp: str | None) -> str | None:
+        return None if checksum is None else f"sha256:{checksum}"
 
 
 class ObservationIndex(NamedTuple):
@@ -561,11 +571,12 @@ def fingerprints(
         except OSError:
             append(fingerprint(obs))  # missing or unreadable: say which
             continue
-        append(_stat_fingerprint(st))
+        append(stat_fingerprint(st))
     return result
 
 
-def _stat_fingerprint(st: os.stat_result) -> str:
+def stat_fingerprint(st: os.stat_result) -> str:
+    """A file's fingerprint from its ``stat``: ``"<size>-<mtime_ns>"``, or ``"directory"``."""
     return "directory" if stat.S_ISDIR(st.st_mode) else f"{st.st_size}-{st.st_mtime_ns}"
 
 
@@ -585,7 +596,7 @@ def fingerprint(obs: Observation, *, content: bool = False) -> str:
             return f"unreadable:{err.errno}"
         if content and not stat.S_ISDIR(st.st_mode):
             return "sha256:" + sha256_file(obs.value)
-        return _stat_fingerprint(st)
+        return stat_fingerprint(st)
     if obs.kind == "url":
         from esap_dask.engine.remote import url_fingerprints
 

@@ -43,13 +43,13 @@ import zarr
 from esap_dask.engine.ledger import DONE, FAILED, blank, pack, read_columns
 from esap_dask.engine.ledger_layout import buffer_dtype
 from esap_dask.engine.observations import (
-    ContentTakenByWorkers,
     Observation,
     RunNumbers,
     TakenByWorkers,
     ValueFingerprints,
     sha256_fd,
     sha256_file,
+    stat_fingerprint,
 )
 from esap_dask.engine.remote import local_copy
 from esap_dask.pipeline import Pipeline, Schema
@@ -68,10 +68,6 @@ def __getattr__(name: str) -> Any:
 
 #: Longest error message and traceback tail kept per observation, in characters.
 MAX_MESSAGE, MAX_TRACEBACK = 2000, 4000
-
-#: How a task fingerprints the inputs of a new store (:class:`TakenByWorkers`): by size and
-#: modification time, or by content.
-STAT, CONTENT = "stat", "content"
 
 T = TypeVar("T")
 
@@ -250,7 +246,7 @@ def open_input(obs: Observation, checksum: bool = False) -> tuple[str | None, st
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(f"{path}: is a directory, not an observation file")
-        taken = f"{st.st_size}-{st.st_mtime_ns}"  # observations.fingerprint's, from the fd
+        taken = stat_fingerprint(st)  # what observations.fingerprint says, from the fd
         if not (checksum and stat.S_ISREG(st.st_mode)):
             return None, taken
         return sha256_fd(fd, st.st_size), taken
@@ -372,13 +368,12 @@ def _process(
     i: int,
     ledger: dict[str, np.ndarray],
     k: int,
-    take: str = "",
+    take: type[TakenByWorkers] | None = None,
 ) -> tuple[str, str, str] | None:
     """Run the pipeline on ``obs`` into row ``i`` of ``buffers`` and row ``k`` of ``ledger``.
 
-    ``take``: :data:`STAT` or :data:`CONTENT` when the task fingerprints its inputs
-    (:class:`~esap_dask.engine.observations.TakenByWorkers`), from the descriptor it
-    checks and hashes the file through.
+    ``take``: the kind of :class:`~esap_dask.engine.observations.TakenByWorkers` when the
+    task fingerprints its inputs, from the descriptor it checks and hashes the file through.
     """
     schema = ctx.schema
     ledger["start"][k] = time.time()
@@ -387,10 +382,8 @@ def _process(
         checksum, taken = open_input(obs, ctx.checksums)
         if checksum is not None:
             ledger["checksum"][k] = checksum
-        if take == STAT and taken is not None:  # the task fingerprints its inputs
-            ledger["fingerprint"][k] = taken
-        elif take == CONTENT and checksum is not None:
-            ledger["fingerprint"][k] = f"sha256:{checksum}"
+        if take is not None and (fp := take.taken(checksum, taken)) is not None:
+            ledger["fingerprint"][k] = fp  # the task fingerprints its inputs
         if obs.kind == "url":  # the pipeline reads a local copy, removed after
             with local_copy(obs.value, ctx.input_options) as path:
                 _place(schema, ctx.pipeline.function(path, **ctx.params), buffers, i)
@@ -564,10 +557,8 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     bounds = _flushes([*np.flatnonzero(np.diff(units)).tolist(), n - 1], slots)
     ledger["source"][:] = [str(o.value) for o in batch.observations]
     fps = batch.fingerprints
-    take = ""
-    if isinstance(fps, TakenByWorkers):  # filled in by _process, the others below
-        take = CONTENT if isinstance(fps, ContentTakenByWorkers) else STAT
-    else:
+    take = type(fps) if isinstance(fps, TakenByWorkers) else None  # filled in by _process
+    if take is None:
         ledger["fingerprint"][:] = list(fps)
     ledger["params"][:] = ctx.param_hash
     ledger["version"][:] = ctx.pipeline.version
@@ -591,7 +582,7 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
         first = last + 1
     else:
         buffers = {}
-    if take:  # inputs not opened, or not hashed: "missing", "directory", ... read now
+    if take is not None:  # inputs not opened, or not hashed: "missing", "directory", ... now
         for k in np.flatnonzero(ledger["fingerprint"] == "").tolist():
             ledger["fingerprint"][k] = fps[k]
     crash_point("products")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
