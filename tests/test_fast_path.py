@@ -428,6 +428,71 @@ def test_chunks_written_on_zarrs_loop_are_the_bytes_zarr_writes(tmp_path):
         reopened["small"][:10] = 0.0
 
 
+def test_whole_chunks_written_by_the_task_are_the_bytes_zarr_writes(tmp_path):
+    """A commit's whole chunks, encoded and written here (write_whole_chunks), are what
+    zarr's setitem writes: numbers, text from Python strings, the array's last (padded)
+    chunk, a chunk of nothing but the fill value (deleted); and what is not whole chunks
+    of an unsharded local array is left to zarr."""
+    import zarr
+
+    from esap_dask.store import zarr_store
+    from esap_dask.store.local import INLINE_BYTES, write_whole_chunks
+
+    rng = np.random.default_rng(11)
+    n, chunk = 1050, 200  # 6 chunks, the last one 50 rows
+    text = np.empty((n, 3), dtype=object)
+    text[:] = [[f"obs {i} é", "", "x" * (i % 7)] for i in range(n)]
+    values = {
+        "f": (rng.random(n), np.nan),
+        "i": (rng.integers(-5, 5, n).astype(np.int32), 0),
+        "t": (text, ""),
+    }
+    zstd = [{"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
+
+    def make(root: Path) -> zarr.Group:
+        group = zarr.open_group(zarr_store(str(root)), mode="w")
+        for name, (v, fill) in values.items():
+            group.create_array(
+                name,
+                shape=v.shape,
+                chunks=(chunk, *v.shape[1:]),
+                dtype=str if v.dtype == object else v.dtype,
+                fill_value=fill,
+                compressors=zstd,
+            )
+        return group
+
+    ours, theirs = make(tmp_path / "ours.zarr"), make(tmp_path / "theirs.zarr")
+    for name, (v, _) in values.items():
+        for lo, hi in ((0, 400), (400, 1050)):  # whole chunks, then through the padded last
+            assert write_whole_chunks(ours[name], lo, v[lo:hi])
+            theirs[name][lo:hi] = v[lo:hi]
+    mine, zarrs = _chunk_files(tmp_path / "ours.zarr"), _chunk_files(tmp_path / "theirs.zarr")
+    assert len(mine) == 3 * 6 and mine == zarrs
+    for name, (v, _) in values.items():
+        np.testing.assert_array_equal(ours[name][...], v)
+
+    # a chunk of nothing but the fill value: its file goes, as zarr removes it
+    blank = np.full((chunk, 3), "", dtype=object)
+    assert write_whole_chunks(ours["t"], 200, blank)
+    theirs["t"][200:400] = blank
+    assert "t/c/1/0" not in _chunk_files(tmp_path / "ours.zarr")
+    assert _chunk_files(tmp_path / "ours.zarr") == _chunk_files(tmp_path / "theirs.zarr")
+
+    # not whole chunks, or sharded: zarr's setitem writes them (nothing written here)
+    before = _chunk_files(tmp_path / "ours.zarr")
+    assert not write_whole_chunks(ours["i"], 100, values["i"][0][100:300])  # starts mid-chunk
+    assert not write_whole_chunks(ours["i"], 0, values["i"][0][:150])  # ends mid-chunk
+    sharded = ours.create_array("s", shape=(n,), chunks=(100,), shards=(200,), dtype="int32")
+    assert not write_whole_chunks(sharded, 0, values["i"][0][:200])
+    large = ours.create_array(
+        "l", shape=(INLINE_BYTES // 4,), chunks=(INLINE_BYTES // 4,), dtype="float64"
+    )  # one chunk of 2 MiB
+    assert not write_whole_chunks(large, 0, rng.random(INLINE_BYTES // 4))  # zarr's threads
+    assert _chunk_files(tmp_path / "ours.zarr") == before
+    assert not list((tmp_path / "ours.zarr").rglob("*.partial"))
+
+
 def test_opening_a_store_that_is_not_there_makes_no_directory(tmp_path):
     """zarr opens a path to read or update read-only first; so must the loop store."""
     from esap_dask.store import StoreError, open_store

@@ -138,12 +138,17 @@ ARRAYS = Schema(
 )
 
 
-#: The in-memory dtype of the text a task builds (ledger columns, products): numpy's
-#: ``StringDType``, the dtype zarr converts text to before it encodes it. Built as
-#: ``object`` arrays, zarr converted each before writing: one ``record`` write of 7,500
-#: rows took 13.2-13.7 ms built as ``object`` against 9.8-10.2 ms built as text (zarr
-#: 3.1.6, medians of 15).
-TEXT = np.dtypes.StringDType()
+#: The in-memory dtype of the text a task builds (ledger columns, products): ``object``,
+#: Python strings. A task's commit writes whole chunks of a local store itself
+#: (:func:`esap_dask.store.local.write_whole_chunks`), and numcodecs' ``VLenUTF8`` encodes
+#: ``object`` text without numpy's ``StringDType`` (what zarr's own ``setitem`` converts
+#: text to first): a ``helloworld`` commit of 5,000 rows (3 products and the ledger, 2
+#: chunks each) took 32.0 ms built as ``object`` and written whole, against 52.1 ms built
+#: as ``StringDType`` through zarr (41.9 ms ``StringDType`` written whole; 11 rounds,
+#: medians). Through zarr's ``setitem`` (a remote store, a partial chunk), ``object`` text
+#: costs what zarr's conversion costs: 13.2-13.7 ms against 9.8-10.2 for a ``record``
+#: write of 7,500 rows (session 9).
+TEXT = np.dtype(object)
 
 
 def buffer_dtype(var: Variable) -> np.dtype[Any]:

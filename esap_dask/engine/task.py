@@ -269,6 +269,9 @@ class _Slot(NamedTuple):
 _SLOTS: dict[int, tuple[Schema, frozenset[str], tuple[_Slot, ...]]] = {}
 #: ``np.can_cast(got, declared, "same_kind")`` by (got, declared).
 _CASTS: dict[tuple[np.dtype[Any], np.dtype[Any]], bool] = {}
+#: Text of any element type, as numpy writes it (``str()`` of each): a text product that is
+#: an array is made text with it, then stored as Python strings (:data:`buffer_dtype`).
+_STRINGS = np.dtypes.StringDType()
 
 
 def _slots(schema: Schema) -> tuple[frozenset[str], tuple[_Slot, ...]]:
@@ -286,7 +289,7 @@ def _slots(schema: Schema) -> tuple[frozenset[str], tuple[_Slot, ...]]:
                 v.name,
                 tuple(sizes[d] for d in v.dims),
                 v.dtype == "str",
-                buffer_dtype(v),  # numpy's StringDType for text, what zarr encodes
+                buffer_dtype(v),  # object for text: Python strings, encoded as they are
                 v.fill,
             )
             for v in schema.variables
@@ -328,8 +331,11 @@ def _place(schema: Schema, out: Mapping[str, Any], buffers: dict[str, np.ndarray
                 buffers[name][i] = value
                 continue
             value = np.asarray(value, dtype=object)
-            if value.shape == ():
-                value = np.asarray(str(value.item()), dtype=object)
+            if value.shape == () == slot.shape:  # an object buffer takes the text, not the array
+                buffers[name][i] = str(value.item())
+                continue
+            if value.shape == slot.shape:  # each element as text, as numpy's str() gives it
+                value = value.astype(_STRINGS).astype(object)
         else:
             value = out[name]
             kind = slot.dtype.kind

@@ -67,7 +67,7 @@ import zarr.errors
 
 from esap_dask.errors import Remedy, Worded
 from esap_dask.pipeline import Schema, SchemaError
-from esap_dask.store.local import LocalChunkStore, use_inline_codecs
+from esap_dask.store.local import LocalChunkStore, use_inline_codecs, write_whole_chunks
 
 use_inline_codecs()  # small chunks compressed on zarr's loop (esap_dask.store.local)
 
@@ -767,19 +767,17 @@ def write_rows(
     ]
     with disk_errors(str(group.store)):
         for part in parts:
-            if part:
-                _on_zarr_loop(
-                    [
-                        write(
-                            name,
-                            (
-                                arrays[name] if arrays is not None else array(group, name)
-                            ).async_array,
-                            values,
-                        )
-                        for name, values in part
-                    ]
-                )
+            rest = []
+            for name, values in part:
+                arr = arrays[name] if arrays is not None else array(group, name)
+                # whole chunks of a local store: encoded and written here (store.local)
+                if len(runs) == 1 and write_whole_chunks(arr, lo, values):
+                    if name.startswith(f"{LEDGER_GROUP}/"):
+                        crash_point("ledger-column")
+                else:
+                    rest.append(write(name, arr.async_array, values))
+            if rest:
+                _on_zarr_loop(rest)
 
 
 def _on_zarr_loop(writes: Sequence[Coroutine[Any, Any, None]]) -> None:
