@@ -143,11 +143,10 @@ ARRAYS = Schema(
 #: (:func:`esap_dask.store.local.write_whole_chunks`), and numcodecs' ``VLenUTF8`` encodes
 #: ``object`` text without numpy's ``StringDType`` (what zarr's own ``setitem`` converts
 #: text to first): a ``helloworld`` commit of 5,000 rows (3 products and the ledger, 2
-#: chunks each) took 32.0 ms built as ``object`` and written whole, against 52.1 ms built
-#: as ``StringDType`` through zarr (41.9 ms ``StringDType`` written whole; 11 rounds,
-#: medians). Through zarr's ``setitem`` (a remote store, a partial chunk), ``object`` text
-#: costs what zarr's conversion costs: 13.2-13.7 ms against 9.8-10.2 for a ``record``
-#: write of 7,500 rows (session 9).
+#: chunks each) took 36.0 ms built as ``object`` and written whole, against 55.7 ms built
+#: as ``StringDType`` through zarr (49.6 ms ``StringDType`` written whole; ``python -m
+#: bench.whole_chunks``, 11 rounds, medians). Through zarr's ``setitem`` (a remote store,
+#: a partial chunk), ``object`` text costs what zarr's conversion costs: 66.3 ms.
 TEXT = np.dtype(object)
 
 

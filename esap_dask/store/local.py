@@ -32,15 +32,17 @@ What is written is what zarr writes; stores stay plain Zarr v3 for every reader.
 A task's commit writes whole chunks (a write unit is a chunk), and for those
 :func:`write_whole_chunks` goes further: it encodes each chunk through the array's own
 codecs (their ``_encode_sync``) and sets the key with the store's ``set_sync``, in the
-calling thread, without zarr's indexing, its event loop or a thread hop. A run's commit
-is mostly small chunks of many arrays: 8 arrays x 2 chunks of 2,500 rows (a ``helloworld``
-batch: 3 products and the ledger) took 55.6 ms through ``write_rows`` and zarr's
-``setitem``, 47.2 ms this way (9 rounds, medians); the rest was the text. Text chunks
-encoded from ``object`` arrays skip numpy's ``StringDType`` (what zarr converts text to
-before encoding it): numcodecs' ``VLenUTF8`` encodes 17,500 strings in 1.1 ms from
-``object`` and 3.0 ms from ``StringDType`` (``python -m bench.zarr_writes`` measures both ways).
-Partial chunks, sharded arrays, chunked inner dimensions and stores other than
-:class:`LocalChunkStore` keep zarr's ``setitem``.
+calling thread, without zarr's indexing, its event loop or a thread hop. Text is then
+encoded from ``object`` arrays of Python strings, as the task built them: zarr's
+``setitem`` converts text to numpy's ``StringDType`` first, and numcodecs' ``VLenUTF8``
+encodes 17,500 strings in 1.1 ms from ``object``, 3.0 ms from ``StringDType``. One
+``helloworld`` commit of 5,000 rows (3 products and the 5 ledger arrays, 2 chunks each;
+``python -m bench.whole_chunks``, 11 rounds, medians, load 0.5-1.5): 55.7 ms through
+zarr's ``setitem`` with ``StringDType`` text (before), 36.0 ms written whole from
+``object`` text (now); written whole from ``StringDType`` 49.6, through zarr from
+``object`` 66.3. Partial chunks, sharded arrays, chunked inner dimensions, numbers in
+chunks above :data:`INLINE_BYTES` and stores other than :class:`LocalChunkStore` keep
+zarr's ``setitem``.
 """
 
 from __future__ import annotations
