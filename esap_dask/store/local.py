@@ -157,7 +157,7 @@ def write_whole_chunks(arr: zarr.Array, start: int, values: np.ndarray) -> bool:
     ):
         return False
     native = md.dtype.to_native_dtype()
-    text = native.kind in "OTU"
+    text = native.kind in "OT"  # variable-length text (fixed-width "U" is bytes, as numbers)
     dtype = np.dtype(object) if text else native
     if not text and c0 * int(np.prod(chunks[1:], dtype=np.int64)) * dtype.itemsize > INLINE_BYTES:
         return False  # large numbers: zarr's threads compress and write them side by side
