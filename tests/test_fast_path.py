@@ -495,6 +495,47 @@ def test_whole_chunks_written_by_the_task_are_the_bytes_zarr_writes(tmp_path):
     assert not list((tmp_path / "ours.zarr").rglob("*.partial"))
 
 
+def test_write_rows_writes_whole_chunks_itself_and_the_rest_through_zarr(tmp_path, monkeypatch):
+    """A commit's whole chunks never reach zarr's loop; a rerun's scattered rows do, and both
+    read back, the ledger's status still written last."""
+    import zarr
+
+    import esap_dask.store as store_module
+    from esap_dask.store import COMMIT_COLUMN, write_rows, zarr_store
+
+    group = zarr.open_group(zarr_store(str(tmp_path / "w.zarr")), mode="w")
+    group.create_array("p", shape=(100,), chunks=(25,), dtype="float64", fill_value=np.nan)
+    group.create_array("t", shape=(100,), chunks=(25,), dtype=str, fill_value="")
+    group.create_array(COMMIT_COLUMN, shape=(100,), chunks=(25,), dtype="int8", fill_value=0)
+    order: list[str] = []
+    on_loop: list[int] = []
+    real_whole, real_loop = store_module.write_whole_chunks, store_module._on_zarr_loop
+
+    def whole(arr, start, values):
+        done = real_whole(arr, start, values)
+        if done:
+            order.append(arr.path)
+        return done
+
+    def loop(writes):
+        on_loop.append(len(writes))
+        return real_loop(writes)
+
+    monkeypatch.setattr(store_module, "write_whole_chunks", whole)
+    monkeypatch.setattr(store_module, "_on_zarr_loop", loop)
+    text = np.asarray([f"obs {i}" for i in range(50)], dtype=object)
+    columns = {COMMIT_COLUMN: np.ones(50, "i1"), "p": np.arange(50.0), "t": text}
+    write_rows(group, np.arange(25, 75), columns)  # two whole chunks of each array
+    assert order == ["p", "t", COMMIT_COLUMN] and on_loop == []
+    write_rows(group, np.array([3, 5, 90]), {"p": np.array([-1.0, -2.0, -3.0])})  # scattered
+    assert on_loop == [1] and order == ["p", "t", COMMIT_COLUMN]
+    p = group["p"][...]
+    np.testing.assert_array_equal(p[25:75], np.arange(50.0))
+    assert (p[3], p[5], p[90]) == (-1.0, -2.0, -3.0) and np.isnan(p[0])
+    assert list(group["t"][25:75]) == list(text) and group["t"][0] == ""
+    assert group[COMMIT_COLUMN][...].sum() == 50
+
+
 def test_opening_a_store_that_is_not_there_makes_no_directory(tmp_path):
     """zarr opens a path to read or update read-only first; so must the loop store."""
     from esap_dask.store import StoreError, open_store

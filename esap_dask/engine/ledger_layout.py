@@ -145,8 +145,9 @@ ARRAYS = Schema(
 #: text to first): a ``helloworld`` commit of 5,000 rows (3 products and the ledger, 2
 #: chunks each) took 36.0 ms built as ``object`` and written whole, against 55.7 ms built
 #: as ``StringDType`` through zarr (49.6 ms ``StringDType`` written whole; ``python -m
-#: bench.whole_chunks``, 11 rounds, medians). Through zarr's ``setitem`` (a remote store,
-#: a partial chunk), ``object`` text costs what zarr's conversion costs: 66.3 ms.
+#: bench.whole_chunks``, 11 rounds, medians; reruns gave 0.72-0.76x). Through zarr's
+#: ``setitem`` (a remote store, a partial chunk), ``object`` text costs what zarr's
+#: conversion costs: 66.3 ms.
 TEXT = np.dtype(object)
 
 

@@ -40,9 +40,9 @@ encodes 17,500 strings in 1.1 ms from ``object``, 3.0 ms from ``StringDType``. O
 ``python -m bench.whole_chunks``, 11 rounds, medians, load 0.5-1.5): 55.7 ms through
 zarr's ``setitem`` with ``StringDType`` text (before), 36.0 ms written whole from
 ``object`` text (now); written whole from ``StringDType`` 49.6, through zarr from
-``object`` 66.3. Partial chunks, sharded arrays, chunked inner dimensions, numbers in
-chunks above :data:`INLINE_BYTES` and stores other than :class:`LocalChunkStore` keep
-zarr's ``setitem``.
+``object`` 66.3 (reruns at load 0.8-1.8: 0.72-0.76x of the time). Partial chunks,
+sharded arrays, chunked inner dimensions, numbers in chunks above :data:`INLINE_BYTES`
+and stores other than :class:`LocalChunkStore` keep zarr's ``setitem``.
 """
 
 from __future__ import annotations
