@@ -29,6 +29,7 @@ from esap_dask.engine.task import BatchReport
 HERE = Path(__file__).parent
 PICKY = str(HERE / "pipelines" / "picky.py")
 UNEVEN = str(HERE / "pipelines" / "uneven.py")
+SCALARS = str(HERE / "pipelines" / "scalars.py")
 ROOT = HERE.parent
 
 
@@ -47,6 +48,43 @@ def test_products_breaking_the_schema_fail_their_observation_only(tmp_path, clie
     assert [str(v) for v in ds.label.values[good]] == [f"run {r}" for r in good]
     np.testing.assert_array_equal(ds.vector.values[6], np.arange(4) + 6.0)
     assert np.isnan(ds.vector.values[1]).all() and ds["count"].values[2] == 0  # fill values
+
+
+def test_scalar_products_written_a_column_at_a_time_fail_their_row_only(tmp_path, client):
+    """2,500 rows in blocks of 1,024 (task.BLOCK_ROWS): numpy takes each column in one call
+    and refuses the 1000 of an ``int8``; that row fails alone, with numpy's message, as do
+    the rows whose pipeline raised, and every other row reads back as the number it was."""
+    from esap_dask.engine.task import BLOCK_ROWS
+
+    n = 2500
+    assert n > 2 * BLOCK_ROWS  # three blocks, the last one short
+    store = tmp_path / "s.zarr"
+    summary = map_observations(SCALARS, range(n), store, client=client, chunk=500)
+    why = {int(f["observation"]): (f["error_type"], f["message"]) for f in summary.failures}
+    cursed = {r for r in range(n) if r % 11 == 0}
+    too_big = {r for r in range(n) if r % 7 == 0} - cursed
+    assert set(why) == cursed | too_big
+    assert {why[r] for r in cursed} == {("ValueError", f"run {r} is cursed") for r in cursed}
+    assert {why[r] for r in too_big} == {
+        ("OverflowError", "Python integer 1000 out of bounds for int8")
+    }
+    ds = xr.open_zarr(store).load()
+    good = np.asarray(sorted(set(range(n)) - set(why)))
+    np.testing.assert_array_equal(ds["small"].values[good], good % 100)
+    np.testing.assert_array_equal(ds.ratio.values[good], np.where(good % 2, good / 2, good))
+    np.testing.assert_array_equal(ds["count"].values[good], good)
+    np.testing.assert_array_equal(ds.flag.values[good], good % 2 == 0)
+    assert ds.name.values[good].tolist() == [f"run {r}" for r in good]
+    bad = np.asarray(sorted(why))  # fill values
+    assert (ds["small"].values[bad] == 0).all() and np.isnan(ds.ratio.values[bad]).all()
+    assert (ds["count"].values[bad] == 0).all() and not ds.flag.values[bad].any()
+    assert set(ds.name.values[bad].tolist()) == {""}
+    ledger = esap_dask.ledger(store)
+    assert (ledger.status.iloc[bad] == "failed").all() and (
+        ledger.status.iloc[good] == "done"
+    ).all()
+    assert ledger.traceback.iloc[bad].str.contains("Traceback").all()
+    assert (ledger.end >= ledger.start).all()
 
 
 def test_a_probed_tiny_run_processes_every_observation_once(tmp_path, client):

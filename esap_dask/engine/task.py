@@ -313,49 +313,111 @@ def call_on(
         return function(path, **params)
 
 
-def _place(schema: Schema, out: Mapping[str, Any], buffers: dict[str, np.ndarray], i: int) -> None:
-    names, slots = _slots(schema)
+def _check_products(names: frozenset[str], slots: Sequence[_Slot], out: Any) -> None:
+    """Raise the error of a pipeline output that is not a mapping of the declared products."""
     if not isinstance(out, Mapping):
         raise TypeError(f"the pipeline returned {type(out).__name__}, not a mapping of products")
     if out.keys() != names:
         extra = sorted(set(out) - names)
         if extra:
             raise KeyError(f"the pipeline returned undeclared variable(s): {', '.join(extra)}")
+        missing = next(s.name for s in slots if s.name not in out)
+        raise KeyError(f"the pipeline returned no {missing!r}")
+
+
+def _put(slot: _Slot, value: Any, buffer: np.ndarray, i: int) -> None:
+    """Check ``value`` against ``slot`` (dtype kind, shape) and write it into ``buffer[i]``."""
+    name = slot.name
+    if slot.text:
+        if type(value) is str and not slot.shape:  # the common case: no numpy round trip
+            buffer[i] = value
+            return
+        value = np.asarray(value, dtype=object)
+        if value.shape == () == slot.shape:  # an object buffer takes the text, not the array
+            buffer[i] = str(value.item())
+            return
+        if value.shape == slot.shape:  # each element as text, as numpy's str() gives it
+            value = value.astype(_STRINGS).astype(object)
+    else:
+        kind = slot.dtype.kind
+        if not slot.shape and (
+            (type(value) is int and kind in "iuf") or (type(value) is float and kind in "fc")
+        ):  # a Python scalar of the declared kind: numpy checks its range on assignment
+            buffer[i] = value
+            return
+        value = np.asarray(value)
+        key = (value.dtype, slot.dtype)
+        castable = _CASTS.get(key)
+        if castable is None:
+            castable = _CASTS[key] = bool(np.can_cast(*key, casting="same_kind"))
+        if not castable:
+            raise TypeError(f"variable {name!r}: got dtype {value.dtype}, declared {slot.dtype}")
+    if value.shape != slot.shape:
+        raise ValueError(f"variable {name!r}: got shape {value.shape}, declared {slot.shape}")
+    buffer[i] = value
+
+
+def _place(schema: Schema, out: Mapping[str, Any], buffers: dict[str, np.ndarray], i: int) -> None:
+    """Check the pipeline's output ``out`` against ``schema`` and write it into row ``i``."""
+    names, slots = _slots(schema)
+    if type(out) is not dict or out.keys() != names:
+        _check_products(names, slots, out)
     for slot in slots:
-        name = slot.name
-        if name not in out:
-            raise KeyError(f"the pipeline returned no {name!r}")
-        if slot.text:
-            value = out[name]
-            if type(value) is str and not slot.shape:  # the common case: no numpy round trip
-                buffers[name][i] = value
+        _put(slot, out[slot.name], buffers[slot.name], i)
+
+
+#: Python types written as they are, a column at a time, by dtype kind (see :func:`_put`).
+_SCALARS: dict[str, frozenset[type]] = {
+    "i": frozenset({int}),
+    "u": frozenset({int}),
+    "f": frozenset({int, float}),
+    "c": frozenset({float}),
+}
+
+
+def _place_block(
+    slots: Sequence[_Slot],
+    outs: Sequence[Any],
+    buffers: dict[str, np.ndarray],
+    lo: int,
+    failed: dict[int, tuple[str, str, str]],
+) -> None:
+    """Write the checked outputs ``outs`` (of rows ``lo``, ``lo + 1``, ...) a column at a time.
+
+    ``outs[j]`` is a mapping with exactly the declared products (checked by the caller)
+    unless row ``lo + j`` is in ``failed``. A column of plain ``str`` for a text scalar, or of
+    Python numbers of the declared kind for a numeric scalar, is assigned in one numpy
+    call (numpy checks each number's range as it does one at a time); any other column,
+    or one that numpy refuses, is written row by row through :func:`_put`, whose error
+    fails its row alone (added to ``failed``, as :func:`_caught` gives it).
+    """
+    rows = [j for j in range(len(outs)) if lo + j not in failed] if failed else None
+    index: Any = slice(lo, lo + len(outs)) if rows is None else [lo + j for j in rows]
+    good = outs if rows is None else [outs[j] for j in rows]
+    for slot in slots:
+        name, buffer = slot.name, buffers[slot.name]
+        if not slot.shape and good:
+            column = [o[name] for o in good]
+            allowed = frozenset({str}) if slot.text else _SCALARS.get(slot.dtype.kind)
+            if allowed is not None and set(map(type, column)) <= allowed:
+                try:
+                    buffer[index] = column
+                    continue
+                except (OverflowError, ValueError, TypeError):
+                    pass  # row by row below: the row that numpy refuses fails alone
+        for j in range(len(outs)) if rows is None else rows:
+            if lo + j in failed:  # failed on an earlier product: not written
                 continue
-            value = np.asarray(value, dtype=object)
-            if value.shape == () == slot.shape:  # an object buffer takes the text, not the array
-                buffers[name][i] = str(value.item())
-                continue
-            if value.shape == slot.shape:  # each element as text, as numpy's str() gives it
-                value = value.astype(_STRINGS).astype(object)
-        else:
-            value = out[name]
-            kind = slot.dtype.kind
-            if not slot.shape and (
-                (type(value) is int and kind in "iuf") or (type(value) is float and kind in "fc")
-            ):  # a Python scalar of the declared kind: numpy checks its range on assignment
-                buffers[name][i] = value
-                continue
-            value = np.asarray(value)
-            key = (value.dtype, slot.dtype)
-            castable = _CASTS.get(key)
-            if castable is None:
-                castable = _CASTS[key] = bool(np.can_cast(*key, casting="same_kind"))
-            if not castable:
-                raise TypeError(
-                    f"variable {name!r}: got dtype {value.dtype}, declared {slot.dtype}"
-                )
-        if value.shape != slot.shape:
-            raise ValueError(f"variable {name!r}: got shape {value.shape}, declared {slot.shape}")
-        buffers[name][i] = value
+            try:
+                _put(slot, outs[j][name], buffer, lo + j)
+            except Exception as err:
+                failed[lo + j] = _caught(err)
+
+
+def _caught(err: BaseException) -> tuple[str, str, str]:
+    """The ledger's error type, message and traceback of ``err``, being handled now."""
+    message = (str(err) or repr(err))[:MAX_MESSAGE]
+    return type(err).__name__, message, traceback.format_exc()[-MAX_TRACEBACK:]
 
 
 def _worker_name() -> str:
@@ -401,14 +463,87 @@ def _process(
     except Exception as err:
         for slot in _slots(schema)[1]:
             buffers[slot.name][i] = slot.fill
-        message = (str(err) or repr(err))[:MAX_MESSAGE]
+        error_type, message, ledger["traceback"][k] = _caught(err)
         ledger["status"][k] = FAILED
-        ledger["error_type"][k] = type(err).__name__
-        ledger["error"][k] = message
-        ledger["traceback"][k] = traceback.format_exc()[-MAX_TRACEBACK:]
-        failure = (obs.id, type(err).__name__, message)
+        ledger["error_type"][k], ledger["error"][k] = error_type, message
+        failure = (obs.id, error_type, message)
     ledger["end"][k] = time.time()
     return failure
+
+
+#: Rows whose pipeline runs before their products are placed, a column at a time.
+BLOCK_ROWS = 1024
+
+
+def _run_rows(
+    ctx: RunContext,
+    observations: Sequence[Observation],
+    first: int,
+    size: int,
+    buffers: dict[str, np.ndarray],
+    ledger: dict[str, np.ndarray],
+    take: type[TakenByWorkers] | None = None,
+) -> list[tuple[str, str, str]]:
+    """Run the pipeline on rows ``first`` .. ``first + size - 1`` of the batch; the failures.
+
+    Products go to rows 0 .. ``size - 1`` of ``buffers``, the ledger's columns to rows
+    ``first`` .. of ``ledger``. URL observations go one by one through :func:`_process`
+    (each is placed while its local copy exists). The others run :data:`BLOCK_ROWS` at a
+    time; each output is checked to be a mapping of the declared products as it comes,
+    and a block's products are placed a column at a time (:func:`_place_block`). A row
+    whose pipeline raised, or whose products do not match the schema, fails alone: its
+    products keep their fill values and its ledger row says what went wrong. Run numbers
+    reach the pipeline as they are, without an :class:`Observation` made for each.
+    The ledger's ``end`` is when the pipeline returned.
+    """
+    numbers = observations.values if isinstance(observations, RunNumbers) else None
+    if numbers is None and any(o.kind == "url" for o in observations[first : first + size]):
+        found = (
+            _process(ctx, observations[first + i], buffers, i, ledger, first + i, take)
+            for i in range(size)
+        )
+        return [f for f in found if f is not None]
+    names, slots = _slots(ctx.schema)
+    fn, params, checksums = ctx.pipeline.function, ctx.params, ctx.checksums
+    start, end, status = ledger["start"], ledger["end"], ledger["status"]
+    failures: list[tuple[str, str, str]] = []
+    for lo in range(0, size, BLOCK_ROWS):
+        hi = min(size, lo + BLOCK_ROWS)
+        outs: list[Any] = []
+        failed: dict[int, tuple[str, str, str]] = {}
+        for i in range(lo, hi):
+            k = first + i
+            start[k] = time.time()
+            try:
+                if numbers is not None:
+                    out = fn(numbers[k], **params)
+                else:
+                    obs = observations[k]
+                    checksum, taken = open_input(obs, checksums)
+                    if checksum is not None:
+                        ledger["checksum"][k] = checksum
+                    if take is not None and (fp := take.taken(checksum, taken)) is not None:
+                        ledger["fingerprint"][k] = fp  # the task fingerprints its inputs
+                    out = fn(obs.value, **params)
+                if type(out) is not dict or out.keys() != names:
+                    _check_products(names, slots, out)
+            except Exception as err:
+                failed[i] = _caught(err)
+                out = None
+            end[k] = time.time()
+            outs.append(out)
+        _place_block(slots, outs, buffers, lo, failed)
+        status[first + lo : first + hi] = DONE
+        for i in sorted(failed):
+            k = first + i
+            for slot in slots:
+                buffers[slot.name][i] = slot.fill
+            error_type, message, ledger["traceback"][k] = failed[i]
+            status[k] = FAILED
+            ledger["error_type"][k], ledger["error"][k] = error_type, message
+            ident = str(numbers[k]) if numbers is not None else observations[k].id
+            failures.append((ident, error_type, message))
+    return failures
 
 
 #: The store group of the runs a worker served last, and its arrays by name:
@@ -561,7 +696,10 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     failures: list[tuple[str, str, str]] = []
     units = np.asarray(batch.rows) // max(1, ctx.unit)
     bounds = _flushes([*np.flatnonzero(np.diff(units)).tolist(), n - 1], slots)
-    ledger["source"][:] = [str(o.value) for o in batch.observations]
+    obs = batch.observations
+    ledger["source"][:] = (  # run numbers: their text, no Observation made for each
+        list(map(str, obs.values)) if isinstance(obs, RunNumbers) else [str(o.value) for o in obs]
+    )
     fps = batch.fingerprints
     take = type(fps) if isinstance(fps, TakenByWorkers) else None  # filled in by _process
     if take is None:
@@ -577,11 +715,7 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
         buffers = {  # every row is assigned below: a product or its fill value
             slot.name: np.empty((size, *slot.shape), dtype=slot.dtype) for slot in slots
         }
-        for i in range(size):
-            obs = batch.observations[first + i]
-            failure = _process(ctx, obs, buffers, i, ledger, first + i, take)
-            if failure:
-                failures.append(failure)
+        failures += _run_rows(ctx, batch.observations, first, size, buffers, ledger, take)
         if size == n:  # one write of the whole batch: products and ledger together below
             break
         write_rows(group, batch.rows[first : last + 1], buffers, arrays=arrays)
