@@ -3,12 +3,19 @@
 ``python -m bench.store_create [--rounds 9]``
 
 A first run creates its store before any task starts, on the driver: every array at its
-full length, the ``obs`` ids, the ledger subgroup and the consolidated metadata. The
-baseline is what esap-dask did before (and what the zarr documentation shows): a group,
-then ``create_array`` and the coordinates' values one array at a time on the store, then
-``zarr.consolidate_metadata``. esap-dask builds the hierarchy in a ``MemoryStore`` on
-zarr's loop, then writes its keys to the store concurrently, the group's final attrs
-last (``esap_dask.store.create_store``). Both stores are checked byte for byte equal.
+full length, the ``obs`` ids, the ledger subgroup and the consolidated metadata. Three ways:
+
+- ``one array at a time`` (the baseline; what the zarr documentation shows, and what
+  esap-dask did until session 10): a group, then ``create_array`` and the coordinates'
+  values one array at a time on the store, then ``zarr.consolidate_metadata``;
+- ``zarr in memory`` (esap-dask's way in sessions 10-12): the hierarchy built with zarr's
+  async API in a ``MemoryStore`` (arrays created concurrently, then consolidated), its
+  keys then written to the store concurrently, the group's final attrs last;
+- ``create_store`` (esap-dask now): zarr's own metadata document of each kind of array,
+  made once per process, with each array's shape, chunks, attrs and dimension names;
+  the consolidated metadata assembled from them in zarr's order.
+
+The three stores of every round are checked byte for byte equal.
 
 At the end of a run, its record goes into the group's attrs. The baseline writes the
 attrs, then ``zarr.consolidate_metadata`` reads every array's metadata back (what
@@ -68,6 +75,47 @@ def one_at_a_time(
     consolidate(group.store)
 
 
+def in_memory(
+    path: str, schema: Schema, layout: StoreLayout, ids: list[str], attrs: dict[str, Any]
+) -> None:
+    """esap-dask's way in sessions 10-12: built in a MemoryStore on zarr's loop, then put."""
+    import asyncio
+    import warnings
+
+    import zarr.api.asynchronous as za
+    from zarr.core.sync import sync
+
+    target = zarr.open_group(
+        path, mode="w-", zarr_format=3, attributes={"esap": {**attrs, "incomplete": True}}
+    ).store
+    keys: dict[str, Any] = {}
+
+    async def build() -> None:
+        memory = zarr.storage.MemoryStore(keys)
+        root = await za.open_group(
+            store=memory, mode="w-", zarr_format=3, attributes={"esap": dict(attrs)}
+        )
+        await root.create_group(LEDGER_GROUP, attributes=LEDGER_ATTRS)
+
+        async def one(name: str, spec: dict[str, Any], values: Any) -> None:
+            arr = await root.create_array(name, **spec)
+            if values is not None:
+                await arr.setitem(..., values)
+
+        await asyncio.gather(*(one(*x) for x in store_specs(schema, layout, ARRAYS, ids)))
+        await za.consolidate_metadata(memory)
+
+    async def put(items: dict[str, Any]) -> None:
+        await asyncio.gather(*(target.set(k, v) for k, v in items.items()))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        sync(build())
+    root = keys.pop("zarr.json")
+    sync(put(keys))
+    sync(put({"zarr.json": root}))
+
+
 def attrs_then_consolidate(path: str, entry: dict[str, Any]) -> None:
     """The baseline of a run's record: the attrs, then the metadata consolidated again."""
     group = zarr.open_group(path, mode="r+", use_consolidated=False)
@@ -91,6 +139,16 @@ def same_tree(a: Path, b: Path) -> bool:
     return not mismatch and not errors and all(same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
+def esap_dask_way(
+    path: str, schema: Schema, layout: StoreLayout, ids: list[str], attrs: dict[str, Any]
+) -> None:
+    create_store(path, schema, layout, ARRAYS, attrs, ids=ids)
+
+
+BASE, HEAD = "one array at a time", "create_store"
+WAYS = {BASE: one_at_a_time, "zarr in memory": in_memory, HEAD: esap_dask_way}
+
+
 def run(rounds: int) -> list[Record]:
     records = []
     for name, (n, chunk) in CASES.items():
@@ -100,26 +158,25 @@ def run(rounds: int) -> list[Record]:
         ids = [f"obs-{i}" for i in range(n)]
         attrs = {"pipeline": name, "schema": schema.describe()}
         work = Path(tempfile.mkdtemp(prefix="esap-bench-create-"))
-        base: list[float] = []
-        head: list[float] = []
+        times: dict[str, list[float]] = {label: [] for label in WAYS}
         recorded: dict[str, list[float]] = {"base": [], "head": []}
         try:
             for r in range(rounds + 1):  # round 0 warms up (imports, page cache)
-                order = [("base", base), ("head", head)]
-                for label, times in order if r % 2 else order[::-1]:
+                order = list(WAYS.items())
+                order = order[r % 3 :] + order[: r % 3]  # rotated: each way goes first
+                for label, make in order:
                     path = str(work / f"{label}{r}.zarr")
                     t = time.perf_counter()
-                    if label == "base":
-                        one_at_a_time(path, schema, layout, ids, attrs)
-                    else:
-                        create_store(path, schema, layout, ARRAYS, attrs, ids=ids)
+                    make(path, schema, layout, ids, attrs)
                     if r:
-                        times.append(time.perf_counter() - t)
-                if not same_tree(work / f"base{r}.zarr", work / f"head{r}.zarr"):
-                    raise SystemExit(f"{name}: the two stores of round {r} differ")
-                for label, _ in order if r % 2 else order[::-1]:
+                        times[label].append(time.perf_counter() - t)
+                for label in WAYS:
+                    if not same_tree(work / f"{BASE}{r}.zarr", work / f"{label}{r}.zarr"):
+                        raise SystemExit(f"{name}: {label} and {BASE} differ in round {r}")
+                pair = [("base", BASE), ("head", HEAD)]
+                for label, way in pair if r % 2 else pair[::-1]:
                     entry = {"run": f"run-{r}", "processed": n}
-                    path = str(work / f"{label}{r}.zarr")
+                    path = str(work / f"{way}{r}.zarr")
                     t = time.perf_counter()
                     if label == "base":
                         attrs_then_consolidate(path, entry)
@@ -127,12 +184,21 @@ def run(rounds: int) -> list[Record]:
                         add_run(path, entry)
                     if r:
                         recorded[label].append(time.perf_counter() - t)
-                if not same_tree(work / f"base{r}.zarr", work / f"head{r}.zarr"):
+                if not same_tree(work / f"{BASE}{r}.zarr", work / f"{HEAD}{r}.zarr"):
                     raise SystemExit(f"{name}: the two stores of round {r} differ after the record")
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        records.append(summarize(f"store create/{name}", "one array at a time", "s", base))
-        records.append(summarize(f"store create/{name}", "create_store", "s", head, base))
+        base = times[BASE]
+        for label in WAYS:
+            records.append(
+                summarize(
+                    f"store create/{name}",
+                    label,
+                    "s",
+                    times[label],
+                    None if label == BASE else base,
+                )
+            )
         records.append(
             summarize(f"run record/{name}", "attrs, then consolidate", "s", recorded["base"])
         )

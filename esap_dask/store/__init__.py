@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
@@ -378,22 +379,36 @@ def create_store(
 ) -> zarr.Group:
     """Create a store for ``schema`` with one row per id of ``ids``, ``ledger`` in its subgroup.
 
-    The group is written first with its attrs marked ``incomplete``; then every array
-    (at its full length, the ``obs`` ids and the coordinates' values in them), the
-    ledger subgroup and their metadata, all at once; last the group's final attrs with
-    the consolidated metadata, in one write (the commit point). A creation cut short is
-    recognized (and redone) by :func:`open_for_run`.
+    The group is written first with its attrs marked ``incomplete``; then every array's
+    metadata (at its full length) and the ledger subgroup's, all at once; then the ``obs``
+    ids and the coordinates' values; last the group's final attrs with the consolidated
+    metadata, in one write (the commit point). A creation cut short is recognized (and
+    redone) by :func:`open_for_run`.
 
-    The whole hierarchy is built in a ``MemoryStore`` first (:func:`_build`, on zarr's
-    loop), and its keys then written to the store concurrently. Made on the store one
-    array at a time, each ``create_array`` waited for its own metadata write and the
-    consolidation read them all back: ``python -m bench.store_create`` (9 interleaved
-    rounds, medians, load 0.6-1.0) measured 0.057 -> 0.033 s for ``helloworld`` at 10,000
-    rows (1.75x) and 0.172 -> 0.075 s for the 44 arrays of ``dl3-products`` (2.31x), the
-    stores byte for byte equal.
+    The metadata documents are those zarr writes (:func:`_array_document`: zarr's own
+    document for each kind of array, with this array's shape, chunks, attrs and dimension
+    names), and the consolidated metadata is what ``zarr.consolidate_metadata`` writes;
+    ``tests/test_store_create.py`` checks the stores of every catalog pipeline, sharded or
+    not, byte for byte against zarr's. Building the hierarchy with ``create_array`` in a
+    ``MemoryStore`` and consolidating it (sessions 10-12) was most of a new store's time:
+    ``python -m bench.store_create`` (9 rounds, medians, load 0.4-0.6) measured 0.057 ->
+    0.026 s for ``helloworld`` at 10,000 rows and 0.153 -> 0.057 s for the 54 arrays of
+    ``dl3-products`` (zarr's ``create_array`` one array at a time: 0.108 and 0.329 s).
     """
+    from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync  # zarr's own loop; no public runner of its async API
 
+    specs = store_specs(schema, layout, ledger, ids)
+    indent = zarr.config.get("json_indent")
+
+    def encoded(doc: Mapping[str, Any]) -> Any:
+        text = json.dumps(doc, allow_nan=True, indent=indent).encode()
+        return default_buffer_prototype().buffer.from_bytes(text)
+
+    with warnings.catch_warnings():  # zarr's own documents come from a MemoryStore
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        docs = {path: _array_document(spec) for path, spec, _ in specs}
+    group_doc = {"attributes": dict(LEDGER_ATTRS), "zarr_format": 3, "node_type": "group"}
     with disk_errors(store):
         target = zarr.open_group(
             zarr_store(store, storage_options),
@@ -402,41 +417,97 @@ def create_store(
             attributes={"esap": {**attrs, "incomplete": True}},
         ).store
         crash_point("create")
-        keys: dict[str, Any] = {}
-        with warnings.catch_warnings():  # consolidated metadata: "not part of the v3 spec"
-            warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-            sync(_build(zarr.storage.MemoryStore(keys), schema, layout, ledger, attrs, ids))
-        root = keys.pop("zarr.json")
+        keys = {f"{path}/zarr.json": encoded(doc) for path, doc in docs.items()}
+        keys[f"{LEDGER_GROUP}/zarr.json"] = encoded(group_doc)
         sync(_put(target, keys))
+        for path, _, values in specs:
+            if values is not None:
+                arr = zarr.open_array(target, path=path, mode="r+", zarr_format=3)
+                if not write_whole_chunks(arr, 0, values):
+                    arr[...] = values
         crash_point("create")
-        sync(_put(target, {"zarr.json": root}))  # the commit point
+        inline = {"kind": "inline", "must_understand": False, "metadata": {}}
+        subgroup = {  # as zarr lists a group in its parent's consolidated metadata
+            "attributes": group_doc["attributes"],
+            "zarr_format": 3,
+            "consolidated_metadata": inline,
+            "node_type": "group",
+        }
+        members = {**docs, LEDGER_GROUP: subgroup}
+        root = {
+            "attributes": {"esap": dict(attrs)},
+            "zarr_format": 3,
+            "consolidated_metadata": {**inline, "metadata": _consolidated_order(members)},
+            "node_type": "group",
+        }
+        sync(_put(target, {"zarr.json": encoded(root)}))  # the commit point
         crash_point("created")
     return zarr.open_group(target, mode="r+", use_consolidated=False)
 
 
-async def _build(
-    memory: Any,
-    schema: Schema,
-    layout: StoreLayout,
-    ledger: Schema,
-    attrs: Mapping[str, Any],
-    ids: Sequence[str],
-) -> None:
-    """Create the store's hierarchy in ``memory`` (a MemoryStore), consolidated."""
-    import zarr.api.asynchronous as za
+def _consolidated_order(members: Mapping[str, Any]) -> dict[str, Any]:
+    """``members`` (path -> metadata document) in the order zarr's consolidated metadata
+    lists them: by depth, then by name (NFKC, case-folded)."""
+    import unicodedata
 
-    root = await za.open_group(
-        store=memory, mode="w-", zarr_format=3, attributes={"esap": dict(attrs)}
+    def key(path: str) -> tuple[int, str]:
+        return path.count("/"), unicodedata.normalize("NFKC", path).casefold()
+
+    return {path: members[path] for path in sorted(members, key=key)}
+
+
+#: zarr's own metadata document of each kind of array this process created: by
+#: (dtype, fill value, dimensions, sharded).
+_TEMPLATES: dict[tuple[str, str, int, bool], dict[str, Any]] = {}
+
+
+def _array_document(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``zarr.json`` document zarr writes for ``create_array(**spec)``.
+
+    zarr's document of a 2-element array of the same dtype, fill value, dimensions and
+    sharding (made once per process in a ``MemoryStore``: its data type, fill value,
+    chunk key encoding and codecs, as zarr chooses them), with this array's shape,
+    chunk shape, attrs and dimension names.
+    """
+    shape, chunks, shards = tuple(spec["shape"]), tuple(spec["chunks"]), spec["shards"]
+    dtype, fill = spec["dtype"], spec["fill_value"]
+    kind = (
+        str(np.dtype(dtype)) if dtype is not str else "str",
+        repr(fill),
+        len(shape),
+        bool(shards),
     )
-    await root.create_group(LEDGER_GROUP, attributes=LEDGER_ATTRS)
-
-    async def one(path: str, spec: dict[str, Any], values: np.ndarray | None) -> None:
-        arr = await root.create_array(path, **spec)
-        if values is not None:
-            await arr.setitem(..., values)
-
-    await asyncio.gather(*(one(*spec) for spec in store_specs(schema, layout, ledger, ids)))
-    await za.consolidate_metadata(memory)
+    template = _TEMPLATES.get(kind)
+    if template is None:
+        keys: dict[str, Any] = {}
+        ones = (1,) * len(shape)
+        zarr.create_array(
+            zarr.storage.MemoryStore(keys),
+            shape=(2,) * len(shape),
+            dtype=dtype,
+            chunks=ones,
+            shards=(2,) * len(shape) if shards else None,
+            fill_value=fill,
+            dimension_names=[f"d{i}" for i in range(len(shape))],
+            attributes={},
+        )
+        if len(_TEMPLATES) >= 256:  # a long-lived service meets many pipelines
+            _TEMPLATES.clear()
+        template = _TEMPLATES[kind] = json.loads(keys["zarr.json"].to_bytes())
+    doc = {**template}  # zarr's order of members
+    codecs = template["codecs"]
+    if shards:  # the sharding codec names the inner chunks
+        sharding = {**codecs[0], "configuration": {**codecs[0]["configuration"]}}
+        sharding["configuration"]["chunk_shape"] = list(chunks)
+        codecs = [sharding, *codecs[1:]]
+    doc.update(
+        shape=list(shape),
+        chunk_grid={"name": "regular", "configuration": {"chunk_shape": list(shards or chunks)}},
+        codecs=codecs,
+        attributes=dict(spec["attributes"]),
+        dimension_names=list(spec["dimension_names"]),
+    )
+    return doc
 
 
 async def _put(target: Any, keys: Mapping[str, Any]) -> None:
