@@ -295,6 +295,25 @@ def execute(
         futures.append(fut)
         return fut
 
+    def submit_all(bs: Sequence[Batch]) -> list[Any]:
+        """Submit ``bs`` to the scheduler in one message; their futures.
+
+        Submitted one by one, each after the first waited for the client's next send
+        (distributed sends a client's messages at most every 10 ms): the second probe
+        started 10-15 ms after the first, and so did the second task of the rest when
+        both probes ended together.
+        """
+        if not bs:
+            return []
+        now = time.monotonic()
+        keys = [f"{prefix}{b.index}" for b in bs]
+        out = client.map(run_batch, [shared] * len(bs), bs, key=keys, pure=False)
+        for b, fut in zip(bs, out, strict=True):
+            by_key[fut.key] = b
+            sent[fut.key] = now
+            futures.append(fut)
+        return list(out)
+
     control = current_control()
     cancelled = threading.Event()
     waiting: collections.deque[Batch] = collections.deque()
@@ -309,16 +328,18 @@ def execute(
         the same work in batches all submitted at the start; docs/benchmarks/profiles.md).
         Fed as threads free up, each goes to a worker that is free.
         """
-        while waiting and not cancelled.is_set() and len(by_key) < threads:
-            pending.add(submit(waiting.popleft()))
+        free = threads - len(by_key)
+        if cancelled.is_set() or free <= 0 or not waiting:
+            return
+        for fut in submit_all([waiting.popleft() for _ in range(min(free, len(waiting)))]):
+            pending.add(fut)
 
     def cancel() -> None:
         cancelled.set()
         cancel_tasks(client, list(futures), prefix, tracked)
 
     if control is None or control.attach(cancel, run_id=ctx.run_id, dashboard=dashboard):
-        for b in batches:
-            submit(b)
+        submit_all(batches)
     else:  # cancelled before anything was submitted
         cancelled.set()
     reports: list[BatchReport] = []
@@ -340,74 +361,81 @@ def execute(
     try:
         with bar, watch:
             pending = as_completed(futures, loop=client.loop)
-            for fut in pending:
-                batch = by_key.pop(fut.key)
-                if fut.status == "cancelled":  # aborted: its rows stay pending, for next time
-                    continue
-                if unplanned is not None and fut.status == "finished":
-                    # The first probe ended. Its time since it was submitted bounds its own
-                    # time: when even that makes the rest tiny, plan and feed the rest now,
-                    # before the report's round trip (workers waited 10-20 ms for it).
-                    bound = time.monotonic() - sent[fut.key]
-                    if _tasks_per_thread(bound, len(batch.rows), len(unplanned), threads) == 1:
-                        waiting.extend(plan_rest(1))
-                        unplanned = None
+            for ready in pending.batches():  # every task ended by now, at once
+                ended: list[tuple[Any, Batch]] = []
+                for fut in ready:
+                    batch = by_key.pop(fut.key)
+                    if fut.status == "cancelled":  # aborted: its rows stay pending
+                        continue
+                    if unplanned is not None and fut.status == "finished":
+                        # The first probe ended. Its time since it was submitted bounds its
+                        # own time: when even that makes the rest tiny, plan and feed the
+                        # rest now, before the report's round trip (workers waited 10-20 ms).
+                        bound = time.monotonic() - sent[fut.key]
+                        if _tasks_per_thread(bound, len(batch.rows), len(unplanned), threads) == 1:
+                            waiting.extend(plan_rest(1))
+                            unplanned = None
+                    ended.append((fut, batch))
                 if unplanned is None:
-                    feed(pending)  # the next task goes out before this one's report comes in
-                report, error = None, None
-                started: tuple[str, ...] = ()
-                try:  # an error, or a result that died with its worker before it was fetched
-                    report = fut.result()
-                    report.rows = batch.rows
-                except Exception as err:
-                    error = err
-                if unplanned is not None:  # the first probe ended: plan the rest
-                    seconds, measured = _measured(report)
-                    per_thread = _tasks_per_thread(seconds, measured, len(unplanned), threads)
-                    waiting.extend(plan_rest(per_thread))
-                    unplanned = None
-                feed(pending)
-                fut.release()
-                if report is not None and report.cancelled:
-                    continue  # refused to start after the run's cancel: its rows stay pending
-                if error is not None:  # count the starts the task had before it failed
-                    started = _starts(client, fut.key, error, tracked)
-                    batch = dataclasses.replace(
-                        batch, attempts=[a + len(started) for a in batch.attempts]
-                    )
-                killed = type(error).__name__ == "KilledWorker"
-                if killed and cancelled.is_set():
-                    continue  # a cancelled run submits nothing more: its rows stay pending
-                if killed and not started and requeues.get(batch.index, 0) < MAX_REQUEUES:
-                    requeues[batch.index] = requeues.get(batch.index, 0) + 1
-                    pending.add(submit(batch, alone=batch.index == alone))
-                    continue
-                if report is not None and len(report.started_on) > 1:
-                    todo.notes.append(_restarted_note(batch, report))
-                if batch.index == alone:
-                    alone = None
-                if killed and batch.index not in isolated:
-                    suspects.append(batch)
-                    where = (
-                        f"were running on worker {', '.join(started)} when it was lost"
-                        if started
-                        else f"were lost with {MAX_REQUEUES + 1} workers before they started"
-                    )
-                    todo.notes.append(
-                        f"observations {batch.describe()} {where}; they run again, alone"
-                    )
-                else:
-                    if report is None:
-                        report = _batch_failed(
-                            group, ctx, batch, error or RuntimeError("lost"), len(started)
+                    feed(pending)  # the next tasks go out before these reports come in
+                reports_of = _fetch_reports(client, [fut for fut, _ in ended])
+                for fut, batch in ended:
+                    report, error = reports_of.get(fut.key), None
+                    started: tuple[str, ...] = ()
+                    if report is None:  # an error, or a result that died with its worker
+                        try:
+                            report = fut.result()
+                        except Exception as err:
+                            error = err
+                    if report is not None:
+                        report.rows = batch.rows
+                    if unplanned is not None:  # the first probe ended: plan the rest
+                        seconds, measured = _measured(report)
+                        per_thread = _tasks_per_thread(seconds, measured, len(unplanned), threads)
+                        waiting.extend(plan_rest(per_thread))
+                        unplanned = None
+                    feed(pending)
+                    fut.release()
+                    if report is not None and report.cancelled:
+                        continue  # refused to start after the run's cancel: its rows stay pending
+                    if error is not None:  # count the starts the task had before it failed
+                        started = _starts(client, fut.key, error, tracked)
+                        batch = dataclasses.replace(
+                            batch, attempts=[a + len(started) for a in batch.attempts]
                         )
-                    reports.append(report)
-                    bar.advance(len(batch.rows), failed=report.failed)
-                if suspects and alone is None and not cancelled.is_set():
-                    again = suspects.pop(0)
-                    isolated.add(again.index)
-                    alone = again.index
-                    pending.add(submit(again, alone=True))
+                    killed = type(error).__name__ == "KilledWorker"
+                    if killed and cancelled.is_set():
+                        continue  # a cancelled run submits nothing more: its rows stay pending
+                    if killed and not started and requeues.get(batch.index, 0) < MAX_REQUEUES:
+                        requeues[batch.index] = requeues.get(batch.index, 0) + 1
+                        pending.add(submit(batch, alone=batch.index == alone))
+                        continue
+                    if report is not None and len(report.started_on) > 1:
+                        todo.notes.append(_restarted_note(batch, report))
+                    if batch.index == alone:
+                        alone = None
+                    if killed and batch.index not in isolated:
+                        suspects.append(batch)
+                        where = (
+                            f"were running on worker {', '.join(started)} when it was lost"
+                            if started
+                            else f"were lost with {MAX_REQUEUES + 1} workers before they started"
+                        )
+                        todo.notes.append(
+                            f"observations {batch.describe()} {where}; they run again, alone"
+                        )
+                    else:
+                        if report is None:
+                            report = _batch_failed(
+                                group, ctx, batch, error or RuntimeError("lost"), len(started)
+                            )
+                        reports.append(report)
+                        bar.advance(len(batch.rows), failed=report.failed)
+                    if suspects and alone is None and not cancelled.is_set():
+                        again = suspects.pop(0)
+                        isolated.add(again.index)
+                        alone = again.index
+                        pending.add(submit(again, alone=True))
     except BaseException:
         client.cancel(futures)
         raise
@@ -433,6 +461,23 @@ def execute(
             "unprocessed observations stay pending for the next run"
         ) from watch.failure
     return reports
+
+
+def _fetch_reports(client: Any, futures: Sequence[Any]) -> dict[str, Any]:
+    """The reports of the finished tasks among ``futures``, fetched in one round trip.
+
+    Empty when there are none, or when any could not be fetched (each is then fetched, or
+    its error raised, on its own). Two probes that end together were fetched one after
+    the other: the second worker waited for both round trips (11 and 16 ms) before its
+    next task went out.
+    """
+    finished = [f for f in futures if f.status == "finished"]
+    if len(finished) < 2:
+        return {}
+    try:
+        return dict(zip([f.key for f in finished], client.gather(finished), strict=True))
+    except Exception:
+        return {}
 
 
 def _track_starts(client: Any) -> bool:
