@@ -100,23 +100,31 @@ def test_a_probed_tiny_run_processes_every_observation_once(tmp_path, client):
     assert (more.processed, more.skipped) == (20, 400)
 
 
-def test_the_rest_of_a_probed_run_goes_to_every_worker(tmp_path, client):
-    """Planned while the other probe still runs, the rest is not all given to one worker.
+def test_a_probe_goes_on_with_tiny_work_and_hands_back_the_rest_of_slow_work(tmp_path, client):
+    """Two shares of 40 rows; the first's rows are tiny, the second's are not.
 
-    The probes are rows 0..9 (0.1 s) and 10..19 (0.5 s); the 60 rows after them are two
-    batches of 0.6 s. Submitted at once, both went to the worker of the fast probe, one
-    after the other, while the other worker sat idle once its probe ended.
+    The first task times its first 10 rows and goes on with its 30 others (one task, one
+    worker). The second commits its first 10 rows only; the driver plans its 30 others as
+    tasks fed to whichever worker is free, so both workers share them.
     """
     store = tmp_path / "u.zarr"
     summary = map_observations(UNEVEN, range(80), store, client=client, chunk=10)
     assert (summary.succeeded, summary.failed) == (80, 0)
     ledger = esap_dask.ledger(store)
-    assert set(ledger.worker.iloc[20:]) == {str(w) for w in ledger.worker.iloc[:20]}
-    assert len(set(ledger.worker.iloc[20:])) == 2
+    assert (ledger.attempts == 1).all() and (ledger.status == "done").all()
+    first, probe, rest = ledger.iloc[:40], ledger.iloc[40:50], ledger.iloc[50:]
+    assert first.worker.nunique() == 1  # one task
+    assert probe.worker.nunique() == 1
+    assert set(rest.worker) == set(ledger.worker) and ledger.worker.nunique() == 2
+    ds = xr.open_zarr(store).load()
+    assert ds["run"].values.tolist() == list(range(80))
+    again = map_observations(UNEVEN, range(80), store, client=client)
+    assert (again.processed, again.skipped) == (0, 80)
 
 
 def test_probes_then_tasks_sized_from_the_measured_time():
-    from esap_dask.engine.execute import _measured, _probe_split, _tasks_per_thread
+    from esap_dask.engine.execute import _measured, _probe_split
+    from esap_dask.engine.task import tasks_per_thread as _tasks_per_thread
 
     rows = list(range(1000))
     assert _probe_split(rows, 10, 2) == 20  # the first unit of each of 2 threads

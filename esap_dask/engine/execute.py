@@ -34,11 +34,13 @@ from esap_dask.engine.ledger import FAILED, NewRows, Plan, PlannedRow, pack
 from esap_dask.engine.observations import MadeWhenRead
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import (
+    TASKS_PER_THREAD,
     Batch,
     BatchReport,
     RunContext,
     SharedContext,
     run_batch,
+    tasks_per_thread,
 )
 from esap_dask.store import StoreLayout, write_rows
 
@@ -53,11 +55,13 @@ __all__ = [
     "nthreads",
 ]
 
-#: Automatic batches: each takes at least 1/(TASKS_PER_THREAD x threads) of the rows left
-#: (whole write units), so a run starts with about this many tasks a thread, then shrinks.
-#: A run of more than two write units a thread first runs one unit a thread (the probes),
-#: and sizes the rest's tasks from the first probe's time (:func:`_tasks_per_thread`).
-TASKS_PER_THREAD = 4
+#: Automatic batches (``TASKS_PER_THREAD``, from :mod:`esap_dask.engine.task`): each
+#: takes at least 1/(TASKS_PER_THREAD x threads) of the rows left (whole write units), so
+#: a run starts with about this many tasks a thread, then shrinks. A run of more than two
+#: write units a thread is planned as one share a thread, each task timing its first unit
+#: (its probe): tiny work goes on with the share in the same task; other work commits the
+#: probe's rows, and the driver sizes the share's other tasks from the probe's time
+#: (:func:`esap_dask.engine.task.tasks_per_thread`).
 #: Never more tasks than this in one run (scheduler overhead).
 MAX_TASKS = 5000
 #: A batch lost with a worker before it started is submitted again this many times at
@@ -111,11 +115,6 @@ def make_batches(rows: Sequence[int], unit: int, target: int, parts: int = 0) ->
     return batches
 
 
-#: A task of tiny work should take at least this long: below it, the scheduler's round
-#: trips and a batch's fixed costs (its writes, its start record) dominate.
-MIN_TASK_SECONDS = 0.5
-
-
 def _target(n: int) -> int:
     """The smallest automatic batch: no run has more than :data:`MAX_TASKS` tasks."""
     return max(math.ceil(n / MAX_TASKS), 1)
@@ -159,19 +158,10 @@ def _probe_split(rows: Sequence[int], unit: int, threads: int) -> int:
     return 0
 
 
-def _tasks_per_thread(seconds: float | None, rows: int, rest: int, threads: int) -> int:
-    """Tasks a thread gets for the ``rest`` rows, from a probe's time for its ``rows``.
-
-    Work whose share per thread is below :data:`MIN_TASK_SECONDS` per task gets fewer,
-    larger tasks (one a thread for tiny work); work that is not tiny, or not measured (the
-    probe failed: ``seconds`` is None), gets :data:`TASKS_PER_THREAD`, as the default plan.
-    The count never falls as ``seconds`` grows: an upper bound of the probe's time that
-    gives one task a thread means its own time gives one too.
-    """
-    if seconds is None or not rows or seconds <= 0:
-        return TASKS_PER_THREAD
-    share = seconds / rows * rest / threads
-    return max(1, min(TASKS_PER_THREAD, int(share / MIN_TASK_SECONDS)))
+def _first_unit(rows: np.ndarray, unit: int) -> int:
+    """How many of ``rows`` (sorted) lie in the write unit of the first."""
+    units = np.asarray(rows) // max(1, unit)
+    return int(np.searchsorted(units, units[0], side="right")) if len(units) else 0
 
 
 def _measured(report: BatchReport | None) -> tuple[float | None, int]:
@@ -256,24 +246,30 @@ def execute(
         probes = 0 if batch_size else _probe_split(rows, layout.unit, threads)
         if batch_size:
             planned = make_batches(rows, layout.unit, batch_size)
-        elif probes:  # one write unit per thread first; the rest once one has been timed
-            planned = make_batches(rows[:probes], layout.unit, 1)
+        elif probes:  # a share a thread, each timing its first write unit (its probe)
+            planned = make_batches(rows, layout.unit, math.ceil(n / threads))
         else:
             planned = make_batches(rows, layout.unit, _target(n), TASKS_PER_THREAD * threads)
         batches = [_batch(i, _pick(entries, b)) for i, b in enumerate(planned)]
-    unplanned = entries[probes:] if probes else None
+        if probes:
+            batches = [
+                dataclasses.replace(b, probe=_first_unit(b.rows, layout.unit)) for b in batches
+            ]
+    next_index = len(batches)
 
-    def plan_rest(per_thread: int) -> list[Batch]:
-        """Batches of the rows after the probes, ``per_thread`` tasks a thread."""
-        assert unplanned is not None
-        rest = _rows(unplanned)
-        parts = per_thread * threads
+    def plan_rest(batch: Batch, report: BatchReport) -> list[Batch]:
+        """Batches of the rows a probe left, sized from its measured time."""
+        nonlocal next_index
+        done = report.done + report.failed
+        rest = len(batch.rows) - done
+        per = tasks_per_thread(*_measured(report), rest, 1)
         with gc_paused():
-            if parts == threads:  # tiny work: one even batch a thread, fewest round trips
-                sized = make_batches(rest, layout.unit, math.ceil(len(rest) / threads))
-            else:
-                sized = make_batches(rest, layout.unit, _target(len(rest)), parts)
-            return [_batch(len(batches) + i, _pick(unplanned, b)) for i, b in enumerate(sized)]
+            sized = make_batches(batch.rows[done:].tolist(), layout.unit, _target(rest), per)
+        out = [
+            batch.part(done + b[0], done + b[-1] + 1, next_index + i) for i, b in enumerate(sized)
+        ]
+        next_index += len(out)
+        return out
 
     tracked = _track_starts(client)
     if tracked:
@@ -281,7 +277,6 @@ def execute(
     shared = SharedContext(ctx)  # pickled once, not with every task
     prefix = f"esap-batch-{ctx.run_id}-"
     by_key: dict[str, Batch] = {}
-    sent: dict[str, float] = {}  # when each task was submitted (time.monotonic)
     futures: list[Any] = []
     requeues: dict[int, int] = {}  # batches lost with a worker before they started
 
@@ -291,7 +286,6 @@ def execute(
             key += f"-requeue{requeues[b.index]}"
         fut = client.submit(run_batch, shared, b, key=key, pure=False)
         by_key[fut.key] = b
-        sent[fut.key] = time.monotonic()
         futures.append(fut)
         return fut
 
@@ -305,12 +299,10 @@ def execute(
         """
         if not bs:
             return []
-        now = time.monotonic()
         keys = [f"{prefix}{b.index}" for b in bs]
         out = client.map(run_batch, [shared] * len(bs), bs, key=keys, pure=False)
         for b, fut in zip(bs, out, strict=True):
             by_key[fut.key] = b
-            sent[fut.key] = now
             futures.append(fut)
         return list(out)
 
@@ -339,7 +331,8 @@ def execute(
         cancel_tasks(client, list(futures), prefix, tracked)
 
     if control is None or control.attach(cancel, run_id=ctx.run_id, dashboard=dashboard):
-        submit_all(batches)
+        waiting.extend(batches[threads:])  # rows left over by the shares' rounding
+        submit_all(batches[:threads])
     else:  # cancelled before anything was submitted
         cancelled.set()
     reports: list[BatchReport] = []
@@ -367,17 +360,8 @@ def execute(
                     batch = by_key.pop(fut.key)
                     if fut.status == "cancelled":  # aborted: its rows stay pending
                         continue
-                    if unplanned is not None and fut.status == "finished":
-                        # The first probe ended. Its time since it was submitted bounds its
-                        # own time: when even that makes the rest tiny, plan and feed the
-                        # rest now, before the report's round trip (workers waited 10-20 ms).
-                        bound = time.monotonic() - sent[fut.key]
-                        if _tasks_per_thread(bound, len(batch.rows), len(unplanned), threads) == 1:
-                            waiting.extend(plan_rest(1))
-                            unplanned = None
                     ended.append((fut, batch))
-                if unplanned is None:
-                    feed(pending)  # the next tasks go out before these reports come in
+                feed(pending)  # the next tasks go out before these reports come in
                 reports_of = _fetch_reports(client, [fut for fut, _ in ended])
                 for fut, batch in ended:
                     report, error = reports_of.get(fut.key), None
@@ -387,13 +371,12 @@ def execute(
                             report = fut.result()
                         except Exception as err:
                             error = err
-                    if report is not None:
+                    if report is not None and not report.cancelled:
+                        done = report.done + report.failed
+                        if batch.probe and 0 < done < len(batch.rows):  # the probe stopped
+                            waiting.extend(plan_rest(batch, report))
+                            batch = batch.part(0, done)
                         report.rows = batch.rows
-                    if unplanned is not None:  # the first probe ended: plan the rest
-                        seconds, measured = _measured(report)
-                        per_thread = _tasks_per_thread(seconds, measured, len(unplanned), threads)
-                        waiting.extend(plan_rest(per_thread))
-                        unplanned = None
                     feed(pending)
                     fut.release()
                     if report is not None and report.cancelled:

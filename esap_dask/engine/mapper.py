@@ -311,8 +311,10 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
     chunk, shard
         Observations per chunk and per shard, for a new store (default: automatic).
     batch_size
-        Minimum observations per task (default: automatic, batches of a quarter of a
-        thread's share of the rows left, shrinking towards one write unit at the end).
+        Minimum observations per task (default: automatic: one share a thread, each
+        task timing its first write unit; tiny work runs its share in that one task,
+        other work in about four tasks a thread, shrinking towards one write unit at
+        the end).
     progress
         Show a progress bar (default: when attached to a terminal or a notebook); a
         function instead receives a progress line now and then (a log).

@@ -1,9 +1,10 @@
-"""Test pipeline: run numbers 0..9 take 10 ms each, 10..19 50 ms each, the others 20 ms.
+"""Test pipeline: run numbers 0..39 take 10 ms each, the others 50 ms each.
 
-With write units of 10 rows, a probed run's two probes are rows 0..9 (0.1 s) and 10..19
-(0.5 s): the rest is planned when the fast probe ends, while the slow one still runs, from
-the fast probe's time (tiny: one batch a thread). Each batch of the rest takes longer than
-the slow probe has left.
+With write units of 10 rows, a probed run of 80 numbers on 2 threads is two shares: rows
+0..39 and 40..79, each task timing its first unit. The first share's probe (0.1 s) makes
+its other 30 rows tiny (0.3 s): the task goes on with them. The second's (0.5 s) makes
+its other 30 rows 1.5 s, more than one tiny task: the task commits its probe's 10 rows,
+and the driver plans the 30 others as tasks fed to whichever worker is free.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from esap_dask import Pipeline, Schema, Variable
 
 
 def uneven(run: int) -> dict[str, object]:
-    """``run`` back, after 10 ms (runs 0..9), 50 ms (10..19) or 20 ms (the others)."""
-    time.sleep(0.01 if run < 10 else 0.05 if run < 20 else 0.02)
+    """``run`` back, after 10 ms (runs 0..39) or 50 ms (the others)."""
+    time.sleep(0.01 if run < 40 else 0.05)
     return {"run": run}
 
 
