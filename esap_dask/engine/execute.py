@@ -331,8 +331,7 @@ def execute(
         cancel_tasks(client, list(futures), prefix, tracked)
 
     if control is None or control.attach(cancel, run_id=ctx.run_id, dashboard=dashboard):
-        waiting.extend(batches[threads:])  # rows left over by the shares' rounding
-        submit_all(batches[:threads])
+        submit_all(batches)  # all at once: an adaptive cluster scales to what is pending
     else:  # cancelled before anything was submitted
         cancelled.set()
     reports: list[BatchReport] = []
