@@ -87,11 +87,21 @@ def test_scalar_products_written_a_column_at_a_time_fail_their_row_only(tmp_path
     assert (ledger.end >= ledger.start).all()
 
 
+def batch_tasks(stream: list[dict]) -> list[str]:
+    """The batch tasks of a run, by key, from a ``get_task_stream`` record."""
+    return sorted(str(t["key"]) for t in stream if str(t["key"]).startswith("esap-batch-"))
+
+
 def test_a_probed_tiny_run_processes_every_observation_once(tmp_path, client):
-    """400 observations in 40 write units: probes first, then the rest sized from them."""
+    """400 observations in 40 write units on 2 threads: two shares, each one task whose
+    probe (its first unit) finds the rest tiny and goes on with it."""
+    from distributed import get_task_stream
+
     store = tmp_path / "s.zarr"
-    summary = map_observations("helloworld", range(400), store, client=client, chunk=10)
+    with get_task_stream(client) as ts:
+        summary = map_observations("helloworld", range(400), store, client=client, chunk=10)
     assert (summary.succeeded, summary.failed) == (400, 0)
+    assert len(batch_tasks(ts.data)) == 2
     ds = xr.open_zarr(store).load()
     assert ds.obs.values.tolist() == [str(i) for i in range(400)]
     assert (esap_dask.ledger(store).attempts == 1).all()
@@ -107,9 +117,14 @@ def test_a_probe_goes_on_with_tiny_work_and_hands_back_the_rest_of_slow_work(tmp
     worker). The second commits its first 10 rows only; the driver plans its 30 others as
     tasks fed to whichever worker is free, so both workers share them.
     """
+    from distributed import get_task_stream
+
     store = tmp_path / "u.zarr"
-    summary = map_observations(UNEVEN, range(80), store, client=client, chunk=10)
+    with get_task_stream(client) as ts:
+        summary = map_observations(UNEVEN, range(80), store, client=client, chunk=10)
     assert (summary.succeeded, summary.failed) == (80, 0)
+    # the two shares, then the second's 30 rows in three tasks (1.5 s of work: 3 x 0.5 s)
+    assert len(batch_tasks(ts.data)) == 5
     ledger = esap_dask.ledger(store)
     assert (ledger.attempts == 1).all() and (ledger.status == "done").all()
     first, probe, rest = ledger.iloc[:40], ledger.iloc[40:50], ledger.iloc[50:]
@@ -134,7 +149,7 @@ def test_probes_then_tasks_sized_from_the_measured_time():
     heavy = BatchReport(0, 10, 0, [], "w", seconds=10.0)  # 1 s a row
     assert _tasks_per_thread(*_measured(heavy), 980, 2) == TASKS_PER_THREAD
     assert _tasks_per_thread(*_measured(None), 980, 2) == TASKS_PER_THREAD  # the probe failed
-    # more time never means fewer tasks: a bound giving one a thread is the answer
+    # more time never means fewer tasks
     counts = [_tasks_per_thread(s / 100, 10, 980, 2) for s in range(1, 2000)]
     assert counts == sorted(counts) and counts[0] == 1 and counts[-1] == TASKS_PER_THREAD
     assert MAX_TASKS >= 1000

@@ -280,16 +280,7 @@ def execute(
     futures: list[Any] = []
     requeues: dict[int, int] = {}  # batches lost with a worker before they started
 
-    def submit(b: Batch, alone: bool = False) -> Any:
-        key = f"{prefix}{b.index}" + ("-alone" if alone else "")
-        if requeues.get(b.index):
-            key += f"-requeue{requeues[b.index]}"
-        fut = client.submit(run_batch, shared, b, key=key, pure=False)
-        by_key[fut.key] = b
-        futures.append(fut)
-        return fut
-
-    def submit_all(bs: Sequence[Batch]) -> list[Any]:
+    def submit_all(bs: Sequence[Batch], alone: bool = False) -> list[Any]:
         """Submit ``bs`` to the scheduler in one message; their futures.
 
         Submitted one by one, each after the first waited for the client's next send
@@ -299,12 +290,20 @@ def execute(
         """
         if not bs:
             return []
-        keys = [f"{prefix}{b.index}" for b in bs]
-        out = client.map(run_batch, [shared] * len(bs), bs, key=keys, pure=False)
+        keys = [
+            f"{prefix}{b.index}"
+            + ("-alone" if alone else "")
+            + (f"-requeue{requeues[b.index]}" if requeues.get(b.index) else "")
+            for b in bs
+        ]
+        out = list(client.map(run_batch, [shared] * len(bs), bs, key=keys, pure=False))
         for b, fut in zip(bs, out, strict=True):
             by_key[fut.key] = b
             futures.append(fut)
-        return list(out)
+        return out
+
+    def submit(b: Batch, alone: bool = False) -> Any:
+        return submit_all([b], alone)[0]
 
     control = current_control()
     cancelled = threading.Event()

@@ -464,6 +464,24 @@ def _caught(err: BaseException) -> tuple[str, str, str]:
     return type(err).__name__, message, traceback.format_exc()[-MAX_TRACEBACK:]
 
 
+def _fail_row(
+    slots: Sequence[_Slot],
+    buffers: dict[str, np.ndarray],
+    i: int,
+    ledger: dict[str, np.ndarray],
+    k: int,
+    caught: tuple[str, str, str],
+) -> tuple[str, str]:
+    """Row ``i`` of ``buffers`` back to its fill values and row ``k`` of ``ledger`` failed
+    with ``caught`` (:func:`_caught`); its error type and message."""
+    for slot in slots:
+        buffers[slot.name][i] = slot.fill
+    error_type, message, ledger["traceback"][k] = caught
+    ledger["status"][k] = FAILED
+    ledger["error_type"][k], ledger["error"][k] = error_type, message
+    return error_type, message
+
+
 def _worker_name() -> str:
     try:
         from distributed import get_worker
@@ -505,12 +523,7 @@ def _process(
             _place(schema, ctx.pipeline.function(obs.value, **ctx.params), buffers, i)
         ledger["status"][k] = DONE
     except Exception as err:
-        for slot in _slots(schema)[1]:
-            buffers[slot.name][i] = slot.fill
-        error_type, message, ledger["traceback"][k] = _caught(err)
-        ledger["status"][k] = FAILED
-        ledger["error_type"][k], ledger["error"][k] = error_type, message
-        failure = (obs.id, error_type, message)
+        failure = (obs.id, *_fail_row(_slots(schema)[1], buffers, i, ledger, k, _caught(err)))
     ledger["end"][k] = time.time()
     return failure
 
@@ -580,13 +593,8 @@ def _run_rows(
         status[lo:hi] = DONE
         for i in sorted(failed):
             k = i + base
-            for slot in slots:
-                buffers[slot.name][i] = slot.fill
-            error_type, message, ledger["traceback"][k] = failed[i]
-            status[k] = FAILED
-            ledger["error_type"][k], ledger["error"][k] = error_type, message
             ident = str(numbers[k]) if numbers is not None else observations[k].id
-            failures.append((ident, error_type, message))
+            failures.append((ident, *_fail_row(slots, buffers, i, ledger, k, failed[i])))
     return failures
 
 

@@ -397,6 +397,7 @@ def create_store(
     """
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync  # zarr's own loop; no public runner of its async API
+    from zarr.storage import StorePath
 
     specs = store_specs(schema, layout, ledger, ids)
     indent = zarr.config.get("json_indent")
@@ -421,8 +422,8 @@ def create_store(
         keys[f"{LEDGER_GROUP}/zarr.json"] = encoded(group_doc)
         sync(_put(target, keys))
         for path, _, values in specs:
-            if values is not None:
-                arr = zarr.open_array(target, path=path, mode="r+", zarr_format=3)
+            if values is not None:  # the array from its document, not read back
+                arr = zarr.Array.from_dict(StorePath(target, path), docs[path])
                 if not write_whole_chunks(arr, 0, values):
                     arr[...] = values
         crash_point("create")
