@@ -9,6 +9,7 @@ own: the worker-side task imports it, and the driver's provenance imports the ta
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps's string escaper
 from typing import Any
@@ -36,6 +37,22 @@ def _tolist(values: Column) -> list[Any]:
     return values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
+def _plain(*columns: list[Any]) -> bool:
+    """Whether every string of ``columns`` is its own JSON text between quotes.
+
+    True when all of it is printable ASCII without a quote or a backslash, which
+    json's escaper returns as it is: run numbers, plain file names, fingerprints and
+    checksums. One pass over the joined text (0.1-0.17 µs an input) spares the
+    escaper's call on each of the six strings an input renders: entities and usages of
+    50,000 run numbers took 1.34 µs an input escaped, 1.04 as they are; of 50,000 files
+    with checksums 3.24 and 2.52 (interleaved, medians of 9, load 0.6-1.0).
+    ``tests/test_provenance_inputs.py`` checks that both ways write what ``json.dumps``
+    writes.
+    """
+    text = "".join(itertools.chain.from_iterable(columns))
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
 def used_members(run: str, ids: Column) -> str:
     """JSON members: the usages of inputs ``ids`` by ``run``.
 
@@ -43,26 +60,40 @@ def used_members(run: str, ids: Column) -> str:
     and encoding it took a fifth of a 100,000-observation run. (Its call, 48 ns, is
     barely slower than a bare f-string, 35 ns; ``'"{}"'.format`` took 104 ns.) Every
     name is escaped, the usage's own too: a file named with a quote, a backslash or a
-    newline made the document invalid JSON.
+    newline made the document invalid JSON. Names that need no escape
+    (:func:`_plain`) are written as they are.
     """
     head = f'{{"prov:activity":{_quote(run)},"prov:entity":'
+    names = _tolist(ids)
+    if _plain(names):
+        return ",".join(
+            [f'"_:used-{i}":{head}"esap:input/{i}","prov:role":"voprov:input"}}' for i in names]
+        )
     return ",".join(
         f'{_quote("_:used-" + i)}:{head}{_quote("esap:input/" + i)},"prov:role":"voprov:input"}}'
-        for i in _tolist(ids)
+        for i in names
     )
 
 
 def entity_members(inputs: Mapping[str, Column]) -> str:
-    """JSON members: the entities of ``inputs`` (columns id, source, fingerprint, checksum)."""
-    columns = zip(
-        _tolist(inputs["id"]),
-        _tolist(inputs["source"]),
-        _tolist(inputs["fingerprint"]),
-        _tolist(inputs["checksum"]),
-        strict=True,
+    """JSON members: the entities of ``inputs`` (columns id, source, fingerprint, checksum).
+
+    Inputs whose text needs no escape (:func:`_plain`) are written as they are.
+    """
+    ids, sources, fps, checksums = (
+        _tolist(inputs[k]) for k in ("id", "source", "fingerprint", "checksum")
     )
+    if _plain(ids, sources, fps, checksums):
+        digests = [f',"voprov:checksum":"sha256:{c}"' if c else "" for c in checksums]
+        return ",".join(
+            [
+                f'"esap:input/{ident}":{{"prov:type":"voprov:Entity","voprov:name":"{ident}",'
+                f'"prov:location":"{source}","esap:fingerprint":"{fp}"{digest}}}'
+                for ident, source, fp, digest in zip(ids, sources, fps, digests, strict=True)
+            ]
+        )
     parts = []
-    for ident, source, fp, checksum in columns:
+    for ident, source, fp, checksum in zip(ids, sources, fps, checksums, strict=True):
         digest = f',"voprov:checksum":{_quote("sha256:" + checksum)}' if checksum else ""
         parts.append(
             f'{_quote("esap:input/" + ident)}:{{"prov:type":"voprov:Entity",'

@@ -155,7 +155,7 @@ class JobStore:
         if not key or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
             raise BadKey(
                 f"{key!r} is not a key of a Zarr store: give a relative key such as "
-                "'zarr.json' or 'greeting/c/0', without '.', '..' or empty segments"
+                "'zarr.json' or 'greeting/c.0', without '.', '..' or empty segments"
             )
         if self.is_local:
             return _local_key(self.local_path, parts)

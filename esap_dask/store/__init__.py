@@ -296,6 +296,20 @@ def check_writable(store: str, storage_options: Mapping[str, Any] | None = None)
         )
 
 
+#: The chunk keys of a new store's arrays: Zarr v3's ``default`` encoding with ``.`` between
+#: the chunk's indices (``greeting/c.3``, ``ledger/record/c.3.0``), not zarr-python's
+#: default ``/`` (``greeting/c/3``), which makes a directory ``c`` in every array and one
+#: more for each chunk of an array of two or more dimensions. On this project's machines
+#: a new directory or file costs 0.4-0.55 ms of CPU (``os.mkdir``, ``open(O_CREAT)``,
+#: measured in session 14; writing into it 14 µs), and parallel file systems (Lustre,
+#: GPFS) charge a metadata-server round trip for each. The flat keys save 36 of the 49
+#: directories of a 10,000-observation ``helloworld`` store and 169 of the 224 of the 105
+#: H.E.S.S. files' ``dl3-products`` store. Both separators are Zarr v3 (the spec's
+#: ``default`` encoding); every reader takes the encoding from the array's metadata, and
+#: stores made before keep theirs.
+CHUNK_KEY_ENCODING: dict[str, str] = {"name": "default", "separator": "."}
+
+
 def _array_spec(
     dtype: Any,
     dims: Sequence[str],
@@ -320,6 +334,7 @@ def _array_spec(
         "fill_value": fill,
         "dimension_names": list(dims),
         "attributes": dict(attrs),
+        "chunk_key_encoding": CHUNK_KEY_ENCODING,
     }
 
 
@@ -458,8 +473,8 @@ def _consolidated_order(members: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: zarr's own metadata document of each kind of array this process created: by
-#: (dtype, fill value, dimensions, sharded).
-_TEMPLATES: dict[tuple[str, str, int, bool], dict[str, Any]] = {}
+#: (dtype, fill value, dimensions, sharded, chunk key encoding).
+_TEMPLATES: dict[tuple[str, str, int, bool, str], dict[str, Any]] = {}
 
 
 def _array_document(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -472,11 +487,13 @@ def _array_document(spec: Mapping[str, Any]) -> dict[str, Any]:
     """
     shape, chunks, shards = tuple(spec["shape"]), tuple(spec["chunks"]), spec["shards"]
     dtype, fill = spec["dtype"], spec["fill_value"]
+    encoding = spec.get("chunk_key_encoding")
     kind = (
         str(np.dtype(dtype)) if dtype is not str else "str",
         repr(fill),
         len(shape),
         bool(shards),
+        json.dumps(encoding, sort_keys=True),
     )
     template = _TEMPLATES.get(kind)
     if template is None:
@@ -491,6 +508,7 @@ def _array_document(spec: Mapping[str, Any]) -> dict[str, Any]:
             fill_value=fill,
             dimension_names=[f"d{i}" for i in range(len(shape))],
             attributes={},
+            chunk_key_encoding=encoding,
         )
         if len(_TEMPLATES) >= 256:  # a long-lived service meets many pipelines
             _TEMPLATES.clear()
