@@ -299,14 +299,16 @@ def check_writable(store: str, storage_options: Mapping[str, Any] | None = None)
 #: The chunk keys of a new store's arrays: Zarr v3's ``default`` encoding with ``.`` between
 #: the chunk's indices (``greeting/c.3``, ``ledger/record/c.3.0``), not zarr-python's
 #: default ``/`` (``greeting/c/3``), which makes a directory ``c`` in every array and one
-#: more for each chunk of an array of two or more dimensions. On this project's machines
-#: a new directory or file costs 0.4-0.55 ms of CPU (``os.mkdir``, ``open(O_CREAT)``,
-#: measured in session 14; writing into it 14 µs), and parallel file systems (Lustre,
-#: GPFS) charge a metadata-server round trip for each. The flat keys save 36 of the 49
-#: directories of a 10,000-observation ``helloworld`` store and 169 of the 224 of the 105
-#: H.E.S.S. files' ``dl3-products`` store. Both separators are Zarr v3 (the spec's
-#: ``default`` encoding); every reader takes the encoding from the array's metadata, and
-#: stores made before keep theirs.
+#: more for each chunk of an array of two or more dimensions. Directories are metadata
+#: operations, a round trip to the metadata server on a parallel file system (Lustre,
+#: GPFS); on this project's machines a new directory or file costs 0.03-1 ms of CPU with
+#: the directory it is made in and the hour, against 20 µs to rewrite an existing file
+#: (``python -m bench.files``, session 14). The flat keys save 36 of the 49 directories of
+#: a 10,000-observation ``helloworld`` store (written in full: 128 against 161 ms, 7
+#: interleaved rounds, load 0.6-1.7) and 169 of the 224 of the 105 H.E.S.S. files'
+#: ``dl3-products`` store. Both separators are Zarr v3 (the spec's ``default``
+#: encoding); every reader takes the encoding from the array's metadata, and stores made
+#: before keep theirs.
 CHUNK_KEY_ENCODING: dict[str, str] = {"name": "default", "separator": "."}
 #: The compressors of a new store's arrays: Zstandard at level 1, not zarr-python's
 #: default level 0 (the library's 3). A worker's commit of 50,000 tiny ``helloworld`` rows
