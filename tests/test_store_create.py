@@ -96,3 +96,21 @@ def test_a_new_store_is_byte_for_byte_the_store_zarr_makes(tmp_path, layout, n):
         ds = xr.open_zarr(ours, consolidated=True)
         assert ds.obs.values.tolist() == ids
         assert {v.name for v in schema.variables} <= set(ds.variables)
+
+
+def test_a_new_store_keeps_its_chunks_beside_each_array_s_metadata(tmp_path):
+    """No directory per chunk, nor a ``c`` directory per array: each costs a metadata
+    operation (esap_dask.store.CHUNK_KEY_ENCODING), and xarray reads the store as before."""
+    ids = [f"obs-{i}" for i in range(30)]
+    for name, schema in schemas():
+        path = tmp_path / f"{name}.zarr"
+        with warnings.catch_warnings():  # zarr: text coordinates have no v3 spec yet
+            warnings.simplefilter("ignore")
+            create_store(str(path), schema, StoreLayout(4), ARRAYS, {"pipeline": name}, ids=ids)
+        nodes = {p.parent for p in path.rglob("zarr.json")}
+        assert {p for p in path.rglob("*") if p.is_dir()} == nodes - {path}, name
+        obs = sorted(p.name for p in (path / "obs").iterdir())
+        assert obs == sorted(["zarr.json", *(f"c.{k}" for k in range(8))]), name
+        ds = xr.open_zarr(path, consolidated=True)
+        assert ds.obs.values.tolist() == ids
+        assert ds.sizes["obs"] == 30
