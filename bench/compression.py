@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import esap_dask.store as store_module
-from bench.whole_chunks import chunk_files, columns
-from esap_dask import get_pipeline
-from esap_dask.engine.ledger_layout import ARRAYS
-from esap_dask.store import LEDGER_GROUP, StoreLayout, create_store, write_rows
+from bench.whole_chunks import chunk_files, columns, helloworld_store, patched_store
+from esap_dask.store import LEDGER_GROUP, write_rows
 
 #: zarr-python's default compressor of a new array (``zarr.create_array``'s "auto").
 ZARR_DEFAULT = ({"name": "zstd", "configuration": {"level": 0, "checksum": False}},)
@@ -40,33 +38,20 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--chunk", type=int, default=12_500)
     args = parser.parse_args()
-    pipe = get_pipeline("helloworld")
-    schema = pipe.output_schema(pipe.resolve({}))
     work = Path(tempfile.mkdtemp(prefix="esap-bench-compression-"))
     ways = {
         "level 1 (esap-dask)": store_module.COMPRESSORS,
         "level 3 (zarr's default)": ZARR_DEFAULT,
     }
-    ids = [str(i) for i in range(args.rows)]
-    attrs = {"pipeline": "helloworld", "schema": schema.describe()}
     values = columns(args.rows, object)
     rows = np.arange(args.rows)
     times: dict[str, list[float]] = {name: [] for name in ways}
     sizes: dict[str, int] = {}
     for r in range(args.rounds + 1):  # round 0 warms up
-        order = list(ways) if r % 2 else list(reversed(ways))
-        for name in order:
-            path = work / f"{'ab'[list(ways).index(name)]}{r}.zarr"
-            real = store_module.COMPRESSORS
-            store_module.COMPRESSORS = ways[name]
-            try:
-                group = create_store(
-                    str(path), schema, StoreLayout(args.chunk), ARRAYS, attrs, ids=ids
-                )
-            finally:
-                store_module.COMPRESSORS = real
-            arrays = dict(group.arrays())
-            arrays.update((f"{LEDGER_GROUP}/{n}", a) for n, a in group[LEDGER_GROUP].arrays())
+        for k, name in enumerate(ways if r % 2 else reversed(ways)):
+            path = work / f"{k}-{r}.zarr"
+            with patched_store(COMPRESSORS=ways[name]):
+                group, arrays = helloworld_store(path, args.rows, args.chunk)
             t = time.perf_counter()
             write_rows(group, rows, values, arrays=arrays)
             if r:

@@ -31,19 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-import esap_dask.store as store_module
-from bench.whole_chunks import columns
-from esap_dask import get_pipeline
-from esap_dask.engine.ledger_layout import ARRAYS
-from esap_dask.store import LEDGER_GROUP, StoreLayout, create_store, write_rows
+from bench.whole_chunks import columns, helloworld_store, patched_store
+from esap_dask.store import write_rows
 
 
-def per_call(ops: int, setup: Callable[[Path], None], call: Callable[[Path, int], None]) -> float:
-    """Median CPU seconds of one ``call`` over 5 rounds of ``ops`` calls."""
+def per_call(
+    ops: int, setup: Callable[[Path, int], None] | None, call: Callable[[Path, int], None]
+) -> float:
+    """Median CPU seconds of one ``call`` over 5 rounds of ``ops`` calls (after ``setup``)."""
     rounds = []
     for _ in range(5):
         d = Path(tempfile.mkdtemp(prefix="esap-bench-files-"))
-        setup(d)
+        if setup is not None:
+            setup(d, ops)
         t = time.process_time()
         for i in range(ops):
             call(d, i)
@@ -64,8 +64,8 @@ def rewrite(d: Path, i: int) -> None:
     os.close(fd)
 
 
-def existing(d: Path) -> None:
-    for i in range(OPS):
+def existing(d: Path, ops: int) -> None:
+    for i in range(ops):
         (d / f"e{i}").write_bytes(b"x" * 100)
 
 
@@ -73,35 +73,17 @@ def rename(d: Path, i: int) -> None:
     os.replace(d / f"e{i}", d / f"r{i}")
 
 
-OPS = 300
-
-
 def store_files(rows: int, chunk: int, separator: str) -> tuple[int, int, float]:
     """(directories, files, seconds) of a helloworld store made and written in full."""
-    pipe = get_pipeline("helloworld")
-    schema = pipe.output_schema(pipe.resolve({}))
     work = Path(tempfile.mkdtemp(prefix="esap-bench-files-"))
-    real = store_module.CHUNK_KEY_ENCODING
-    store_module.CHUNK_KEY_ENCODING = {"name": "default", "separator": separator}
-    try:
-        t = time.perf_counter()
-        group = create_store(
-            str(work / "s.zarr"),
-            schema,
-            StoreLayout(chunk),
-            ARRAYS,
-            {"pipeline": "helloworld"},
-            ids=[str(i) for i in range(rows)],
-        )
-        arrays = dict(group.arrays())
-        arrays.update((f"{LEDGER_GROUP}/{n}", a) for n, a in group[LEDGER_GROUP].arrays())
-        values = columns(rows, object)
-        for lo in range(0, rows, chunk):  # a write unit at a time, as the tasks write them
-            part = {k: v[lo : lo + chunk] for k, v in values.items()}
-            write_rows(group, np.arange(lo, min(rows, lo + chunk)), part, arrays=arrays)
-        seconds = time.perf_counter() - t
-    finally:
-        store_module.CHUNK_KEY_ENCODING = real
+    values = columns(rows, object)
+    t = time.perf_counter()
+    with patched_store(CHUNK_KEY_ENCODING={"name": "default", "separator": separator}):
+        group, arrays = helloworld_store(work / "s.zarr", rows, chunk)
+    for lo in range(0, rows, chunk):  # a write unit at a time, as the tasks write them
+        part = {k: v[lo : lo + chunk] for k, v in values.items()}
+        write_rows(group, np.arange(lo, min(rows, lo + chunk)), part, arrays=arrays)
+    seconds = time.perf_counter() - t
     dirs = files = 0
     for _, dn, fn in os.walk(work / "s.zarr"):
         dirs, files = dirs + len(dn), files + len(fn)
@@ -110,22 +92,21 @@ def store_files(rows: int, chunk: int, separator: str) -> tuple[int, int, float]
 
 
 def main() -> None:
-    global OPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=300)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--chunk", type=int, default=1250)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    OPS = args.ops
-    print(f"CPU per call (medians of 5 rounds of {OPS}), in {tempfile.gettempdir()}:")
-    for name, setup, call in (
-        ("a new file, created and written", lambda d: None, create),
-        ("a new directory", lambda d: None, lambda d, i: os.mkdir(d / f"d{i}")),
+    print(f"CPU per call (medians of 5 rounds of {args.ops}), in {tempfile.gettempdir()}:")
+    calls: list[tuple[str, Callable[[Path, int], None] | None, Callable[[Path, int], None]]] = [
+        ("a new file, created and written", None, create),
+        ("a new directory", None, lambda d, i: os.mkdir(d / f"d{i}")),
         ("an existing file, rewritten", existing, rewrite),
         ("a rename over an existing file", existing, rename),
-    ):
-        print(f"  {name:34s} {per_call(OPS, setup, call) * 1e6:7.0f} µs")
+    ]
+    for name, setup, call in calls:
+        print(f"  {name:34s} {per_call(args.ops, setup, call) * 1e6:7.0f} µs")
     print(f"a helloworld store of {args.rows:,} rows in chunks of {args.chunk:,}, written in full:")
     ways = {"'.' (esap-dask)": ".", "'/' (zarr's default)": "/"}
     times: dict[str, list[float]] = {label: [] for label in ways}

@@ -22,14 +22,17 @@ written to ``bench/results.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 import esap_dask.store as store_module
 from esap_dask import get_pipeline
@@ -73,6 +76,34 @@ def columns(n: int, text: Any) -> dict[str, np.ndarray]:
     return {**products, **packed}
 
 
+def helloworld_store(path: Path, rows: int, chunk: int) -> tuple[zarr.Group, dict[str, Any]]:
+    """A new ``helloworld`` store of ``rows`` rows in chunks of ``chunk``, made as a run makes
+    it, and its arrays by path (opened once, as a worker keeps them for a run)."""
+    pipe = get_pipeline("helloworld")
+    schema = pipe.output_schema(pipe.resolve({}))
+    attrs = {"pipeline": "helloworld", "schema": schema.describe()}
+    ids = [str(i) for i in range(rows)]
+    group = create_store(str(path), schema, StoreLayout(chunk), ARRAYS, attrs, ids=ids)
+    arrays = dict(group.arrays())
+    arrays.update((f"{LEDGER_GROUP}/{n}", a) for n, a in group[LEDGER_GROUP].arrays())
+    return group, arrays
+
+
+@contextlib.contextmanager
+def patched_store(**attributes: Any) -> Iterator[None]:
+    """``esap_dask.store``'s attributes (``COMPRESSORS``, ``CHUNK_KEY_ENCODING``,
+    ``write_whole_chunks``) set to ``attributes`` inside, and back after: stores made and
+    written there are made and written the other way."""
+    real = {name: getattr(store_module, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(store_module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in real.items():
+            setattr(store_module, name, value)
+
+
 def chunk_files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
@@ -87,8 +118,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--chunk", type=int, default=2500)
     args = parser.parse_args()
-    pipe = get_pipeline("helloworld")
-    schema = pipe.output_schema(pipe.resolve({}))
     work = Path(tempfile.mkdtemp(prefix="esap-bench-chunks-"))
     real = store_module.write_whole_chunks
     text_dtype = np.dtypes.StringDType()
@@ -98,17 +127,9 @@ def main() -> None:
         "whole chunks, StringDType": (True, text_dtype),
         "zarr, object": (False, object),
     }
-    groups = {}
+    groups, arrays = {}, {}
     for k, name in enumerate(ways):
-        ids = [str(i) for i in range(args.rows)]
-        attrs = {"pipeline": "helloworld", "schema": schema.describe()}
-        groups[name] = create_store(
-            str(work / f"w{k}.zarr"), schema, StoreLayout(args.chunk), ARRAYS, attrs, ids=ids
-        )
-    arrays = {}
-    for name, group in groups.items():  # opened once, as a worker keeps them for a run
-        arrays[name] = dict(group.arrays())
-        arrays[name].update((f"{LEDGER_GROUP}/{n}", a) for n, a in group[LEDGER_GROUP].arrays())
+        groups[name], arrays[name] = helloworld_store(work / f"w{k}.zarr", args.rows, args.chunk)
     rows = np.arange(args.rows)
     times: dict[str, list[float]] = {name: [] for name in ways}
 
@@ -119,14 +140,11 @@ def main() -> None:
         for name, (whole, text) in ways.items():
             group = groups[name]
             values = columns(args.rows, text)
-            store_module.write_whole_chunks = real if whole else never
-            try:
+            with patched_store(write_whole_chunks=real if whole else never):
                 t = time.perf_counter()
                 write_rows(group, rows, values, arrays=arrays[name])
                 if r:
                     times[name].append(time.perf_counter() - t)
-            finally:
-                store_module.write_whole_chunks = real
     if chunk_files(work / "w0.zarr") != chunk_files(work / "w1.zarr"):
         raise SystemExit("the two ways wrote different files")
     print(

@@ -304,9 +304,10 @@ def check_writable(store: str, storage_options: Mapping[str, Any] | None = None)
 #: GPFS); on this project's machines a new directory or file costs 0.03-1 ms of CPU with
 #: the directory it is made in and the hour, against 20 µs to rewrite an existing file
 #: (``python -m bench.files``, session 14). The flat keys save 36 of the 49 directories of
-#: a 10,000-observation ``helloworld`` store (written in full: 128 against 161 ms, 7
-#: interleaved rounds, load 0.6-1.7) and 169 of the 224 of the 105 H.E.S.S. files'
-#: ``dl3-products`` store. Both separators are Zarr v3 (the spec's ``default``
+#: a 10,000-observation ``helloworld`` store and 169 of the 224 of the 105 H.E.S.S.
+#: files' ``dl3-products`` store. The time to write the 10,000-row store in full varies
+#: more than that saves: five runs of ``bench.files`` (7-9 interleaved rounds) gave 0.50
+#: to 1.03 times the time with ``/``. Both separators are Zarr v3 (the spec's ``default``
 #: encoding); every reader takes the encoding from the array's metadata, and stores made
 #: before keep theirs.
 CHUNK_KEY_ENCODING: dict[str, str] = {"name": "default", "separator": "."}
