@@ -4,8 +4,9 @@
 
 Starts a LocalCluster of 2 workers x 1 thread, runs ``map_observations`` once to warm it
 up, then ``--rounds`` runs into fresh stores, each timed in parts: on the driver the
-store's creation (``RunStore.create``), ``execute`` (the tasks, from the first
-submission to the last report) and the run's record (``provenance.record_run``); on each
+store's creation (``RunStore.create``; from session 15 inside ``execute``, while the first
+tasks run), ``execute`` (the tasks, from the first submission to the last report) and the
+run's record (``provenance.record_run``); on each
 worker the seconds inside the batch task (``run_batch``) and, within it, the pipeline's
 loop (``_run_rows``), the commit (``write_rows``), the provenance part (``_write_part``,
 which runs beside the commit, in the task's own thread), the store's opening

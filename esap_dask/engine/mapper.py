@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import math
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, overload
 
 import dask.config
+import zarr
 
 import esap_dask.config  # noqa: F401 - Dask's configuration paths, for the receipt
 from esap_dask.catalogs.workflows import get_pipeline, pipeline_dirs
@@ -450,20 +452,19 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                     resolved = pipe.resolve(params)
                 schema = pipe.output_schema(resolved)
                 new = todo.new
-                new_ids = new.ids() if isinstance(new, RunNumbers) else [o.id for o in new]
                 threads = nthreads(cl)
-                if group is None:
+                create: Callable[[], Any] | None = None
+                if group is None:  # created by execute while the first tasks run
                     layout = choose_layout(schema, len(obs_list), threads, chunk=chunk, shard=shard)
-                    group = run_store.create(
-                        schema, layout, ARRAYS, pipeline=pipe, created=started, ids=new_ids
+                    create = functools.partial(
+                        _create, run_store, schema, layout, pipe, started, new
                     )
                 else:
                     check_schema(group, schema)
                     layout = run_store.layout
-                    if new_ids:
-                        append_observations(group, new_ids)
-                del new_ids  # run numbers' ids are made for the store, not kept for the run
-                reopen(group, todo, ledger)  # rows to redo: pending until rewritten
+                    if len(new):
+                        append_observations(group, _ids(new))
+                    reopen(group, todo, ledger)  # rows to redo: pending until rewritten
                 ctx = RunContext(
                     store=store,
                     pipeline=pipe,
@@ -488,6 +489,7 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
                     progress,
                     threads=threads,
                     dashboard=dashboard,
+                    create=create,
                 )
                 _raise_store_failure(reports)  # a full disk stops the run (exit 2), not exit 1
                 cluster_notes = [n for n in _cluster_notes(cl) if n not in known]
@@ -510,6 +512,23 @@ def map_observations(  # type: ignore[misc]  # the overloads name the options as
         _record_receipt(receipt_for, deps, summary)
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
+
+
+def _ids(new: Sequence[Observation]) -> list[str]:
+    """The ids of new observations (run numbers' ids are made here, not kept for the run)."""
+    return new.ids() if isinstance(new, RunNumbers) else [o.id for o in new]
+
+
+def _create(
+    run_store: RunStore,
+    schema: Schema,
+    layout: StoreLayout,
+    pipe: Pipeline,
+    started: datetime,
+    new: Sequence[Observation],
+) -> zarr.Group:
+    """Create the run's new store, with a row for each of ``new``."""
+    return run_store.create(schema, layout, ARRAYS, pipeline=pipe, created=started, ids=_ids(new))
 
 
 def _discard_receipt(store: str) -> None:

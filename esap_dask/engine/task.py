@@ -96,6 +96,10 @@ class RunContext:
     #: where each task renders the provenance of its inputs once it committed them
     #: (:func:`esap_dask.engine.provenance.write_part`); None: the driver renders them all
     provenance_parts: str | None = None
+    #: the store is being created while the tasks start (a new store, with
+    #: :class:`BatchStarts` on the scheduler): a task runs its first rows, then waits for
+    #: the store (:func:`_store_created`) before it opens it
+    store_pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -631,6 +635,61 @@ def _run_group(ctx: RunContext) -> tuple[Any, dict[str, Any]]:
     return found
 
 
+#: Seconds a task waits for its run's store between looks at whether it is still wanted.
+STORE_WAIT = 2.0
+
+
+def _store_created(ctx: RunContext) -> Callable[[], bool] | None:
+    """None when the store of ``ctx`` exists; else a wait for it to exist, asked of the
+    scheduler now (the answer comes while the pipeline runs).
+
+    The wait returns True once the driver said the store was created (or could not be:
+    opening it then raises its error), False when the task is no longer wanted (its run
+    was cancelled, or its driver is gone) or the scheduler cannot say (the run's rows
+    stay pending).
+    """
+    if not ctx.store_pending:
+        return None
+    try:
+        import asyncio
+
+        from distributed import get_worker
+
+        w = get_worker()
+        key = w.get_current_task()
+    except Exception:  # not on a worker: nothing to wait with
+        return lambda: False
+    prefix = batch_prefix(ctx.run_id)
+
+    loop = w.loop.asyncio_loop  # type: ignore[attr-defined]  # tornado's AsyncIOLoop
+
+    def ask() -> Any:
+        coro = w.scheduler.esap_store_wait(prefix=prefix, timeout=STORE_WAIT)
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    answer = ask()
+
+    def wait() -> bool:
+        nonlocal answer
+        while True:
+            try:
+                if answer.result(timeout=STORE_WAIT + 30):
+                    return True
+            except Exception:
+                return False
+            state = w.state.tasks.get(key)
+            if state is None or state.state not in ("executing", "long-running"):
+                return False  # cancelled or released: the driver no longer wants it
+            answer = ask()
+
+    return wait
+
+
+def batch_prefix(run_id: str) -> str:
+    """The prefix of the keys of the batch tasks of run ``run_id``."""
+    return f"esap-batch-{run_id}-"
+
+
 def _record_start(ctx: RunContext, worker: str) -> tuple[str, ...]:
     """Tell the scheduler that this task starts; the workers that started it, this one last.
 
@@ -736,17 +795,28 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     driver plans the rest. Otherwise the task goes on with the rest: tiny work runs as one
     task a thread, without a round trip to the driver between the probe and the rest
     (each worker waited 20-28 ms for it, at 10,000 tiny observations).
+
+    In a run whose store the driver creates while the first tasks run
+    (``ctx.store_pending``), a task runs its rows first and waits for the store only before
+    its first write (:func:`_store_created`); a task whose run no longer wants it while it
+    waits reports itself cancelled, its rows unwritten (they stay pending).
     """
     t0 = time.perf_counter()
     if isinstance(ctx, SharedContext):  # a client whose workers share its process
         ctx = ctx.ctx
     n = len(batch.rows)
-    group, arrays = _run_group(ctx)
     worker = _worker_name()
+    created = _store_created(ctx)  # None: the store exists
+    if created is None:
+        group, arrays = _run_group(ctx)
     started_on = _record_start(ctx, worker)
     if not started_on:  # the run was cancelled before this task started
         return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
     if len(started_on) > 1:
+        if created is not None:
+            if not created():
+                return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
+            group, arrays, created = *_run_group(ctx), None
         committed = _committed_report(group, ctx, batch, started_on)
         if committed is not None:
             return committed
@@ -788,6 +858,10 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
             failures += _run_rows(ctx, obs, first, last + 1, buffers, first, ledger, take)
         if size == n:  # one write of the whole batch: products and ledger together below
             break
+        if created is not None:
+            if not created():
+                return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
+            group, arrays, created = *_run_group(ctx), None
         write_rows(group, batch.rows[first : last + 1], buffers, arrays=arrays)
         first = last + 1
     else:
@@ -799,6 +873,10 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     # the commit point: write_rows writes ledger/status after every other array, so a row
     # reads done or failed only once its products and ledger arrays are written
     columns = {**buffers, **pack(ledger)}
+    if created is not None:
+        if not created():
+            return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
+        group, arrays = _run_group(ctx)
     part = None
     if ctx.provenance_parts is None:
         write_rows(group, batch.rows, columns, arrays=arrays)
