@@ -644,9 +644,10 @@ def _store_created(ctx: RunContext) -> Callable[[], bool] | None:
     scheduler now (the answer comes while the pipeline runs).
 
     The wait returns True once the driver said the store was created (or could not be:
-    opening it then raises its error), False when the task is no longer wanted (its run
-    was cancelled, or its driver is gone) or the scheduler cannot say (the run's rows
-    stay pending).
+    opening it then raises its error) or when the scheduler cannot say (a scheduler
+    restarted without :class:`BatchStarts`: the task opens the store, and fails if it is
+    not there yet); False when the task is no longer wanted (its run was cancelled, or
+    its driver is gone): its rows stay pending.
     """
     if not ctx.store_pending:
         return None
@@ -675,8 +676,8 @@ def _store_created(ctx: RunContext) -> Callable[[], bool] | None:
             try:
                 if answer.result(timeout=STORE_WAIT + 30):
                     return True
-            except Exception:
-                return False
+            except Exception:  # the scheduler cannot say: open it (an error if it is not there)
+                return True
             state = w.state.tasks.get(key)
             if state is None or state.state not in ("executing", "long-running"):
                 return False  # cancelled or released: the driver no longer wants it
