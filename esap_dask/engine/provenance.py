@@ -212,8 +212,9 @@ class Part:
         except OSError:
             return False
 
-    def read(self, used: bool) -> Iterator[str]:
-        """The entities' members, or with ``used`` the usages', a piece at a time.
+    def read(self, used: bool, raw: bool = False) -> Iterator[Any]:
+        """The entities' members, or with ``used`` the usages', a piece at a time (text,
+        or with ``raw`` the file's bytes as they are).
 
         Pieces of :data:`PART_PIECE` bytes: a part holds a whole batch (37,500 inputs of a
         100,000-observation run, 5 MB of text), and read whole it raised the driver's peak
@@ -229,7 +230,7 @@ class Part:
                 if not data:
                     raise OSError(f"{self.path}: ends {left} bytes short")
                 left -= len(data)
-                yield data.decode("ascii")
+                yield data if raw else data.decode("ascii")
 
 
 #: Bytes of a part read at a time (:meth:`Part.read`).
@@ -260,6 +261,28 @@ def encode_document(
     already (:func:`write_part`), placed before ``inputs``. The pieces joined are one
     JSON object.
     """
+    return _pieces(doc, run_id, inputs, parts, raw=False)
+
+
+def document_bytes(
+    doc: Mapping[str, Any],
+    run_id: str,
+    inputs: Iterable[Mapping[str, np.ndarray]],
+    parts: Sequence[Part] = (),
+) -> Iterator[bytes]:
+    """:func:`encode_document` as bytes, the parts' bytes copied as they are (their text
+    decoded, then encoded again, was 4 ms of a 10,000-observation run's 22 ms record)."""
+    for piece in _pieces(doc, run_id, inputs, parts, raw=True):
+        yield piece if isinstance(piece, bytes) else piece.encode()
+
+
+def _pieces(
+    doc: Mapping[str, Any],
+    run_id: str,
+    inputs: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]],
+    parts: Sequence[Part],
+    raw: bool,
+) -> Iterator[Any]:
     run = f"esap:run/{run_id}"
     blocks = _blocks(inputs) if isinstance(inputs, Mapping) else inputs
     rest = {k: v for k, v in doc.items() if k not in ("entity", "used")}
@@ -269,7 +292,7 @@ def encode_document(
     sep = "," if fixed else ""
     for part in parts:
         yield sep
-        yield from part.read(used=False)
+        yield from part.read(used=False, raw=raw)
         sep = ","
     used: list[np.ndarray] = []  # the ids, for the usages after the entities
     for block in blocks:
@@ -284,7 +307,7 @@ def encode_document(
     sep = "," if fixed else ""
     for part in parts:
         yield sep
-        yield from part.read(used=True)
+        yield from part.read(used=True, raw=raw)
         sep = ","
     for ids in used:
         for lo in range(0, len(ids), TEXT_ROWS):
@@ -398,11 +421,17 @@ def _not_in_parts(todo: Sequence[PlannedRow], parts: Sequence[Part]) -> Sequence
         return todo
     from esap_dask.engine.ledger import NewRows
 
-    if isinstance(todo, NewRows):
-        rows = np.asarray(todo.rows, dtype=np.int64)
+    done = np.concatenate([p.rows for p in parts])
+    if isinstance(todo, NewRows):  # consecutive rows: a mask, not a search (np.isin took
+        # 1.5 ms of a 10,000-observation run's 22 ms record)
+        span = todo.rows
+        seen = np.zeros(len(span), dtype=bool)
+        inside = done[(done >= span.start) & (done < span.stop)]
+        seen[inside - span.start] = True
+        covered = seen
     else:
         rows = np.fromiter((entry.row for entry in todo), dtype=np.int64, count=len(todo))
-    covered = np.isin(rows, np.concatenate([p.rows for p in parts]))
+        covered = np.isin(rows, done)
     if covered.all():
         return []
     return [todo[int(k)] for k in np.flatnonzero(~covered)]
@@ -463,8 +492,8 @@ def record_run(
     recorded = isinstance(getattr(todo, "fingerprints", None), (ValueFingerprints, TakenByWorkers))
     rest = _input_blocks(group, _not_in_parts(todo, parts), recorded)
     with fs.open(fs_path, "wb") as f:
-        for piece in encode_document(doc, summary.run_id, rest, parts):
-            f.write(piece.encode())
+        for piece in document_bytes(doc, summary.run_id, rest, parts):
+            f.write(piece)
             crash_point("provenance")  # test hook (ESAP_DASK_CRASH_AT), a no-op when unset
     run_store.add_run(
         {
