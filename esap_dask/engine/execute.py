@@ -90,31 +90,45 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def make_batches(rows: Sequence[int], unit: int, target: int, parts: int = 0) -> list[list[int]]:
+def make_batches(
+    rows: Sequence[int] | np.ndarray, unit: int, target: int, parts: int = 0
+) -> list[range]:
     """Group positions of sorted ``rows`` into batches of whole write units.
 
     A batch takes consecutive write units until it holds at least ``target`` rows;
     a write unit is never split between two batches. With ``parts``, a batch holds
     at least ``1/parts`` of the rows not yet batched (guided self-scheduling): the
     batches shrink towards the end of the run, so the last ones, which decide when
-    the run ends, are short and the workers finish together.
+    the run ends, are short and the workers finish together. Each batch is a range of
+    positions. The loop runs over the write units, not the rows (a loop over the rows
+    took 8-12 ms of the driver's time before the first task of 100,000 observations).
     """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_unit = None
-    want = max(target, math.ceil(len(rows) / parts)) if parts else target
-    for pos, row in enumerate(rows):
-        u = row // unit
-        if u != current_unit and len(current) >= want:
-            batches.append(current)
-            current = []
+    n = len(rows)
+    if not n:
+        return []
+    batches: list[range] = []
+    lo = 0
+    want = max(target, math.ceil(n / parts)) if parts else target
+    for pos in _unit_starts(rows, unit)[1:]:
+        if pos - lo >= want:
+            batches.append(range(lo, pos))
+            lo = pos
             if parts:
-                want = max(target, math.ceil((len(rows) - pos) / parts))
-        current_unit = u
-        current.append(pos)
-    if current:
-        batches.append(current)
+                want = max(target, math.ceil((n - pos) / parts))
+    batches.append(range(lo, n))
     return batches
+
+
+def _unit_starts(rows: Sequence[int] | np.ndarray, unit: int) -> list[int]:
+    """The positions in sorted ``rows`` where a write unit begins (0 first, if any rows)."""
+    if not len(rows):
+        return []
+    if isinstance(rows, range):
+        values = np.arange(rows.start, rows.stop, rows.step, dtype=np.int64)
+    else:
+        values = np.asarray(rows, dtype=np.int64)
+    units = values // max(1, unit)
+    return [0, *(np.flatnonzero(units[1:] != units[:-1]) + 1).tolist()]
 
 
 def _target(n: int) -> int:
@@ -147,17 +161,8 @@ def _probe_split(rows: Sequence[int], unit: int, threads: int) -> int:
     0 (no probes) when the rows span no more than two write units a thread: then the
     default plan has few tasks anyway.
     """
-    seen, current, split = 0, None, 0
-    for pos, row in enumerate(rows):
-        u = row // unit
-        if u != current:
-            current = u
-            seen += 1
-            if seen == threads + 1:
-                split = pos
-            if seen > 2 * threads:
-                return split
-    return 0
+    starts = _unit_starts(rows, unit)
+    return starts[threads] if len(starts) > 2 * threads else 0
 
 
 def _first_unit(rows: np.ndarray, unit: int) -> int:
@@ -185,7 +190,7 @@ def _kept(values: Sequence[Any]) -> Sequence[Any]:
     return list(values)
 
 
-def _pick(entries: Sequence[PlannedRow], positions: list[int]) -> Sequence[PlannedRow]:
+def _pick(entries: Sequence[PlannedRow], positions: range) -> Sequence[PlannedRow]:
     """The entries at ``positions`` (consecutive, from :func:`make_batches`)."""
     if isinstance(entries, NewRows):
         return entries[positions[0] : positions[-1] + 1]
@@ -273,7 +278,7 @@ def execute(
         rest = len(batch.rows) - done
         per = tasks_per_thread(*_measured(report), rest, 1)
         with gc_paused():
-            sized = make_batches(batch.rows[done:].tolist(), layout.unit, _target(rest), per)
+            sized = make_batches(batch.rows[done:], layout.unit, _target(rest), per)
         out = [
             batch.part(done + b[0], done + b[-1] + 1, next_index + i) for i, b in enumerate(sized)
         ]
