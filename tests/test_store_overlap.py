@@ -3,7 +3,7 @@
 The store's creation (22-42 ms of a 0.2 s run of 10,000 tiny observations, more for a
 pipeline of many arrays) no longer delays the first task: the tasks run their first rows
 meanwhile and wait for the store only before they write. These tests slow the creation
-down (the driver's ``create_store`` sleeps first) so that the order is certain.
+down (the driver's ``make_store`` sleeps first) so that the order is certain.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SEEN = str(Path(__file__).parent / "pipelines" / "store_seen.py")
 
 
 def _slow_create(monkeypatch: pytest.MonkeyPatch, seconds: float, fail: bool = False) -> None:
-    real = run_module.create_store
+    real = run_module.make_store
 
     def slow(store: str, *args: object, **kwargs: object) -> object:
         time.sleep(seconds)
@@ -30,7 +30,7 @@ def _slow_create(monkeypatch: pytest.MonkeyPatch, seconds: float, fail: bool = F
             raise StoreError(f"{store}: cannot create the store (the test's failure)")
         return real(store, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "create_store", slow)
+    monkeypatch.setattr(run_module, "make_store", slow)
 
 
 def test_the_first_rows_run_while_the_store_is_created(tmp_path, client, monkeypatch):

@@ -83,6 +83,7 @@ __all__ = [
     "contiguous_runs",
     "crash_point",
     "create_store",
+    "make_store",
     "open_for_run",
     "open_store",
     "repair",
@@ -410,13 +411,45 @@ def create_store(
     storage_options: Mapping[str, Any] | None = None,
     ids: Sequence[str] = (),
 ) -> zarr.Group:
+    """Create a store for ``schema`` (see :func:`make_store`); its group."""
+    return make_store(
+        store, schema, layout, ledger, attrs, storage_options=storage_options, ids=ids
+    )[0]
+
+
+def _encoded(doc: Mapping[str, Any]) -> Any:
+    """A metadata document as zarr writes it (its JSON, indented by zarr's setting)."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    text = json.dumps(doc, allow_nan=True, indent=zarr.config.get("json_indent")).encode()
+    return default_buffer_prototype().buffer.from_bytes(text)
+
+
+def write_root(target: Any, root: Mapping[str, Any]) -> None:
+    """Write ``root`` as the ``zarr.json`` of the zarr store ``target`` (one write)."""
+    from zarr.core.sync import sync
+
+    sync(_put(target, {"zarr.json": _encoded(root)}))
+
+
+def make_store(
+    store: str,
+    schema: Schema,
+    layout: StoreLayout,
+    ledger: Schema,
+    attrs: Mapping[str, Any],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    ids: Sequence[str] = (),
+) -> tuple[zarr.Group, dict[str, Any]]:
     """Create a store for ``schema`` with one row per id of ``ids``, ``ledger`` in its subgroup.
 
     The group is written first with its attrs marked ``incomplete``; then every array's
     metadata (at its full length) and the ledger subgroup's, all at once; then the ``obs``
     ids and the coordinates' values; last the group's final attrs with the consolidated
     metadata, in one write (the commit point). A creation cut short is recognized (and
-    redone) by :func:`open_for_run`.
+    redone) by :func:`open_for_run`. Returns the group and the root group's metadata
+    document as written (with its consolidated metadata).
 
     The metadata documents are those zarr writes (:func:`_array_document`: zarr's own
     document for each kind of array, with this array's shape, chunks, attrs and dimension
@@ -428,17 +461,11 @@ def create_store(
     0.026 s for ``helloworld`` at 10,000 rows and 0.153 -> 0.057 s for the 54 arrays of
     ``dl3-products`` (zarr's ``create_array`` one array at a time: 0.108 and 0.329 s).
     """
-    from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync  # zarr's own loop; no public runner of its async API
     from zarr.storage import StorePath
 
     specs = store_specs(schema, layout, ledger, ids)
-    indent = zarr.config.get("json_indent")
-
-    def encoded(doc: Mapping[str, Any]) -> Any:
-        text = json.dumps(doc, allow_nan=True, indent=indent).encode()
-        return default_buffer_prototype().buffer.from_bytes(text)
-
+    encoded = _encoded
     with warnings.catch_warnings():  # zarr's own documents come from a MemoryStore
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
         docs = {path: _array_document(spec) for path, spec, _ in specs}
@@ -474,9 +501,9 @@ def create_store(
             "consolidated_metadata": {**inline, "metadata": _consolidated_order(members)},
             "node_type": "group",
         }
-        sync(_put(target, {"zarr.json": encoded(root)}))  # the commit point
+        write_root(target, root)  # the commit point
         crash_point("created")
-    return zarr.open_group(target, mode="r+", use_consolidated=False)
+    return zarr.open_group(target, mode="r+", use_consolidated=False), root
 
 
 def _consolidated_order(members: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,12 +31,13 @@ from esap_dask.store import (
     StoreLayout,
     check_writable,
     consolidate,
-    create_store,
     disk_errors,
     esap_attrs,
+    make_store,
     open_for_run,
     open_store,
     store_layout,
+    write_root,
 )
 from esap_dask.store.lock import StoreLock
 from esap_dask.store.options import storage_options_for
@@ -59,6 +60,10 @@ class RunStore:
         self.url = url
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self._group: zarr.Group | None = None
+        #: the root group's metadata document as this object wrote it (a store it created
+        #: and has not seen changed since), or None: read the store's own
+        self._root: dict[str, Any] | None = None
+        self._zarr_store: Any = None
 
     def __repr__(self) -> str:
         return f"RunStore({self.url!r})"
@@ -99,6 +104,7 @@ class RunStore:
 
     def open(self, *, mode: str = "r+", consolidated: bool = False) -> zarr.Group:
         """Open the existing store (StoreError when there is none) and keep its group."""
+        self._root = self._zarr_store = None
         self._group = open_store(
             self.url,
             storage_options=self.storage_options,
@@ -113,6 +119,7 @@ class RunStore:
         None for no store, and for a store whose creation was cut short (it is removed;
         see :func:`esap_dask.store.open_for_run`).
         """
+        self._root = self._zarr_store = None
         self._group = open_for_run(self.url, self.storage_options)
         return self._group
 
@@ -142,14 +149,17 @@ class RunStore:
             "created": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
             "runs": [],
         }
-        self._group = create_store(
+        self._group, self._root = make_store(
             self.url, schema, layout, ledger, attrs, storage_options=self.storage_options, ids=ids
         )
+        self._zarr_store = self._group.store
         return self._group
 
     @property
     def group(self) -> zarr.Group:
         """The open group (after :meth:`open` or :meth:`create`)."""
+        if self._group is None and self._zarr_store is not None:  # after add_run's write
+            self._group = zarr.open_group(self._zarr_store, mode="r+", use_consolidated=None)
         if self._group is None:
             raise StoreError(f"{self.url}: not opened yet (RunStore.open or RunStore.create)")
         return self._group
@@ -177,8 +187,20 @@ class RunStore:
         the attrs then a consolidation 0.034 s against 0.016 s on a store of
         ``dl3-products`` (44 arrays), 0.012 against 0.006 s on ``helloworld``, the
         ``zarr.json`` written equal. A group without consolidated metadata (written by
-        another tool) is consolidated in full.
+        another tool) is consolidated in full. A store this object created is not read
+        back: its root document as written, with the run added, is written as zarr
+        writes it (opening the group and writing its attrs through zarr took 8.6 ms of a
+        10,000-observation run's 22 ms record; the same bytes, tests/test_store_create.py).
         """
+        if self._root is not None:  # a store this object created: its root as written
+            written = self._root
+            meta = dict(written["attributes"]["esap"])
+            meta["runs"] = [*meta.get("runs", []), dict(entry)]
+            written = {**written, "attributes": {**written["attributes"], "esap": meta}}
+            with disk_errors(self.url):
+                write_root(self._zarr_store, written)
+            self._root, self._group = written, None  # opened again when asked for
+            return
         meta = esap_attrs(self.group)
         meta["runs"] = [*meta.get("runs", []), dict(entry)]
         with disk_errors(self.url), warnings.catch_warnings():
@@ -192,3 +214,4 @@ class RunStore:
     def consolidate(self) -> None:
         """Rewrite the consolidated metadata (after shapes or attrs changed)."""
         consolidate(self.group.store)
+        self._root = None  # the store's own document from now on
