@@ -23,7 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,41 @@ def _observations(case: str, work: Path) -> tuple[str, list[Any]]:
     return "helloworld", list(range(1, n + 1))
 
 
+def runs(
+    pipeline: str,
+    items: Sequence[Any],
+    work: Path,
+    rounds: int,
+    install: Callable[[], str],
+    before: Callable[[Any], None],
+) -> Iterator[tuple[Any, float, float]]:
+    """``rounds`` runs of ``pipeline`` over ``items`` on a LocalCluster of 2 workers x 1
+    thread, each into a fresh store under ``work``, after a warm-up run: before each run
+    ``install`` runs on the workers, then ``before`` gets the client. Yields the client and
+    the run's start and end (wall clock, ``time.time``); the run's store is removed after."""
+    from distributed import Client, LocalCluster
+
+    import esap_dask
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        warm = items[: max(4, len(items) // 50)]
+        esap_dask.map_observations(
+            pipeline, warm, str(work / "warm.zarr"), client=client, progress=False
+        )
+        for r in range(rounds):
+            client.run(install)
+            before(client)
+            store = work / f"r{r}.zarr"
+            start = time.time()
+            esap_dask.map_observations(pipeline, items, str(store), client=client, progress=False)
+            yield client, start, time.time()
+            shutil.rmtree(store)
+            shutil.rmtree(f"{store}.provenance", ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -94,9 +129,6 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
-    from distributed import Client, LocalCluster
-
-    import esap_dask
     from esap_dask.engine import mapper, provenance
     from esap_dask.store import run as run_module
 
@@ -108,29 +140,14 @@ def main() -> None:
     rows: list[dict[str, float]] = []
     try:
         pipeline, items = _observations(args.case, work)
-        with (
-            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-            Client(cluster) as client,
+        for client, start, end in runs(
+            pipeline, items, work, args.rounds, _worker_install, lambda _: driver.clear()
         ):
-            warm = items[: max(4, len(items) // 50)]
-            esap_dask.map_observations(
-                pipeline, warm, str(work / "warm.zarr"), client=client, progress=False
-            )
-            for r in range(args.rounds):
-                driver.clear()
-                client.run(_worker_install)
-                store = work / f"r{r}.zarr"
-                t = time.perf_counter()
-                esap_dask.map_observations(
-                    pipeline, items, str(store), client=client, progress=False
-                )
-                row = {"run": time.perf_counter() - t, **driver}
-                found = client.run(_worker_seconds).values()
-                for name in WORKER_CALLS:
-                    row[f"worker {name}"] = sum(s.get(name, 0.0) for s in found) / len(found)
-                rows.append(row)
-                shutil.rmtree(store)
-                shutil.rmtree(f"{store}.provenance", ignore_errors=True)
+            row = {"run": end - start, **driver}
+            found = client.run(_worker_seconds).values()
+            for name in WORKER_CALLS:
+                row[f"worker {name}"] = sum(s.get(name, 0.0) for s in found) / len(found)
+            rows.append(row)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(

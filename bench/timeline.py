@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.phases import _observations
+from bench.phases import runs as each_run
 
 EVENTS: dict[str, list[float]] = {}
 
@@ -79,45 +80,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--show", action="store_true", help="the events of the median run")
     args = parser.parse_args()
-    from distributed import Client, LocalCluster
-
-    import esap_dask
     from esap_dask.engine import mapper, provenance
     from esap_dask.store import run as run_module
 
     work = Path(tempfile.mkdtemp(prefix="esap-bench-timeline-"))
-    pipeline, items = _observations(args.case, work)
     _stamped(run_module.RunStore, "create", "create")
     _stamped(mapper, "execute", "execute")
     _stamped(provenance, "record_run", "record")
     runs: list[list[tuple[float, str]]] = []
-    try:
-        with (
-            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-            Client(cluster) as client,
-        ):
+
+    stamped: list[Any] = []  # the client whose submissions are stamped (one, all runs)
+
+    def before(client: Any) -> None:
+        if not stamped:
             _stamped(client, "map", "submit")
-            esap_dask.map_observations(
-                pipeline, list(items)[:200], str(work / "warm.zarr"), client=client, progress=False
-            )
-            for r in range(args.rounds):
-                EVENTS.clear()
-                client.run(_worker_install)
-                store = work / f"r{r}.zarr"
-                t0 = time.time()
-                esap_dask.map_observations(
-                    pipeline, items, str(store), client=client, progress=False
-                )
-                end = time.time()
-                spans = [s for v in client.run(_worker_spans).values() for s in v]
-                events = [(t - t0, k) for k, v in EVENTS.items() for t in v]
-                events += [(a - t0, "task>") for a, _ in spans] + [
-                    (b - t0, "task<") for _, b in spans
-                ]
-                events.append((end - t0, "end"))
-                runs.append(sorted(events))
-                shutil.rmtree(store)
-                shutil.rmtree(f"{store}.provenance", ignore_errors=True)
+            stamped.append(client)
+        EVENTS.clear()
+
+    try:
+        pipeline, items = _observations(args.case, work)
+        for client, t0, end in each_run(
+            pipeline, items, work, args.rounds, _worker_install, before
+        ):
+            spans = [s for v in client.run(_worker_spans).values() for s in v]
+            events = [(t - t0, k) for k, v in EVENTS.items() for t in v]
+            events += [(a - t0, "task>") for a, _ in spans] + [(b - t0, "task<") for _, b in spans]
+            events.append((end - t0, "end"))
+            runs.append(sorted(events))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -425,10 +425,8 @@ def _not_in_parts(todo: Sequence[PlannedRow], parts: Sequence[Part]) -> Sequence
     if isinstance(todo, NewRows):  # consecutive rows: a mask, not a search (np.isin took
         # 1.5 ms of a 10,000-observation run's 22 ms record)
         span = todo.rows
-        seen = np.zeros(len(span), dtype=bool)
-        inside = done[(done >= span.start) & (done < span.stop)]
-        seen[inside - span.start] = True
-        covered = seen
+        covered = np.zeros(len(span), dtype=bool)
+        covered[done[(done >= span.start) & (done < span.stop)] - span.start] = True
     else:
         rows = np.fromiter((entry.row for entry in todo), dtype=np.int64, count=len(todo))
         covered = np.isin(rows, done)

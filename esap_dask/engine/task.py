@@ -98,7 +98,7 @@ class RunContext:
     provenance_parts: str | None = None
     #: the store is being created while the tasks start (a new store, with
     #: :class:`BatchStarts` on the scheduler): a task runs its first rows, then waits for
-    #: the store (:func:`_store_created`) before it opens it
+    #: the store (:func:`_store_opener`) before it opens it
     store_pending: bool = False
 
 
@@ -639,18 +639,20 @@ def _run_group(ctx: RunContext) -> tuple[Any, dict[str, Any]]:
 STORE_WAIT = 2.0
 
 
-def _store_created(ctx: RunContext) -> Callable[[], bool] | None:
-    """None when the store of ``ctx`` exists; else a wait for it to exist, asked of the
-    scheduler now (the answer comes while the pipeline runs).
+def _store_opener(ctx: RunContext) -> Callable[[], tuple[Any, dict[str, Any]] | None]:
+    """A function that opens the store of ``ctx`` (:func:`_run_group`); None from it when
+    the task is no longer wanted.
 
-    The wait returns True once the driver said the store was created (or could not be:
-    opening it then raises its error) or when the scheduler cannot say (a scheduler
-    restarted without :class:`BatchStarts`: the task opens the store, and fails if it is
-    not there yet); False when the task is no longer wanted (its run was cancelled, or
-    its driver is gone): its rows stay pending.
+    When the store is being created meanwhile (``ctx.store_pending``), the scheduler is
+    asked now whether it exists (the answer comes while the pipeline runs), and the
+    function waits for it: it opens the store once the driver said the store was created
+    (or could not be: opening it then raises its error), or when the scheduler cannot say
+    (a scheduler restarted without :class:`BatchStarts`: the task opens the store, and
+    fails if it is not there yet); it returns None when the task is no longer wanted (its
+    run was cancelled, or its driver is gone): its rows stay pending.
     """
     if not ctx.store_pending:
-        return None
+        return lambda: _run_group(ctx)
     try:
         import asyncio
 
@@ -659,9 +661,8 @@ def _store_created(ctx: RunContext) -> Callable[[], bool] | None:
         w = get_worker()
         key = w.get_current_task()
     except Exception:  # not on a worker: nothing to wait with
-        return lambda: False
+        return lambda: None
     prefix = batch_prefix(ctx.run_id)
-
     loop = w.loop.asyncio_loop  # type: ignore[attr-defined]  # tornado's AsyncIOLoop
 
     def ask() -> Any:
@@ -670,20 +671,21 @@ def _store_created(ctx: RunContext) -> Callable[[], bool] | None:
 
     answer = ask()
 
-    def wait() -> bool:
+    def wait_then_open() -> tuple[Any, dict[str, Any]] | None:
         nonlocal answer
         while True:
             try:
                 if answer.result(timeout=STORE_WAIT + 30):
-                    return True
+                    break
             except Exception:  # the scheduler cannot say: open it (an error if it is not there)
-                return True
+                break
             state = w.state.tasks.get(key)
             if state is None or state.state not in ("executing", "long-running"):
-                return False  # cancelled or released: the driver no longer wants it
+                return None  # cancelled or released: the driver no longer wants it
             answer = ask()
+        return _run_group(ctx)
 
-    return wait
+    return wait_then_open
 
 
 def batch_prefix(run_id: str) -> str:
@@ -799,7 +801,7 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
 
     In a run whose store the driver creates while the first tasks run
     (``ctx.store_pending``), a task runs its rows first and waits for the store only before
-    its first write (:func:`_store_created`); a task whose run no longer wants it while it
+    its first write (:func:`_store_opener`); a task whose run no longer wants it while it
     waits reports itself cancelled, its rows unwritten (they stay pending).
     """
     t0 = time.perf_counter()
@@ -807,18 +809,16 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
         ctx = ctx.ctx
     n = len(batch.rows)
     worker = _worker_name()
-    created = _store_created(ctx)  # None: the store exists
-    if created is None:
-        group, arrays = _run_group(ctx)
+    cancelled = BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
+    open_group = _store_opener(ctx)
+    store = None if ctx.store_pending else open_group()  # (group, arrays) once opened
     started_on = _record_start(ctx, worker)
     if not started_on:  # the run was cancelled before this task started
-        return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
+        return cancelled
     if len(started_on) > 1:
-        if created is not None:
-            if not created():
-                return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
-            group, arrays, created = *_run_group(ctx), None
-        committed = _committed_report(group, ctx, batch, started_on)
+        if store is None and (store := open_group()) is None:
+            return cancelled
+        committed = _committed_report(store[0], ctx, batch, started_on)
         if committed is not None:
             return committed
     ledger = blank(n)
@@ -859,11 +859,9 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
             failures += _run_rows(ctx, obs, first, last + 1, buffers, first, ledger, take)
         if size == n:  # one write of the whole batch: products and ledger together below
             break
-        if created is not None:
-            if not created():
-                return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
-            group, arrays, created = *_run_group(ctx), None
-        write_rows(group, batch.rows[first : last + 1], buffers, arrays=arrays)
+        if store is None and (store := open_group()) is None:
+            return cancelled
+        write_rows(store[0], batch.rows[first : last + 1], buffers, arrays=store[1])
         first = last + 1
     else:
         buffers = {}
@@ -874,10 +872,9 @@ def run_batch(ctx: RunContext | SharedContext, batch: Batch) -> BatchReport:
     # the commit point: write_rows writes ledger/status after every other array, so a row
     # reads done or failed only once its products and ledger arrays are written
     columns = {**buffers, **pack(ledger)}
-    if created is not None:
-        if not created():
-            return BatchReport(batch.index, 0, 0, [], worker, 0.0, cancelled=True)
-        group, arrays = _run_group(ctx)
+    if store is None and (store := open_group()) is None:
+        return cancelled
+    group, arrays = store
     part = None
     if ctx.provenance_parts is None:
         write_rows(group, batch.rows, columns, arrays=arrays)
