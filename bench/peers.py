@@ -431,6 +431,28 @@ def _rm(store: Path) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def tree_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process and every process under it.
+
+    That is the whole bench: the shared cluster's scheduler (in this process) and workers,
+    the contenders' drivers, Parsl's interchange and worker pools. Taken before and after a
+    run, while every other contender sits idle, the difference is what the run cost the
+    machine. On 2 cores no contender can take less wall time than half of it: a run that
+    needs more CPU than a peer cannot be faster, however well it overlaps its parts.
+    """
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # ended meanwhile
+            continue
+        total += t.user + t.system
+    return total
+
+
 def measure(case: Case, address: str, work: Path, repeats: int) -> dict[str, Any]:
     """Warm up, run ``repeats`` interleaved rounds, check the products; the raw figures."""
     cdir = work / case.name
@@ -443,6 +465,7 @@ def measure(case: Case, address: str, work: Path, repeats: int) -> dict[str, Any
     drivers = {n: Contender(n, address, spec, cdir / f"{n.replace(' ', '_')}.log") for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
     rss: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     try:
         complete = cdir / "esap-complete.zarr"
         print(f"[{case.name}] warm-up", flush=True)
@@ -463,7 +486,9 @@ def measure(case: Case, address: str, work: Path, repeats: int) -> dict[str, Any
             order = timed[r % len(timed) :] + timed[: r % len(timed)]
             for n in order:
                 store = complete if n == RERUN else cdir / f"r{r}-{n.replace(' ', '_')}.zarr"
+                c = tree_cpu()
                 s, m = drivers[n].run(store)
+                cpu[n].append(tree_cpu() - c)
                 times[n].append(s)
                 rss[n].append(m)
                 if n != RERUN:
@@ -489,6 +514,7 @@ def measure(case: Case, address: str, work: Path, repeats: int) -> dict[str, Any
         "case": case,
         "times": times,
         "rss": rss,
+        "cpu": cpu,
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "started": started,
@@ -602,6 +628,8 @@ def records(result: dict[str, Any]) -> list[Any]:
         if values:
             out.append(summarize(key, f"{n} time", "s", values))
             out.append(summarize(key, f"{n} RSS", "MiB", rss[n]))
+            if result.get("cpu", {}).get(n):
+                out.append(summarize(key, f"{n} CPU", "s, all processes", result["cpu"][n]))
     when = result["started"].strftime("%Y-%m-%d %H:%M UTC")
     for label in ("before", "after"):
         load = result[f"load_{label}"]
@@ -621,7 +649,11 @@ def print_table(result: dict[str, Any]) -> None:
         f"\n{case.title}: {len(times[ESAP])} rounds; load {lb[0]:.1f}/{lb[1]:.1f}/{lb[2]:.1f} "
         f"before, {la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f} after"
     )
-    print(f"{'contender':32} {'median s':>9} {'min-max s':>15} {'/ esap':>7} {'RSS MiB':>8}")
+    cpu = result.get("cpu", {})
+    print(
+        f"{'contender':32} {'median s':>9} {'min-max s':>15} {'/ esap':>7} {'RSS MiB':>8} "
+        f"{'CPU s':>6}"
+    )
     for n, values in times.items():
         if not values:
             continue
@@ -629,7 +661,9 @@ def print_table(result: dict[str, Any]) -> None:
         tag = "  <- best distributed peer" if n == best else ""
         print(
             f"{n:32} {m:9.3f} {min(values):7.3f}-{max(values):<7.3f} {m / e:7.2f} "
-            f"{statistics.median(rss[n]):8.0f}{tag}"
+            f"{statistics.median(rss[n]):8.0f} "
+            + (f"{statistics.median(cpu[n]):6.2f}" if cpu.get(n) else f"{'—':>6}")
+            + tag
         )
     for note in case.notes:
         print(f"note: {note}")
@@ -731,6 +765,26 @@ def markdown(
             for n in (ESAP, BATCHED, bag, PARSL, SERIAL, REFERENCE)
         ]
         lines.append(f"| {res['case'].title} | " + " | ".join(cells) + " |")
+    with_cpu = [res for res in results if res.get("cpu")]
+    if with_cpu:
+        lines += [
+            "",
+            "CPU seconds a run costs the machine (user + system of every process of the bench:",
+            "scheduler, workers, driver, Parsl's pools; `bench.peers.tree_cpu`, median). On 2",
+            "cores a run's wall time is at least half its CPU seconds:",
+            "",
+            "| case | " + " | ".join([ESAP, BATCHED, "dask.bag (best)", PARSL, SERIAL]) + " |",
+            "|---|" + "---:|" * 5,
+        ]
+        for res in with_cpu:
+            t, c = res["times"], res["cpu"]
+            bags = [n for n in BAGS if t.get(n)]
+            bag = min(bags, key=lambda n: statistics.median(t[n])) if bags else None
+            cells = [
+                f"{statistics.median(c[n]):.2f}" if n and c.get(n) else "—"
+                for n in (ESAP, BATCHED, bag, PARSL, SERIAL)
+            ]
+            lines.append(f"| {res['case'].title} | " + " | ".join(cells) + " |")
     if rss is not None:
         lines += rss_markdown(rss)
     lines += [
@@ -819,6 +873,7 @@ def main() -> None:
                     "notes": case.notes,
                     "times": result["times"],
                     "rss": result["rss"],
+                    "cpu": result["cpu"],
                 }
             if not args.no_record:  # after every case: a long run stopped early keeps its figures
                 report(figures)
@@ -859,6 +914,7 @@ def markdown_of(raw: dict[str, Any]) -> str:
                 "case": SimpleNamespace(name=name, title=entry["title"], notes=entry["notes"]),
                 "times": entry["times"],
                 "rss": entry["rss"],
+                "cpu": entry.get("cpu"),
                 "load_before": entry["load_before"],
                 "load_after": entry["load_after"],
                 "started": datetime.fromisoformat(entry["started"]),

@@ -432,6 +432,67 @@ def test_a_batch_of_new_files_travels_without_fingerprints(tmp_path):
     assert len(pickle.dumps(taken)) < len(pickle.dumps(listed)) - 50 * 10
 
 
+def test_a_packed_batch_crosses_the_scheduler_as_bytes(tmp_path, monkeypatch):
+    """The scheduler unpickles and pickles a task's arguments again: a packed batch stays
+    bytes through both, and the task unpacks the batch the driver planned."""
+    from esap_dask.engine import task
+    from esap_dask.engine.observations import Observation, TakenByWorkers
+    from esap_dask.engine.task import Batch, PackedBatch
+
+    files = _files(tmp_path / "in", [f"obs{k:02d}.dat" for k in range(40)])
+    obs = [Observation.of(f) for f in files]
+    batch = Batch(3, np.arange(10, 50), obs, TakenByWorkers(obs), [1] * 40, probe=8)
+    packed = PackedBatch.of(batch)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the batch was unpacked on its way")
+
+    with monkeypatch.context() as m:  # the scheduler's relay: no batch is built
+        m.setattr(task, "_batch_of_columns", refused)
+        relayed = pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(packed))))
+    assert isinstance(relayed, PackedBatch) and relayed.data == packed.data
+    back = relayed.unpack()
+    assert (back.index, back.probe, back.attempts) == (3, 8, [1] * 40)
+    assert back.rows.tolist() == list(range(10, 50)) and list(back.observations) == obs
+    assert isinstance(back.fingerprints, TakenByWorkers)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        ["/data/run1.fits", "/data/run2.fits"],
+        ["/data/run1.fits", "data/relative.fits"],
+        ["/data/./run1.fits", "/data/run2.fits"],
+        ["/data/../data/run1.fits"],
+        ["/data/.hidden.fits", "/data/run2.fits"],
+        ["/data/run1.fits", "s3://bucket/run2.fits"],
+        ["/data/dir/", "/data//run2.fits"],
+        ["/data/run1.fits", Path("/data/run2.fits")],
+        ["/data/run1.fits", 7],
+        ["/data/a\0/b.fits", "/data/c.fits"],
+        ["/data/run1.fits", ""],
+        ["/"],
+    ],
+)
+def test_a_list_of_paths_makes_the_observations_each_path_makes(items):
+    """The joined-text fast path of ``as_observations`` gives what ``Observation.of`` gives
+    each item, or leaves the list to it."""
+    from esap_dask.engine.observations import Observation, _absolute_paths, as_observations
+
+    expected = [Observation.of(x) for x in items]
+    fast = _absolute_paths(items)
+    plain = all(
+        type(x) is str and x.startswith("/") and not any(t in x for t in ("/.", "://", "\0"))
+        for x in items
+    )
+    if plain:  # the fast path takes it
+        assert fast == expected
+    else:
+        assert fast is None or fast == expected
+    if len({o.id for o in expected}) == len(expected):
+        assert as_observations(items) == expected
+
+
 def _chunk_files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()

@@ -38,6 +38,7 @@ from esap_dask.engine.task import (
     TASKS_PER_THREAD,
     Batch,
     BatchReport,
+    PackedBatch,
     RunContext,
     SharedContext,
     batch_prefix,
@@ -314,7 +315,8 @@ def execute(
             + (f"-requeue{requeues[b.index]}" if requeues.get(b.index) else "")
             for b in bs
         ]
-        out = list(client.map(run_batch, [shared] * len(bs), bs, key=keys, pure=False))
+        packed = [PackedBatch.of(b) for b in bs]  # bytes through the scheduler
+        out = list(client.map(run_batch, [shared] * len(bs), packed, key=keys, pure=False))
         for b, fut in zip(bs, out, strict=True):
             by_key[fut.key] = b
             futures.append(fut)

@@ -417,12 +417,36 @@ def as_observations(
         numbers = tuple(items)
         if len(set(numbers)) == len(numbers):  # else the general path names the duplicate
             return RunNumbers(numbers)
-    observations = list(map(_observation, items))
+    observations = _absolute_paths(items) or list(map(_observation, items))
     if not observations:
         raise ObservationError(f"the observation list {spec!r} is empty")
     check_unique(observations)
     check_text(observations)
     return observations
+
+
+def _absolute_paths(items: Iterable[Any]) -> list[Observation] | None:
+    """The observations of a list of absolute, normal local paths (``str``); else None.
+
+    What :meth:`Observation.of` makes of each, checked on the joined text instead of path
+    by path: none is a URL (``://``) or holds ``/.`` (those go through ``abspath``), and
+    each starts with ``/``. 0.49 µs a path against 1.1 for 10,000 (a glob's or a list
+    file's paths, a notebook's list of files).
+    """
+    if not isinstance(items, list) or not items or type(items[0]) is not str:
+        return None
+    if not all(type(x) is str for x in items):
+        return None
+    joined = "\0".join(items)
+    if (
+        "://" in joined
+        or "/." in joined
+        or joined[0] != "/"
+        or joined.count("\0/") != len(items) - 1  # each starts with "/" (and none holds NUL)
+    ):
+        return None
+    make = tuple.__new__
+    return [make(Observation, (p.rpartition("/")[2], p, "file")) for p in items]
 
 
 def _value(ident: str, value: Any) -> Observation:
