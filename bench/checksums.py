@@ -16,7 +16,10 @@ Tasks run in workers that Dask's nanny started with its ``pre-spawn-environ``
 (``MALLOC_TRIM_THRESHOLD_=65536``), which pins glibc's ``mmap`` threshold at 128 KiB; the
 benchmark runs itself again under that environment unless ``--no-nanny-env``. A third
 way is the session-9 checksum, which read up to 1 MiB more to see each file's end: under
-the nanny's environment that is an ``mmap`` and ``munmap`` per file.
+the nanny's environment that is an ``mmap`` and ``munmap`` per file. A fourth is session
+15's, one read into fresh bytes for files up to 1 MiB: above 128 KiB that too is an
+``mmap`` per file, which esap-dask now reads through a buffer each thread keeps
+(``--size 600000 --files 200``: the realistic GADF files of ``bench.peers``).
 """
 
 from __future__ import annotations
@@ -32,15 +35,19 @@ import time
 from pathlib import Path
 
 from bench.common import Record, report, summarize
-from esap_dask.engine.observations import SMALL_FILE, Observation
+from esap_dask.engine.observations import Observation
 from esap_dask.engine.task import open_input
+
+#: Where the baselines below switch from one read to ``hashlib.file_digest`` (esap-dask's
+#: ``SMALL_FILE`` up to session 15).
+ONE_MIB = 1 << 20
 
 
 def stat_then_open(path: str) -> str:
     """The baseline: the check (``stat``), then the checksum through a Python file object."""
     os.stat(path)
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size <= SMALL_FILE:
+        if os.fstat(f.fileno()).st_size <= ONE_MIB:
             return hashlib.sha256(f.read()).hexdigest()
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -50,7 +57,26 @@ def one_descriptor_1mib(obs: Observation) -> str:
     fd = os.open(obs.value, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         digest = hashlib.sha256(os.read(fd, os.fstat(fd).st_size + 1))
-        while chunk := os.read(fd, SMALL_FILE):
+        while chunk := os.read(fd, ONE_MIB):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def fresh_bytes(obs: Observation) -> str:
+    """Session 15's checksum: one read into fresh bytes up to 1 MiB, ``file_digest`` above.
+
+    Above 128 KiB, under the nanny's environment, the fresh bytes are an ``mmap`` per file.
+    """
+    fd = os.open(obs.value, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size > ONE_MIB:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        digest = hashlib.sha256(os.read(fd, size + 1))
+        while chunk := os.read(fd, 16 * 1024):
             digest.update(chunk)
         return digest.hexdigest()
     finally:
@@ -67,13 +93,15 @@ def run(rounds: int, count: int, size: int) -> list[Record]:
             paths.append(str(path))
         observations = [Observation.of(p) for p in paths]
         for p, o in zip(paths[:100], observations[:100], strict=True):
-            if not stat_then_open(p) == one_descriptor_1mib(o) == open_input(o, True)[0]:
+            head = open_input(o, True)[0]
+            if not stat_then_open(p) == one_descriptor_1mib(o) == fresh_bytes(o) == head:
                 raise SystemExit(f"{p}: the ways disagree")
         base: list[float] = []
         old: list[float] = []
+        fresh: list[float] = []
         head: list[float] = []
         for r in range(rounds + 1):  # round 0 warms up (page cache)
-            ways = [("base", base), ("old", old), ("head", head)]
+            ways = [("base", base), ("old", old), ("fresh", fresh), ("head", head)]
             for label, times in ways if r % 2 else ways[::-1]:
                 t = time.perf_counter()
                 if label == "base":
@@ -82,6 +110,9 @@ def run(rounds: int, count: int, size: int) -> list[Record]:
                 elif label == "old":
                     for o in observations:
                         one_descriptor_1mib(o)
+                elif label == "fresh":
+                    for o in observations:
+                        fresh_bytes(o)
                 else:
                     for o in observations:
                         open_input(o, checksum=True)
@@ -94,6 +125,9 @@ def run(rounds: int, count: int, size: int) -> list[Record]:
         summarize(case, "stat, then open", "µs per file", base),
         summarize(
             case, "one descriptor, 1 MiB read to the end (session 9)", "µs per file", old, base
+        ),
+        summarize(
+            case, "one descriptor, fresh bytes up to 1 MiB (session 15)", "µs per file", fresh, base
         ),
         summarize(case, "open_input (one descriptor, one read)", "µs per file", head, base),
     ]

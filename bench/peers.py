@@ -42,6 +42,7 @@ The figures are merged into ``bench/results.json`` (cases ``peers/<case>``; the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -443,8 +444,15 @@ def tree_cpu() -> float:
     import psutil
 
     me = psutil.Process()
+    procs = me.children(recursive=True)
+    seen = {p.pid for p in procs}
+    for proc in psutil.process_iter(["cmdline"]):  # Parsl's pools leave the tree (daemonized)
+        cmd = " ".join(proc.info["cmdline"] or ())
+        if proc.pid not in seen and "process_worker_pool" in cmd:
+            with contextlib.suppress(psutil.Error):
+                procs += [proc, *proc.children(recursive=True)]
     total = 0.0
-    for proc in [me, *me.children(recursive=True)]:
+    for proc in [*procs, me]:  # this process last: the walk above is not the next run's
         try:
             t = proc.cpu_times()
         except psutil.Error:  # ended meanwhile

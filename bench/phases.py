@@ -1,6 +1,6 @@
 """Where a run's time goes, without a profiler: the driver's phases and the workers' calls.
 
-``python -m bench.phases [--case tiny|tiny-files|tiny-100k|hess] [--rounds 9]``
+``python -m bench.phases [--case tiny|tiny-files|tiny-100k|hess|realistic] [--rounds 9]``
 
 Starts a LocalCluster of 2 workers x 1 thread, runs ``map_observations`` once to warm it
 up, then ``--rounds`` runs into fresh stores, each timed in parts: on the driver the
@@ -10,7 +10,8 @@ run's record (``provenance.record_run``); on each
 worker the seconds inside the batch task (``run_batch``) and, within it, the pipeline's
 loop (``_run_rows``), the commit (``write_rows``), the provenance part (``_write_part``,
 which runs beside the commit, in the task's own thread), the store's opening
-(``_run_group``) and the start's record (``_record_start``), summed over the worker's
+(``_run_group``), the start's record (``_record_start``) and each input file's check
+and checksum (``open_input``, inside the pipeline's loop), summed over the worker's
 tasks and averaged over the workers. Prints the medians and the load average; the tables
 of ``docs/benchmarks/profiles.md`` (session 14 on) come from this command.
 """
@@ -27,6 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.ab import CASES, observations
+
 WORKER_CALLS = (
     "run_batch",
     "_run_rows",
@@ -34,8 +37,8 @@ WORKER_CALLS = (
     "_write_part",
     "_run_group",
     "_record_start",
+    "open_input",
 )
-HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1" / "data"
 
 
 def _timed(owner: Any, name: str, into: dict[str, float], label: str) -> None:
@@ -69,22 +72,6 @@ def _worker_seconds() -> dict[str, float]:
     import esap_dask.engine.task as task
 
     return dict(getattr(task, "_bench_phases", {}))
-
-
-def _observations(case: str, work: Path) -> tuple[str, list[Any]]:
-    if case == "hess":
-        files = sorted(str(p) for p in HESS.glob("*.fits.gz"))
-        if not files:
-            raise SystemExit(f"no H.E.S.S. DR1 files in {HESS}")
-        return "dl3-products", files
-    n = 100_000 if case == "tiny-100k" else 10_000
-    if case == "tiny-files":
-        d = work / "tiny-files"
-        d.mkdir()
-        for i in range(1, n + 1):
-            (d / f"o{i:06d}.txt").write_text(f"observation {i}\n" * 6)
-        return "helloworld", sorted(str(p) for p in d.iterdir())
-    return "helloworld", list(range(1, n + 1))
 
 
 def runs(
@@ -124,9 +111,7 @@ def runs(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--case", default="tiny", choices=["tiny", "tiny-files", "tiny-100k", "hess"]
-    )
+    parser.add_argument("--case", default="tiny", choices=CASES)
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     from esap_dask.engine import mapper, provenance
@@ -139,7 +124,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="esap-bench-phases-"))
     rows: list[dict[str, float]] = []
     try:
-        pipeline, items = _observations(args.case, work)
+        pipeline, items = observations(args.case, work)
         for client, start, end in runs(
             pipeline, items, work, args.rounds, _worker_install, lambda _: driver.clear()
         ):

@@ -1,6 +1,7 @@
 """A run's timeline: when the driver's phases and the workers' batch tasks start and end.
 
-``python -m bench.timeline [--case tiny|tiny-files|tiny-100k|hess] [--rounds 9] [--show]``
+``python -m bench.timeline [--case tiny|tiny-files|tiny-100k|hess|realistic]
+[--rounds 9] [--show]``
 
 Starts a LocalCluster of 2 workers x 1 thread, warms it up with one run, then times
 ``--rounds`` runs into fresh stores. Every event is a wall-clock time (one machine, one
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.phases import _observations
+from bench.ab import CASES, observations
 from bench.phases import runs as each_run
 
 EVENTS: dict[str, list[float]] = {}
@@ -74,9 +75,7 @@ def _worker_spans() -> list[tuple[float, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--case", default="tiny", choices=["tiny", "tiny-files", "tiny-100k", "hess"]
-    )
+    parser.add_argument("--case", default="tiny", choices=CASES)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--show", action="store_true", help="the events of the median run")
     args = parser.parse_args()
@@ -98,7 +97,7 @@ def main() -> None:
         EVENTS.clear()
 
     try:
-        pipeline, items = _observations(args.case, work)
+        pipeline, items = observations(args.case, work)
         for client, t0, end in each_run(
             pipeline, items, work, args.rounds, _worker_install, before
         ):

@@ -23,7 +23,7 @@ import xarray as xr
 import esap_dask
 from esap_dask import map_observations
 from esap_dask.engine.execute import MAX_TASKS, TASKS_PER_THREAD
-from esap_dask.engine.observations import SMALL_FILE, sha256_fd
+from esap_dask.engine.observations import READ_BUFFER, SMALL_FILE, sha256_fd
 from esap_dask.engine.task import BatchReport
 
 HERE = Path(__file__).parent
@@ -283,7 +283,7 @@ def test_a_run_over_run_numbers_keeps_its_ledger_as_a_list_would(tmp_path, clien
     assert doc["entity"]["esap:input/4"]["esap:fingerprint"] == la_fp(4)
 
 
-@pytest.mark.parametrize("size", [0, 100, SMALL_FILE, SMALL_FILE + 1])
+@pytest.mark.parametrize("size", [0, 100, SMALL_FILE, SMALL_FILE + 1, 2 * READ_BUFFER + 3])
 @pytest.mark.parametrize("fstat_said", ["right", "less (grew)", "more (shrank)"])
 def test_a_file_checksum_is_its_content_whatever_its_fstat_said(tmp_path, size, fstat_said):
     """One read when the size is right; a file that changed since its fstat is read to its end."""

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from itertools import repeat
@@ -504,16 +505,37 @@ def check_unique(observations: Sequence[Observation]) -> None:
             )
 
 
-#: Files up to this size are hashed from one read; larger ones by ``hashlib.file_digest``.
-SMALL_FILE = 1 << 20
-#: Bytes per ``os.read`` after the first, for a file that changed size since its ``fstat``.
-#: Small on purpose: Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``
-#: (its ``pre-spawn-environ``), so freeing a larger buffer hands the heap's top back to
-#: the system and the next read faults it in again. Session 9 read up to 1 MiB more to see
-#: the end of every file: 18.4 µs per 100-byte file against 6.5 µs for one read under
-#: that environment (``python -m bench.checksums``, load 0.5), which doubled a worker's
-#: time per tiny file (42 µs against 20).
+#: Files up to this size are hashed from one read into fresh bytes; larger ones through
+#: a buffer each thread keeps (:func:`_read_buffer`). Dask's nanny starts workers with
+#: ``MALLOC_MMAP_THRESHOLD_=16777216`` and ``MALLOC_TRIM_THRESHOLD_=65536``: the fresh
+#: bytes of a large file come from the top of the heap, their release hands that top back
+#: to the system, and the next file's bytes fault their pages in again. Under that
+#: environment (``python -m bench.checksums --size 600000 --files 200``, load 0.6-0.8,
+#: 2026-11-28) a 600 kB file took 834 µs to check, read and hash with fresh bytes against
+#: 515 µs through the kept buffer; 200 kB 263 against 196 µs (``--size 200000``); the two
+#: were level at 130 kB and below. Above 1 MiB ``hashlib.file_digest`` (the way before)
+#: allocates 256 KiB a call: 2.78 against 2.54 ms at 3 MB (``--size 3000000 --files 60``).
+SMALL_FILE = 128 * 1024
+#: Bytes of each thread's read buffer for files above :data:`SMALL_FILE`.
+READ_BUFFER = 1 << 20
+#: Bytes per ``os.read`` after the first, for a small file that changed size since its
+#: ``fstat``. Small on purpose: Dask's nanny starts workers with
+#: ``MALLOC_TRIM_THRESHOLD_=65536`` (its ``pre-spawn-environ``), so freeing a larger buffer
+#: hands the heap's top back to the system and the next read faults it in again. Session 9
+#: read up to 1 MiB more to see the end of every file: 18.4 µs per 100-byte file against
+#: 6.5 µs for one read under that environment (``python -m bench.checksums``, load 0.5),
+#: which doubled a worker's time per tiny file (42 µs against 20).
 READ_CHUNK = 16 * 1024
+
+_BUFFERS = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """This thread's buffer of :data:`READ_BUFFER` bytes (made on its first large file)."""
+    buffer: memoryview | None = getattr(_BUFFERS, "buffer", None)
+    if buffer is None:
+        buffer = _BUFFERS.buffer = memoryview(bytearray(READ_BUFFER))
+    return buffer
 
 
 def sha256_file(path: str) -> str:
@@ -528,20 +550,21 @@ def sha256_file(path: str) -> str:
 def sha256_fd(fd: int, size: int) -> str:
     """SHA-256 of the content of the open file ``fd`` (``size`` bytes by its ``fstat``), hex.
 
-    A file of up to :data:`SMALL_FILE` bytes is hashed from ``os.read`` on the descriptor
-    (until the end: the file may have grown since its ``fstat``), a larger one streamed by
-    the standard library's ``hashlib.file_digest``. ``file_digest`` allocates a 256 KiB
-    buffer per call, and a Python file object costs its own: measured on this project's
-    2-core machine (Python 3.11), ``file_digest`` took 35 µs per 2 kB file against 18 µs
-    for a read loop (load 6-8), one ``open(...).read()`` 20 µs; with the check of the
-    input, a ``stat`` then ``open(...).read()`` took 13.2 µs per 100-byte file, one
-    descriptor 7.1 µs (``python -m bench.checksums``, load 0.3-1.4; 15.4 against 8.6 µs at
-    2 kB), which a run of 10,000 tiny files pays on every checksum. Equal at 2 MB
-    (2.40 ms).
+    A file of up to :data:`SMALL_FILE` bytes is hashed from one ``os.read`` on the
+    descriptor (then read on to its end, if it grew since its ``fstat``), a larger one
+    through this thread's buffer (:func:`_read_buffer`; see :data:`SMALL_FILE` for why).
+    ``hashlib.file_digest`` allocates 256 KiB a call, and a Python file object costs its
+    own: measured on this project's 2-core machine (Python 3.11), ``file_digest`` took 35
+    µs per 2 kB file against 18 µs for a read loop (load 6-8), one ``open(...).read()`` 20
+    µs; with the check of the input, a ``stat`` then ``open(...).read()`` took 13.2 µs per
+    100-byte file, one descriptor 7.1 µs (``python -m bench.checksums``, load 0.3-1.4;
+    15.4 against 8.6 µs at 2 kB), which a run of 10,000 tiny files pays on every checksum.
     """
     if size > SMALL_FILE:
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        buffer, digest = _read_buffer(), hashlib.sha256()
+        while n := os.readv(fd, [buffer]):  # to the end, whatever its fstat said
+            digest.update(buffer[:n])
+        return digest.hexdigest()
     data = os.read(fd, size + 1)
     digest = hashlib.sha256(data)
     if len(data) == size:  # all of it, as its fstat said: no second read to see the end
