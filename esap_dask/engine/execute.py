@@ -32,7 +32,7 @@ import numpy as np
 from esap_dask.deploy.protocol import WorkerJobs, worker_jobs
 from esap_dask.engine.handle import cancel_tasks, current_control, drain
 from esap_dask.engine.ledger import FAILED, NewRows, Plan, PlannedRow, pack
-from esap_dask.engine.observations import MadeWhenRead
+from esap_dask.engine.observations import MadeWhenRead, RunNumbers
 from esap_dask.engine.progress import Progress
 from esap_dask.engine.task import (
     TASKS_PER_THREAD,
@@ -315,8 +315,9 @@ def execute(
             + (f"-requeue{requeues[b.index]}" if requeues.get(b.index) else "")
             for b in bs
         ]
-        packed = [PackedBatch.of(b) for b in bs]  # bytes through the scheduler
-        out = list(client.map(run_batch, [shared] * len(bs), packed, key=keys, pure=False))
+        # files and other objects as bytes through the scheduler; run numbers as they are
+        sent = [b if isinstance(b.observations, RunNumbers) else PackedBatch.of(b) for b in bs]
+        out = list(client.map(run_batch, [shared] * len(bs), sent, key=keys, pure=False))
         for b, fut in zip(bs, out, strict=True):
             by_key[fut.key] = b
             futures.append(fut)
