@@ -23,7 +23,12 @@ if TYPE_CHECKING:
     from esap_dask.engine.ledger import read_ledger
     from esap_dask.engine.ledger_table import ledger
     from esap_dask.engine.mapper import map_observations
-    from esap_dask.engine.observations import Observation, ObservationError, as_observations
+    from esap_dask.engine.observations import (
+        Observation,
+        ObservationError,
+        as_observations,
+        read_input,
+    )
     from esap_dask.engine.summary import RunSummary
     from esap_dask.pipeline import (
         Coordinate,
@@ -52,7 +57,8 @@ _LAZY = {
     **dict.fromkeys(("RunCancelled", "RunHandle"), "esap_dask.engine.handle"),
     "map_observations": "esap_dask.engine.mapper",
     **dict.fromkeys(
-        ("Observation", "ObservationError", "as_observations"), "esap_dask.engine.observations"
+        ("Observation", "ObservationError", "as_observations", "read_input"),
+        "esap_dask.engine.observations",
     ),
     **dict.fromkeys(
         ("Coordinate", "Parameter", "ParameterError", "Pipeline", "Schema", "SchemaError"),
@@ -110,5 +116,6 @@ __all__ = [
     "load_facility",
     "map_observations",
     "open_cluster",
+    "read_input",
     "read_ledger",
 ]

@@ -1,9 +1,10 @@
 """helloworld: the seed's smoke test, on files or on plain values.
 
-For a file (or a URL: the worker's local copy of it) it reads the whole file and
-reports its size and SHA-256; for a plain value (a run number) it hashes the value's
-text. ``sleep`` simulates work, ``fail`` raises for every observation (to see failures
-reported).
+For a file (or a URL: the worker's local copy of it) it reads the whole file (through
+``esap_dask.read_input``, so that the task records the file's checksum from this one
+read) and reports its size and SHA-256; for a plain value (a run number) it hashes the
+value's text. ``sleep`` simulates work, ``fail`` raises for every observation (to see
+failures reported).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from esap_dask import Parameter, Pipeline, Variable
+from esap_dask import Parameter, Pipeline, Variable, read_input
 
 
 def hello(obs: Any, *, message: str, sleep: float, fail: bool) -> dict[str, Any]:
@@ -23,8 +24,7 @@ def hello(obs: Any, *, message: str, sleep: float, fail: bool) -> dict[str, Any]
     if sleep:
         time.sleep(sleep)
     if isinstance(obs, str) and "://" not in obs:
-        with open(obs, "rb") as f:
-            data = f.read()
+        data = read_input(obs)
         name = os.path.basename(obs)
     else:
         data = str(obs).encode()

@@ -493,6 +493,72 @@ def test_a_list_of_paths_makes_the_observations_each_path_makes(items):
         assert as_observations(items) == expected
 
 
+READ_ONCE = str(HERE / "pipelines" / "read_once.py")
+
+
+def test_read_input_reads_a_file_and_names_what_is_wrong(tmp_path):
+    from esap_dask import read_input
+
+    path = tmp_path / "obs.dat"
+    path.write_bytes(b"x" * 300)
+    assert read_input(path) == b"x" * 300  # outside a task: the content, nothing recorded
+    with pytest.raises(FileNotFoundError, match=r"gone\.dat: no such file; check the observation"):
+        read_input(tmp_path / "gone.dat")
+    with pytest.raises(IsADirectoryError, match="is a directory, not an observation file"):
+        read_input(tmp_path)
+
+
+def test_a_task_takes_the_checksum_from_the_pipelines_read(tmp_path, monkeypatch):
+    """Once its pipeline reads a file through read_input, a task reads no file before
+    its pipeline; a file the pipeline read otherwise is read by the task after it."""
+    from esap_dask import get_pipeline
+    from esap_dask.engine import task
+    from esap_dask.engine.ledger import blank
+    from esap_dask.engine.observations import Observation, TakenByWorkers
+
+    names = ["a.dat", "b.dat", "c.plain", "d.dat", "e.dat"]
+    files = _files(tmp_path / "in", names)
+    content = {f: Path(f).read_bytes() for f in files}
+    stats = {f: os.stat(f) for f in files}
+    obs = [Observation.of(f) for f in files]
+    pipe = get_pipeline(READ_ONCE)
+    ctx = task.RunContext("s.zarr", pipe, {}, "h", pipe.output_schema({}), run_id="r1")
+    opened: list[str] = []
+    real = task.open_input
+
+    def counted(o, checksum=False):
+        opened.append(os.path.basename(o.value))
+        return real(o, checksum)
+
+    monkeypatch.setattr(task, "open_input", counted)
+    ledger = blank(len(obs))
+    buffers = {"digest": np.empty(len(obs), dtype=object)}
+    failures = task._run_rows(ctx, obs, 0, len(obs), buffers, 0, ledger, TakenByWorkers)
+    assert failures == []
+    assert opened == ["a.dat", "c.plain"]  # the first file (not yet known), the plain one
+    for k, f in enumerate(files):
+        digest = hashlib.sha256(content[f]).hexdigest()
+        assert ledger["checksum"][k] == buffers["digest"][k] == digest
+        assert ledger["fingerprint"][k] == f"{stats[f].st_size}-{stats[f].st_mtime_ns}"
+
+
+def test_a_run_over_files_read_once_records_what_the_pipeline_read(tmp_path, client):
+    """The pipeline removes each file once it read it: no task reads a file after it."""
+    files = _files(tmp_path / "in", [f"obs{k:02d}.dat" for k in range(24)])
+    content = {os.path.basename(f): Path(f).read_bytes() for f in files}
+    summary = map_observations(READ_ONCE, files, tmp_path / "s.zarr", client=client, chunk=4)
+    assert summary.ok and summary.processed == 24, summary.failures[:3]
+    table = esap_dask.ledger(tmp_path / "s.zarr")
+    for oid, checksum in zip(table.index, table["checksum"], strict=True):
+        assert checksum == hashlib.sha256(content[str(oid)]).hexdigest()
+    doc = json.loads(Path(summary.provenance).read_text())
+    entities, _ = _inputs(doc)
+    assert len(entities) == 24
+    for oid, data in content.items():
+        digest = hashlib.sha256(data).hexdigest()
+        assert entities[f"esap:input/{oid}"]["voprov:checksum"] == f"sha256:{digest}"
+
+
 def _chunk_files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()

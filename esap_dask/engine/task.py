@@ -28,6 +28,7 @@ running the pipeline again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -43,10 +44,12 @@ import zarr
 from esap_dask.engine.ledger import DONE, FAILED, blank, pack, read_columns
 from esap_dask.engine.ledger_layout import buffer_dtype
 from esap_dask.engine.observations import (
+    EXPECTED,
     Observation,
     RunNumbers,
     TakenByWorkers,
     ValueFingerprints,
+    open_checked,
     sha256_fd,
     sha256_file,
     stat_fingerprint,
@@ -324,20 +327,14 @@ def open_input(obs: Observation, checksum: bool = False) -> tuple[str | None, st
     the check, the fingerprint and the checksum (a ``stat``, then a Python file object for
     the checksum, took 13.2 µs a 100-byte file against 7.1; ``python -m bench.checksums``).
     An unreadable file raises here, so its observation fails alone (the checksum read
-    after the pipeline failed its whole batch). Opened without blocking: a FIFO named as
-    an observation is not waited on.
+    after the pipeline failed its whole batch). Opened without blocking
+    (:func:`~esap_dask.engine.observations.open_checked`): a FIFO named as an observation
+    is not waited on.
     """
     if obs.kind != "file":
         return None, None
-    path = obs.value
+    fd, st = open_checked(obs.value)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file; check the observation list") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(f"{path}: is a directory, not an observation file")
         taken = stat_fingerprint(st)  # what observations.fingerprint says, from the fd
         if not (checksum and stat.S_ISREG(st.st_mode)):
             return None, taken
@@ -612,6 +609,17 @@ def _run_rows(
     names, slots = _slots(ctx.schema)
     fn, params, checksums = ctx.pipeline.function, ctx.params, ctx.checksums
     started, ended, status = ledger["start"], ledger["end"], ledger["status"]
+    sums, fingerprints = ledger["checksum"], ledger["fingerprint"]
+
+    def took(k: int, checksum: str | None, taken: str | None) -> None:
+        if checksum is not None:
+            sums[k] = checksum
+        if take is not None and (fp := take.taken(checksum, taken)) is not None:
+            fingerprints[k] = fp  # the task fingerprints its inputs
+
+    expected = EXPECTED  # what read_input reads for the pipeline, in this thread
+    expected.checksum = checksums
+    reads = False  # the pipeline reads its input through read_input: no read before it
     failures: list[tuple[str, str, str]] = []
     for lo in range(first, end, BLOCK_ROWS):
         hi = min(end, lo + BLOCK_ROWS)
@@ -619,22 +627,32 @@ def _run_rows(
         failed: dict[int, tuple[str, str, str]] = {}  # by buffer row
         for k in range(lo, hi):
             started[k] = time.time()
+            obs = None
             try:
                 if numbers is not None:
                     out = fn(numbers[k], **params)
                 else:
                     obs = observations[k]
-                    checksum, taken = open_input(obs, checksums)
-                    if checksum is not None:
-                        ledger["checksum"][k] = checksum
-                    if take is not None and (fp := take.taken(checksum, taken)) is not None:
-                        ledger["fingerprint"][k] = fp  # the task fingerprints its inputs
-                    out = fn(obs.value, **params)
+                    if not reads:
+                        took(k, *open_input(obs, checksums))
+                    expected.path = obs.value
+                    try:
+                        out = fn(obs.value, **params)
+                    finally:  # what the pipeline read, as it read it (even if it then raised)
+                        got, expected.path, expected.taken = expected.taken, None, None
+                        if got is not None:
+                            reads = True
+                            took(k, *got)
+                    if got is None and reads:  # not read through read_input this time
+                        took(k, *open_input(obs, checksums))
                 if type(out) is not dict or out.keys() != names:
                     _check_products(names, slots, out)
             except Exception as err:
                 failed[k - base] = _caught(err)
                 out = None
+                if reads and obs is not None and not sums[k]:  # its checksum, if it can
+                    with contextlib.suppress(Exception):
+                        took(k, *open_input(obs, checksums))
             ended[k] = time.time()
             outs.append(out)
         _place_block(slots, outs, buffers, lo - base, failed)
