@@ -20,15 +20,11 @@ if TYPE_CHECKING:
     from esap_dask.catalogs.facilities import Facility, list_facilities, load_facility, open_cluster
     from esap_dask.catalogs.workflows import get_pipeline, list_pipelines
     from esap_dask.engine.handle import RunCancelled, RunHandle
+    from esap_dask.engine.inputs import read_input
     from esap_dask.engine.ledger import read_ledger
     from esap_dask.engine.ledger_table import ledger
     from esap_dask.engine.mapper import map_observations
-    from esap_dask.engine.observations import (
-        Observation,
-        ObservationError,
-        as_observations,
-        read_input,
-    )
+    from esap_dask.engine.observations import Observation, ObservationError, as_observations
     from esap_dask.engine.summary import RunSummary
     from esap_dask.pipeline import (
         Coordinate,
@@ -57,9 +53,9 @@ _LAZY = {
     **dict.fromkeys(("RunCancelled", "RunHandle"), "esap_dask.engine.handle"),
     "map_observations": "esap_dask.engine.mapper",
     **dict.fromkeys(
-        ("Observation", "ObservationError", "as_observations", "read_input"),
-        "esap_dask.engine.observations",
+        ("Observation", "ObservationError", "as_observations"), "esap_dask.engine.observations"
     ),
+    "read_input": "esap_dask.engine.inputs",
     **dict.fromkeys(
         ("Coordinate", "Parameter", "ParameterError", "Pipeline", "Schema", "SchemaError"),
         "esap_dask.pipeline",

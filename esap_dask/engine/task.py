@@ -41,18 +41,16 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import zarr
 
+from esap_dask.engine.inputs import EXPECTED, open_checked, stat_fingerprint
 from esap_dask.engine.ledger import DONE, FAILED, blank, pack, read_columns
 from esap_dask.engine.ledger_layout import buffer_dtype
 from esap_dask.engine.observations import (
-    EXPECTED,
     Observation,
     RunNumbers,
     TakenByWorkers,
     ValueFingerprints,
-    open_checked,
     sha256_fd,
     sha256_file,
-    stat_fingerprint,
 )
 from esap_dask.engine.remote import local_copy
 from esap_dask.pipeline import Pipeline, Schema
