@@ -326,7 +326,7 @@ def open_input(obs: Observation, checksum: bool = False) -> tuple[str | None, st
     the checksum, took 13.2 µs a 100-byte file against 7.1; ``python -m bench.checksums``).
     An unreadable file raises here, so its observation fails alone (the checksum read
     after the pipeline failed its whole batch). Opened without blocking
-    (:func:`~esap_dask.engine.observations.open_checked`): a FIFO named as an observation
+    (:func:`~esap_dask.engine.inputs.open_checked`): a FIFO named as an observation
     is not waited on.
     """
     if obs.kind != "file":
@@ -596,6 +596,11 @@ def _run_rows(
     keep their fill values and its ledger row says what went wrong. Run numbers reach the
     pipeline as they are, without an :class:`Observation` made for each. The ledger's
     ``end`` is when the pipeline returned.
+
+    A file's checksum and fingerprint come from :func:`open_input` before the pipeline
+    runs, until the pipeline reads its file through
+    :func:`~esap_dask.engine.inputs.read_input`: from then on they come from the
+    pipeline's own read, and a file the pipeline reads another way is read after it.
     """
     numbers = observations.values if isinstance(observations, RunNumbers) else None
     if numbers is None and any(o.kind == "url" for o in observations[first:end]):
