@@ -714,6 +714,31 @@ def revision() -> str:
     return f"commit {head.stdout.strip()}" + ("-dirty" if changed.stdout.strip() else "")
 
 
+def _best_bag(times: dict[str, list[float]]) -> str | None:
+    """The fastest ``dask.bag`` partition count of a case (None: no bag ran)."""
+    bags = [n for n in BAGS if times.get(n)]
+    return min(bags, key=lambda n: statistics.median(times[n])) if bags else None
+
+
+def _figure_rows(
+    results: list[dict[str, Any]], figure: str, digits: int, names: tuple[str, ...]
+) -> list[str]:
+    """One table row a case: the median of ``figure`` ("rss", "cpu") for each of ``names``
+    (``"bag"`` standing for the case's fastest ``dask.bag``); cases without it left out."""
+    rows = []
+    for res in results:
+        values = res.get(figure)
+        if not values:
+            continue
+        bag = _best_bag(res["times"])
+        cells = [
+            f"{statistics.median(values[c]):.{digits}f}" if c and values.get(c) else "—"
+            for c in (bag if n == "bag" else n for n in names)
+        ]
+        rows.append(f"| {res['case'].title} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def markdown(
     results: list[dict[str, Any]],
     command: str,
@@ -744,8 +769,7 @@ def markdown(
     for res in results:
         t = res["times"]
         e = statistics.median(t[ESAP])
-        bags = [n for n in BAGS if t.get(n)]
-        bag = min(bags, key=lambda n: statistics.median(t[n])) if bags else None
+        bag = _best_bag(t)
         best = _best_peer(t)
         bag_cell = f"{_fmt(t[bag], e)} [{bag.split()[-1]}]" if bag else "—"
         ratio_best = f"{statistics.median(t[best]) / e:.2f}× ({best})" if best else "—"
@@ -764,17 +788,9 @@ def markdown(
         + " |",
         "|---|" + "---:|" * 6,
     ]
-    for res in results:
-        t, m = res["times"], res["rss"]
-        bags = [n for n in BAGS if t.get(n)]
-        bag = min(bags, key=lambda n: statistics.median(t[n])) if bags else None
-        cells = [
-            f"{statistics.median(m[n]):.0f}" if n and m.get(n) else "—"
-            for n in (ESAP, BATCHED, bag, PARSL, SERIAL, REFERENCE)
-        ]
-        lines.append(f"| {res['case'].title} | " + " | ".join(cells) + " |")
-    with_cpu = [res for res in results if res.get("cpu")]
-    if with_cpu:
+    lines += _figure_rows(results, "rss", 0, (ESAP, BATCHED, "bag", PARSL, SERIAL, REFERENCE))
+    cpu = _figure_rows(results, "cpu", 2, (ESAP, BATCHED, "bag", PARSL, SERIAL))
+    if cpu:
         lines += [
             "",
             "CPU seconds a run costs the machine (user + system of every process of the bench:",
@@ -783,16 +799,8 @@ def markdown(
             "",
             "| case | " + " | ".join([ESAP, BATCHED, "dask.bag (best)", PARSL, SERIAL]) + " |",
             "|---|" + "---:|" * 5,
+            *cpu,
         ]
-        for res in with_cpu:
-            t, c = res["times"], res["cpu"]
-            bags = [n for n in BAGS if t.get(n)]
-            bag = min(bags, key=lambda n: statistics.median(t[n])) if bags else None
-            cells = [
-                f"{statistics.median(c[n]):.2f}" if n and c.get(n) else "—"
-                for n in (ESAP, BATCHED, bag, PARSL, SERIAL)
-            ]
-            lines.append(f"| {res['case'].title} | " + " | ".join(cells) + " |")
     if rss is not None:
         lines += rss_markdown(rss)
     lines += [

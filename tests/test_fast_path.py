@@ -510,13 +510,14 @@ def test_read_input_reads_a_file_and_names_what_is_wrong(tmp_path):
 
 def test_a_task_takes_the_checksum_from_the_pipelines_read(tmp_path, monkeypatch):
     """Once its pipeline reads a file through read_input, a task reads no file before
-    its pipeline; a file the pipeline read otherwise is read by the task after it."""
+    its pipeline; a file the pipeline read otherwise is read by the task after it, and so
+    is a file whose row failed before the pipeline read it (its checksum still recorded)."""
     from esap_dask import get_pipeline
     from esap_dask.engine import task
     from esap_dask.engine.ledger import blank
     from esap_dask.engine.observations import Observation, TakenByWorkers
 
-    names = ["a.dat", "b.dat", "c.plain", "d.dat", "e.dat"]
+    names = ["a.dat", "b.dat", "c.plain", "d.fail", "e.dat"]
     files = _files(tmp_path / "in", names)
     content = {f: Path(f).read_bytes() for f in files}
     stats = {f: os.stat(f) for f in files}
@@ -534,12 +535,15 @@ def test_a_task_takes_the_checksum_from_the_pipelines_read(tmp_path, monkeypatch
     ledger = blank(len(obs))
     buffers = {"digest": np.empty(len(obs), dtype=object)}
     failures = task._run_rows(ctx, obs, 0, len(obs), buffers, 0, ledger, TakenByWorkers)
-    assert failures == []
-    assert opened == ["a.dat", "c.plain"]  # the first file (not yet known), the plain one
+    assert [(oid, kind) for oid, kind, _ in failures] == [("d.fail", "ValueError")]
+    # the first file (not yet known), the plain one, the failed one
+    assert opened == ["a.dat", "c.plain", "d.fail"]
     for k, f in enumerate(files):
         digest = hashlib.sha256(content[f]).hexdigest()
-        assert ledger["checksum"][k] == buffers["digest"][k] == digest
+        assert ledger["checksum"][k] == digest
         assert ledger["fingerprint"][k] == f"{stats[f].st_size}-{stats[f].st_mtime_ns}"
+        if not f.endswith(".fail"):
+            assert buffers["digest"][k] == digest
 
 
 def test_a_run_over_files_read_once_records_what_the_pipeline_read(tmp_path, client):

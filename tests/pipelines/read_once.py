@@ -2,7 +2,8 @@
 
 A task that read the file again after the pipeline (for its checksum) would find it gone:
 every row done, with the checksum of the content read, shows that the one read served.
-Files named ``*.plain`` are read with ``open`` instead (the task then reads them itself).
+Files named ``*.plain`` are read with ``open`` instead (the task then reads them itself);
+for files named ``*.fail`` it raises before reading them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from esap_dask import Pipeline, Variable, read_input
 
 def read_once(path: str) -> dict[str, object]:
     """The SHA-256 of the file's content; the file is removed once read."""
+    if path.endswith(".fail"):
+        raise ValueError(f"{path}: refused before reading it")
     if path.endswith(".plain"):
         with open(path, "rb") as f:
             data = f.read()
