@@ -14,8 +14,9 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from distributed import Client
 import esap_dask.catalogs.facilities as facilities
 from esap_dask.deploy.dirac.cluster import DiracCluster
 from esap_dask.deploy.dirac.diracx_client import ENDPOINTS, DiracXAuthError, DiracXClient
+from esap_dask.deploy.dirac.jobs import Grid
 from esap_dask.testing.dirac_site import read_jdls
 
 pytestmark = pytest.mark.dirac
@@ -376,3 +378,70 @@ def test_scale_beyond_the_server_limit_splits_submissions(
     finally:
         cluster.close()
     assert {r["Status"] for r in dx_jobs(job_ids).values()} == {"Killed"}
+
+
+def force_waiting(job_ids: list[int]) -> None:
+    """Bring killed jobs back to ``Waiting`` with DiracX's ``force`` (as a job administrator).
+
+    This is what DiracX's unlocked read-then-write does when another status
+    update (an optimizer, a pilot) read the job before the kill and is written after it.
+    """
+
+    async def revive() -> None:
+        async with DiracXClient(URL, credentials_path=STATE / "pilot-credentials.json") as dx:
+            now = datetime.now(tz=UTC).isoformat()
+            step = {"Status": "Waiting", "MinorStatus": "Pilot Agent Submission", "Source": "test"}
+            await dx.request(
+                "PATCH",
+                "/api/jobs/status",
+                params={"force": "true"},
+                json={str(i): {now: step} for i in job_ids},
+            )
+
+    asyncio.run(revive())
+    assert {r["Status"] for r in dx_jobs(job_ids).values()} == {"Waiting"}
+
+
+def test_a_killed_job_brought_back_is_killed_again_by_the_next_poll(dirac_env: str) -> None:
+    """A scaled-down worker's job back to Waiting after its kill is found and killed again."""
+    cluster = facilities.open_cluster("dirac", site="LCG.Nowhere.org", poll_interval=1)
+    try:
+        cluster.scale(2)
+        wait_until(lambda: len(cluster.job_status()) == 2, 60, "2 submitted jobs")
+        jobs = {n: int(r["JobID"]) for n, r in cluster.job_status().items()}
+        cluster.scale(1)
+        wait_until(lambda: len(cluster.workers) == 1, 30, "scale(1)")
+        (gone,) = [jobs[n] for n in jobs if n not in cluster.workers]
+        assert dx_jobs([gone])[gone]["Status"] == "Killed"
+        force_waiting([gone])
+        wait_until(
+            lambda: dx_jobs([gone])[gone]["Status"] == "Killed", 15, "the poll's second kill"
+        )
+        kept = [jobs[n] for n in cluster.workers]
+        assert {r["Status"] for r in dx_jobs(kept).values()} <= {"Received", "Checking", "Waiting"}
+    finally:
+        cluster.close()
+    assert {r["Status"] for r in dx_jobs(list(jobs.values())).values()} == {"Killed"}
+
+
+def test_close_kills_again_the_jobs_brought_back_after_their_kill(
+    dirac_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The read a moment after close() finds a revived job, kills it and says so."""
+
+    async def scenario() -> tuple[int, list[int]]:
+        async with DiracXClient(URL, credentials_path=STATE / "credentials.json") as dx:
+            grid = Grid(dx, cast(Any, None))
+            jdl = 'JobName = "revived";\nExecutable = "/bin/true";\nSite = "LCG.Nowhere.org";'
+            (job,) = await dx.submit_jdl([jdl])
+            job_id = int(job["JobID"])
+            await dx.set_status({job_id: [{"Status": "Received", "MinorStatus": "Job accepted"}]})
+            await grid.kill([job_id])
+            await asyncio.to_thread(force_waiting, [job_id])
+            return job_id, await grid.settle_kills(delay=0.2)
+
+    with caplog.at_level(logging.WARNING, logger="esap_dask.dirac"):
+        job_id, alive = asyncio.run(scenario())
+    assert alive == []
+    assert dx_jobs([job_id])[job_id]["Status"] == "Killed"
+    assert f"DIRAC jobs [{job_id}] are ['Waiting'] after their kill" in caplog.text

@@ -347,7 +347,10 @@ class DiracCluster(SpecCluster, WorkerJobsMixin):
         if self._watch is not None:
             self._watch.cancel()
         if self._grid is not None:
-            await self._grid.client.aclose()
+            try:
+                await self._grid.settle_kills()
+            finally:
+                await self._grid.client.aclose()
         remove_cluster_security(self.security)
 
     def job_status(self) -> dict[str, dict[str, Any]]:

@@ -11,6 +11,13 @@
   ``PATCH /api/jobs/status``, then read back, because DiracX ignores invalid
   transitions silently; jobs that ended already are left alone (DiracX would
   keep their status but overwrite the minor status, the reason they ended);
+* **kill settling**: DiracX applies a status update as read-then-write, without
+  locking the job's row, so an update that read the job before the kill and is
+  written after it (an optimizer or a pilot moving ``Received`` → ``Waiting``)
+  overwrites ``Killed``; :meth:`Grid.settle_kills` reads the killed jobs again a
+  moment after ``close()`` and kills those brought back, and so does every poll
+  (seen in CI: all 25 jobs of a cluster back to ``Waiting`` after ``close()``,
+  while the local site parked them);
 * **polling**: the last known row of every job (``Status``, ``MinorStatus``,
   ``ApplicationStatus``), and a warning for each job that ends unasked.
 """
@@ -159,6 +166,50 @@ class Grid:
                 )  # fmt: skip
         return rows
 
+    async def settle_kills(self, delay: float = 1.0, rounds: int = 3) -> list[int]:
+        """Kill again the killed jobs a concurrent status update brought back; those still alive.
+
+        Waits ``delay`` seconds (longer than one DiracX request takes) before each read,
+        up to ``rounds`` times, and stops at the first read finding every killed job
+        in a final state. The ids left alive after the last round are returned (and logged).
+        """
+        revived: list[int] = []
+        for _ in range(rounds):
+            if not self.killed:
+                return []
+            await asyncio.sleep(delay)
+            try:
+                rows = await self.refresh(sorted(self.killed))
+            except DiracXError as err:
+                log.error("reading the killed DIRAC jobs back failed: %s", err)
+                return []
+            revived = await self._kill_revived(rows)
+            if not revived:
+                return []
+        log.error(
+            "DIRAC jobs %s may still be alive: kill them in DIRAC (dirac-wms-job-kill, or "
+            "PATCH /api/jobs/status of DiracX)",
+            revived,
+        )
+        return revived
+
+    async def _kill_revived(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Kill again the jobs of ``rows`` this grid killed that are alive; their ids."""
+        revived = [
+            int(r["JobID"])
+            for r in rows
+            if int(r["JobID"]) in self.killed and r["Status"] not in FINAL_STATES
+        ]
+        if revived:
+            log.warning(
+                "DIRAC jobs %s are %s after their kill (a status update DiracX applied over "
+                "it): killing them again",
+                revived, sorted({r["Status"] for r in rows if int(r["JobID"]) in revived}),
+            )  # fmt: skip
+            self.killed.difference_update(revived)
+            await self.kill(revived)
+        return revived
+
     def ended_unasked(self) -> list[dict[str, Any]]:
         """The rows of jobs that ended without being killed (failed, done, deleted)."""
         return [
@@ -172,6 +223,6 @@ class Grid:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.refresh()
+                await self._kill_revived(await self.refresh())
             except DiracXError as err:
                 log.warning("polling DiracX: %s", err)
