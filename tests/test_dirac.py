@@ -25,7 +25,7 @@ from distributed import Client
 import esap_dask.catalogs.facilities as facilities
 from esap_dask.deploy.dirac.cluster import DiracCluster
 from esap_dask.deploy.dirac.diracx_client import ENDPOINTS, DiracXAuthError, DiracXClient
-from esap_dask.deploy.dirac.jobs import Grid
+from esap_dask.deploy.dirac.jobs import MAX_REKILLS, Grid
 from esap_dask.testing.dirac_site import read_jdls
 
 pytestmark = pytest.mark.dirac
@@ -445,3 +445,34 @@ def test_close_kills_again_the_jobs_brought_back_after_their_kill(
     assert alive == []
     assert dx_jobs([job_id])[job_id]["Status"] == "Killed"
     assert f"DIRAC jobs [{job_id}] are ['Waiting'] after their kill" in caplog.text
+
+
+def test_a_job_that_keeps_coming_back_is_given_up_after_max_rekills(
+    dirac_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed again MAX_REKILLS times, then left alive with an error saying what to do."""
+
+    async def scenario() -> tuple[int, list[list[int]], str]:
+        async with DiracXClient(URL, credentials_path=STATE / "credentials.json") as dx:
+            grid = Grid(dx, cast(Any, None))
+            jdl = 'JobName = "undead";\nExecutable = "/bin/true";\nSite = "LCG.Nowhere.org";'
+            (job,) = await dx.submit_jdl([jdl])
+            job_id = int(job["JobID"])
+            await dx.set_status({job_id: [{"Status": "Received", "MinorStatus": "Job accepted"}]})
+            await grid.kill([job_id])
+            alive = []
+            for _ in range(MAX_REKILLS + 2):
+                await asyncio.to_thread(force_waiting, [job_id])
+                alive.append(await grid.settle_kills(delay=0.05, rounds=1))
+            status = (await dx.search([job_id]))[0]["Status"]
+            await dx.set_status({job_id: [{"Status": "Killed", "MinorStatus": "test cleanup"}]})
+            return job_id, alive, status
+
+    with caplog.at_level(logging.WARNING, logger="esap_dask.dirac"):
+        job_id, alive, status = asyncio.run(scenario())
+    assert alive == [[job_id]] * (MAX_REKILLS + 2)  # found alive each time
+    assert status == "Waiting", "no kill after the last allowed one"
+    again = caplog.text.count(f"DIRAC jobs [{job_id}] are ['Waiting'] after their kill")
+    assert again == MAX_REKILLS
+    assert caplog.text.count(f"DIRAC job {job_id} is still alive after") == 1
+    assert "dirac-wms-job-kill" in caplog.text

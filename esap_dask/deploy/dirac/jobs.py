@@ -25,18 +25,21 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from esap_dask.deploy.dirac.diracx_client import DiracXClient, DiracXError
 
-__all__ = ["FINAL_STATES", "MAX_JOBS_PER_SUBMISSION", "Grid", "JobSource"]
+__all__ = ["FINAL_STATES", "MAX_JOBS_PER_SUBMISSION", "MAX_REKILLS", "Grid", "JobSource"]
 
 log = logging.getLogger("esap_dask.dirac")
 
 #: Jobs in one parametric submission: DiracX 0.7.0's MAX_PARAMETRIC_JOBS.
 MAX_JOBS_PER_SUBMISSION = 20
+#: Times one job is killed again after it came back alive, before the grid gives up on it.
+MAX_REKILLS = 5
 #: DIRAC job states a job never leaves.
 FINAL_STATES = frozenset({"Done", "Completed", "Failed", "Killed", "Deleted"})
 
@@ -60,6 +63,7 @@ class Grid:
         self.cluster = cluster
         self.jobs: dict[str, dict[str, Any]] = {}  # worker name -> DiracX row
         self.killed: set[int] = set()
+        self.rekilled: collections.Counter[int] = collections.Counter()
         self.sandbox_pfn: str | None = None
         self._pending: list[tuple[str, str, asyncio.Future[int]]] = []
         self._flush: asyncio.Task[None] | None = None
@@ -173,7 +177,7 @@ class Grid:
         up to ``rounds`` times, and stops at the first read finding every killed job
         in a final state. The ids left alive after the last round are returned (and logged).
         """
-        revived: list[int] = []
+        alive: list[int] = []
         for _ in range(rounds):
             if not self.killed:
                 return []
@@ -183,32 +187,46 @@ class Grid:
             except DiracXError as err:
                 log.error("reading the killed DIRAC jobs back failed: %s", err)
                 return []
-            revived = await self._kill_revived(rows)
-            if not revived:
+            alive = await self._kill_revived(rows)
+            if not alive:
                 return []
         log.error(
             "DIRAC jobs %s may still be alive: kill them in DIRAC (dirac-wms-job-kill, or "
             "PATCH /api/jobs/status of DiracX)",
-            revived,
+            alive,
         )
-        return revived
+        return alive
 
     async def _kill_revived(self, rows: list[dict[str, Any]]) -> list[int]:
-        """Kill again the jobs of ``rows`` this grid killed that are alive; their ids."""
-        revived = [
+        """Kill again the jobs of ``rows`` this grid killed that are alive; the ids found alive.
+
+        At most :data:`MAX_REKILLS` times a job: then the job is logged once, with what to
+        do, and left (a server that refuses the kill must not be asked at every poll).
+        """
+        alive = [
             int(r["JobID"])
             for r in rows
             if int(r["JobID"]) in self.killed and r["Status"] not in FINAL_STATES
         ]
+        revived = [i for i in alive if self.rekilled[i] < MAX_REKILLS]
+        for i in alive:
+            if self.rekilled[i] == MAX_REKILLS:
+                self.rekilled[i] += 1  # logged once
+                log.error(
+                    "DIRAC job %s is still alive after %d kills: kill it in DIRAC "
+                    "(dirac-wms-job-kill, or PATCH /api/jobs/status of DiracX)",
+                    i, MAX_REKILLS + 1,
+                )  # fmt: skip
         if revived:
             log.warning(
                 "DIRAC jobs %s are %s after their kill (a status update DiracX applied over "
                 "it): killing them again",
                 revived, sorted({r["Status"] for r in rows if int(r["JobID"]) in revived}),
             )  # fmt: skip
+            self.rekilled.update(revived)
             self.killed.difference_update(revived)
             await self.kill(revived)
-        return revived
+        return alive
 
     def ended_unasked(self) -> list[dict[str, Any]]:
         """The rows of jobs that ended without being killed (failed, done, deleted)."""
