@@ -424,6 +424,16 @@ def test_a_killed_job_brought_back_is_killed_again_by_the_next_poll(dirac_env: s
     assert {r["Status"] for r in dx_jobs(list(jobs.values())).values()} == {"Killed"}
 
 
+async def killed_job(dx: DiracXClient, grid: Grid, name: str) -> int:
+    """A job submitted for a site that does not exist, confirmed, then killed by ``grid``."""
+    jdl = f'JobName = "{name}";\nExecutable = "/bin/true";\nSite = "LCG.Nowhere.org";'
+    (job,) = await dx.submit_jdl([jdl])
+    job_id = int(job["JobID"])
+    await dx.set_status({job_id: [{"Status": "Received", "MinorStatus": "Job accepted"}]})
+    await grid.kill([job_id])
+    return job_id
+
+
 def test_close_kills_again_the_jobs_brought_back_after_their_kill(
     dirac_env: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -432,11 +442,7 @@ def test_close_kills_again_the_jobs_brought_back_after_their_kill(
     async def scenario() -> tuple[int, list[int]]:
         async with DiracXClient(URL, credentials_path=STATE / "credentials.json") as dx:
             grid = Grid(dx, cast(Any, None))
-            jdl = 'JobName = "revived";\nExecutable = "/bin/true";\nSite = "LCG.Nowhere.org";'
-            (job,) = await dx.submit_jdl([jdl])
-            job_id = int(job["JobID"])
-            await dx.set_status({job_id: [{"Status": "Received", "MinorStatus": "Job accepted"}]})
-            await grid.kill([job_id])
+            job_id = await killed_job(dx, grid, "revived")
             await asyncio.to_thread(force_waiting, [job_id])
             return job_id, await grid.settle_kills(delay=0.2)
 
@@ -455,11 +461,7 @@ def test_a_job_that_keeps_coming_back_is_given_up_after_max_rekills(
     async def scenario() -> tuple[int, list[list[int]], str]:
         async with DiracXClient(URL, credentials_path=STATE / "credentials.json") as dx:
             grid = Grid(dx, cast(Any, None))
-            jdl = 'JobName = "undead";\nExecutable = "/bin/true";\nSite = "LCG.Nowhere.org";'
-            (job,) = await dx.submit_jdl([jdl])
-            job_id = int(job["JobID"])
-            await dx.set_status({job_id: [{"Status": "Received", "MinorStatus": "Job accepted"}]})
-            await grid.kill([job_id])
+            job_id = await killed_job(dx, grid, "undead")
             alive = []
             for _ in range(MAX_REKILLS + 2):
                 await asyncio.to_thread(force_waiting, [job_id])

@@ -40,6 +40,8 @@ log = logging.getLogger("esap_dask.dirac")
 MAX_JOBS_PER_SUBMISSION = 20
 #: Times one job is killed again after it came back alive, before the grid gives up on it.
 MAX_REKILLS = 5
+#: What a user can do about a job esap-dask could not kill.
+_KILL_BY_HAND = "to kill in DIRAC: dirac-wms-job-kill, or PATCH /api/jobs/status of DiracX"
 #: DIRAC job states a job never leaves.
 FINAL_STATES = frozenset({"Done", "Completed", "Failed", "Killed", "Deleted"})
 
@@ -175,7 +177,8 @@ class Grid:
 
         Waits ``delay`` seconds (longer than one DiracX request takes) before each read,
         up to ``rounds`` times, and stops at the first read finding every killed job
-        in a final state. The ids left alive after the last round are returned (and logged).
+        in a final state, or finding only jobs given up on (:data:`MAX_REKILLS`). The ids
+        found alive by the last read are returned; those not given up on are logged.
         """
         alive: list[int] = []
         for _ in range(rounds):
@@ -190,11 +193,10 @@ class Grid:
             alive = await self._kill_revived(rows)
             if not alive:
                 return []
-        log.error(
-            "DIRAC jobs %s may still be alive: kill them in DIRAC (dirac-wms-job-kill, or "
-            "PATCH /api/jobs/status of DiracX)",
-            alive,
-        )
+            if all(self.rekilled[i] > MAX_REKILLS for i in alive):
+                break  # all given up on (and logged): no use waiting for them
+        if pending := [i for i in alive if self.rekilled[i] <= MAX_REKILLS]:
+            log.error("DIRAC jobs %s may still be alive; %s", pending, _KILL_BY_HAND)
         return alive
 
     async def _kill_revived(self, rows: list[dict[str, Any]]) -> list[int]:
@@ -213,10 +215,11 @@ class Grid:
             if self.rekilled[i] == MAX_REKILLS:
                 self.rekilled[i] += 1  # logged once
                 log.error(
-                    "DIRAC job %s is still alive after %d kills: kill it in DIRAC "
-                    "(dirac-wms-job-kill, or PATCH /api/jobs/status of DiracX)",
-                    i, MAX_REKILLS + 1,
-                )  # fmt: skip
+                    "DIRAC job %s is still alive after %d kills; %s",
+                    i,
+                    MAX_REKILLS + 1,
+                    _KILL_BY_HAND,
+                )
         if revived:
             log.warning(
                 "DIRAC jobs %s are %s after their kill (a status update DiracX applied over "
