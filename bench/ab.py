@@ -11,7 +11,10 @@ compare the hours, not the code. So each revision gets its own LocalCluster (2 w
 each case once on each revision, in alternating order: a fresh driver process per run,
 which makes a warm-up run and then the timed runs (this file's ``--one``, with esap-dask
 imported from the revision's tree). The result is the median of each, and
-the ratio head / base (below 1: head is faster), with the load average before and after.
+the ratio head / base (below 1: head is faster), with the load average before and after;
+then the median of the rounds' own ratios ("paired": head / base of the runs of one round,
+which ran side by side) with their range, and every run's time, so that a drift of the
+machine within the session shows as what it is.
 Two identical revisions gave 1.01 (10,000 tiny) and 1.16 (105 H.E.S.S. files) with 4 runs
 each: differences smaller than that need more rounds.
 
@@ -168,9 +171,11 @@ def main() -> None:
                 addresses = {"base": base, "head": head}
                 before = load()
                 times: dict[tuple[str, str], list[float]] = {}
+                paired: dict[str, list[float]] = {}  # head / base within each round
                 for r in range(args.rounds):
                     order = ("base", "head") if r % 2 == 0 else ("head", "base")
                     for case in cases:
+                        mine: dict[str, float] = {}
                         for who in order:
                             env = {**os.environ, "PYTHONPATH": str(trees[who])}
                             out = subprocess.run(  # this file: the base may predate it
@@ -179,17 +184,28 @@ def main() -> None:
                             )  # fmt: skip
                             if out.returncode:
                                 raise SystemExit(f"{who} {case}: {out.stderr[-2000:]}")
-                            times.setdefault((case, who), []).extend(
-                                json.loads(out.stdout.strip().splitlines()[-1])
-                            )
+                            got = json.loads(out.stdout.strip().splitlines()[-1])
+                            times.setdefault((case, who), []).extend(got)
+                            mine[who] = statistics.median(got)
+                        paired.setdefault(case, []).append(mine["head"] / mine["base"])
                     print(f"round {r + 1}/{args.rounds} done, load {load()}", flush=True)
                 after = load()
     print(f"\nbase {args.base}, head {args.head or 'working tree'}; load {before} -> {after}")
-    print(f"{'case':<12}{'base median s':>15}{'head median s':>15}{'head / base':>13}  runs")
+    print(
+        f"{'case':<12}{'base median s':>15}{'head median s':>15}{'head / base':>13}"
+        f"{'paired':>8}{'range':>13}  runs"
+    )
     for case in cases:
         b, h = times[(case, "base")], times[(case, "head")]
         mb, mh = statistics.median(b), statistics.median(h)
-        print(f"{case:<12}{mb:>15.3f}{mh:>15.3f}{mh / mb:>13.2f}  {len(b)} + {len(h)}")
+        ratios = paired[case]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(
+            f"{case:<12}{mb:>15.3f}{mh:>15.3f}{mh / mb:>13.2f}"
+            f"{statistics.median(ratios):>8.2f}{spread:>13}  {len(b)} + {len(h)}"
+        )
+        print(f"{'':<12}{'base s: ' + ' '.join(f'{t:.3f}' for t in b)}")
+        print(f"{'':<12}{'head s: ' + ' '.join(f'{t:.3f}' for t in h)}")
 
 
 @contextmanager
