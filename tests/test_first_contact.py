@@ -179,13 +179,14 @@ def test_features_that_need_an_extra_name_it(
     assert nothing_started(home)
 
 
-def _fake_venv(root: Path, esap_dask_script: str) -> Path:
-    """A copy of scripts/setup.sh beside a .venv whose pip succeeds and whose esap-dask is given."""
+def _fake_venv(root: Path, esap_dask_script: str, python_script: str = "exit 0") -> Path:
+    """A copy of scripts/setup.sh beside a .venv whose pip succeeds (or runs
+    ``python_script``) and whose esap-dask is given."""
     (root / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "setup.sh", root / "scripts" / "setup.sh")
     bin_ = root / ".venv" / "bin"
     bin_.mkdir(parents=True)
-    for name, body in (("python", "exit 0"), ("esap-dask", esap_dask_script)):
+    for name, body in (("python", python_script), ("esap-dask", esap_dask_script)):
         (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_ / name).chmod(0o755)
     return root / "scripts" / "setup.sh"
@@ -203,6 +204,22 @@ def test_setup_fails_when_the_installed_command_cannot_run(tmp_path: Path) -> No
     working = _fake_venv(tmp_path / "working", 'echo "esap-dask, version 0.1.0"')
     done = subprocess.run(["bash", str(working)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    assert "esap-dask, version 0.1.0" in done.stdout
+
+
+def test_setup_installs_with_pip_where_uv_cannot(tmp_path: Path) -> None:
+    """uv reads neither pip's configuration nor its local indexes: where it fails, pip installs."""
+    calls = tmp_path / "calls.log"
+    python = (
+        f'echo "$*" >> {calls}\n'
+        'case "$*" in *"-m uv "*) echo "error: no route to pypi.org" >&2; exit 1;; esac\nexit 0'
+    )
+    setup = _fake_venv(tmp_path / "site", 'echo "esap-dask, version 0.1.0"', python)
+    done = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "uv could not install esap-dask" in done.stderr and "installing with pip" in done.stderr
+    made = calls.read_text().splitlines()
+    assert made[-1] == "-m pip install --quiet --editable .", made
     assert "esap-dask, version 0.1.0" in done.stdout
 
 
