@@ -546,6 +546,39 @@ def test_a_task_takes_the_checksum_from_the_pipelines_read(tmp_path, monkeypatch
             assert buffers["digest"][k] == digest
 
 
+def test_dl3_products_reads_each_gadf_file_once(tmp_path, monkeypatch):
+    """The GADF reader reads through read_input: the task opens only the first file
+    itself (before it knows), and every checksum is that of the file's bytes."""
+    from esap_dask import get_pipeline
+    from esap_dask.engine import task
+    from esap_dask.engine.ledger import blank
+    from esap_dask.engine.observations import Observation, TakenByWorkers
+    from esap_dask.iact.synthetic import write_observations
+
+    files = [str(p) for p in write_observations(tmp_path / "in", 3, seed=5, n_events=200)]
+    obs = [Observation.of(f) for f in files]
+    pipe = get_pipeline("dl3-products")
+    params = pipe.resolve({})
+    schema = pipe.output_schema(params)
+    ctx = task.RunContext("s.zarr", pipe, params, "h", schema, run_id="r1")
+    opened: list[str] = []
+    real = task.open_input
+
+    def counted(o, checksum=False):
+        opened.append(o.value)
+        return real(o, checksum)
+
+    monkeypatch.setattr(task, "open_input", counted)
+    ledger = blank(len(obs))
+    slots = task._slots(schema)[1]
+    buffers = {s.name: np.empty((len(obs), *s.shape), dtype=s.dtype) for s in slots}
+    failures = task._run_rows(ctx, obs, 0, len(obs), buffers, 0, ledger, TakenByWorkers)
+    assert failures == []
+    assert opened == files[:1]
+    for k, f in enumerate(files):
+        assert ledger["checksum"][k] == hashlib.sha256(Path(f).read_bytes()).hexdigest()
+
+
 def test_a_run_over_files_read_once_records_what_the_pipeline_read(tmp_path, client):
     """The pipeline removes each file once it read it: no task reads a file after it."""
     files = _files(tmp_path / "in", [f"obs{k:02d}.dat" for k in range(24)])

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from esap_dask.engine.inputs import read_input
 from esap_dask.engine.observations import Observation, ObservationIndex, SelectionError
 from esap_dask.iact.selection import parse_selection, selection_mask
 
@@ -310,9 +311,14 @@ def read_events(
 
 
 def _fits_bytes(path: str) -> bytes:
-    """The (decompressed) bytes of a FITS file, checked to be whole."""
-    with open(path, "rb") as f:
-        data = f.read()
+    """The (decompressed) bytes of a FITS file, checked to be whole.
+
+    Read through :func:`~esap_dask.engine.inputs.read_input`: in a batch task, the
+    ledger's checksum is that of these bytes, and the task does not read the file again
+    for it (a second read took 515 µs of a 600 kB file, ``python -m bench.checksums
+    --size 600000 --files 200``).
+    """
+    data = read_input(path)
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
