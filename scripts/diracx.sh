@@ -42,13 +42,27 @@ die() { log "error: $*"; exit 1; }
 
 alive() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
+# Install the packages "$@" into $VENV with the project's uv (scripts/setup.sh installs it):
+# the same pinned versions as pip, in 17.5 s instead of pip's 102 s (2026-11-28, warm
+# download caches). False, saying why, where there is no uv or it cannot install: then pip.
+uv_install() {
+    if ! "$PROJECT_PYTHON" -m uv --version >/dev/null 2>&1; then
+        log "no uv in $PROJECT_PYTHON (bash scripts/setup.sh installs it): installing with pip"
+        return 1
+    fi
+    "$PROJECT_PYTHON" -m uv pip install --quiet --python "$VENV/bin/python" \
+        --compile-bytecode -c "$STATE/constraints.txt" "$@" && return 0
+    log "uv could not install DiracX $DIRACX_VERSION (above): installing with pip"
+    return 1
+}
+
 install_venv() {
     local stamp="$VENV/.esap-diracx-$DIRACX_VERSION"
     [[ -f "$stamp" ]] && return 0
     command -v "$PYTHON" >/dev/null || die "$PYTHON not found; DiracX $DIRACX_VERSION needs Python >= 3.11 (set DIRACX_PYTHON)"
     command -v git >/dev/null || die "git not found; the DiracX configuration is a git repository (apt-get install git)"
     command -v curl >/dev/null || die "curl not found; this script uses it to wait for the servers (apt-get install curl)"
-    log "installing DiracX $DIRACX_VERSION into $VENV (a few minutes, once)"
+    log "installing DiracX $DIRACX_VERSION into $VENV (once: under a minute with uv, minutes with pip)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
     sed -n '/^# BEGIN CONSTRAINTS$/,/^# END CONSTRAINTS$/p' "${BASH_SOURCE[0]}" | grep -v '^#' >"$STATE/constraints.txt"
@@ -57,14 +71,7 @@ install_venv() {
         "diracx-cli==$DIRACX_VERSION" "diracx-db==$DIRACX_VERSION" "diracx-core==$DIRACX_VERSION"
         "diracx-logic==$DIRACX_VERSION" "moto[server]" uvicorn
     )
-    # With the project's uv (scripts/setup.sh installs it), as with pip: the same pinned
-    # versions, in 17.5 s instead of pip's 102 s (2026-11-28, warm download caches).
-    # Without it, or where it cannot install, pip does.
-    if "$PROJECT_PYTHON" -m uv --version >/dev/null 2>&1 &&
-        "$PROJECT_PYTHON" -m uv pip install --quiet --python "$VENV/bin/python" \
-            --compile-bytecode -c "$STATE/constraints.txt" "${packages[@]}"; then
-        :
-    else
+    if ! uv_install "${packages[@]}"; then
         "$VENV/bin/pip" install --quiet --disable-pip-version-check \
             -c "$STATE/constraints.txt" "${packages[@]}" \
             || die "pip could not install DiracX $DIRACX_VERSION into $VENV (see pip's message above)"

@@ -201,10 +201,19 @@ def test_setup_fails_when_the_installed_command_cannot_run(tmp_path: Path) -> No
     assert done.returncode != 0, done.stdout
     assert "esap-dask --version" in done.stderr and "fastapi" in done.stderr
 
-    working = _fake_venv(tmp_path / "working", 'echo "esap-dask, version 0.1.0"')
+    calls = tmp_path / "calls.log"
+    working = _fake_venv(
+        tmp_path / "working", 'echo "esap-dask, version 0.1.0"', f'echo "$*" >> {calls}'
+    )
     done = subprocess.run(["bash", str(working)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "esap-dask, version 0.1.0" in done.stdout
+    # uv installed esap-dask; pip only installed uv
+    made = calls.read_text().splitlines()
+    assert made == [
+        "-m pip install --quiet uv",
+        "-m uv pip install --quiet --python .venv/bin/python --compile-bytecode --editable .",
+    ], made
 
 
 def test_setup_installs_with_pip_where_uv_cannot(tmp_path: Path) -> None:
@@ -219,6 +228,7 @@ def test_setup_installs_with_pip_where_uv_cannot(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "uv could not install esap-dask" in done.stderr and "installing with pip" in done.stderr
     made = calls.read_text().splitlines()
+    assert made[1].startswith("-m uv pip install "), made  # uv was tried first
     assert made[-1] == "-m pip install --quiet --editable .", made
     assert "esap-dask, version 0.1.0" in done.stdout
 
